@@ -1,0 +1,34 @@
+// fasth._core: the CPU module. Fills the core's BLAS table from SciPy's BLAS at import (the
+// capsules of scipy.linalg.cython_blas, as jaxlib does), so nothing is linked at build time.
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/string.h>
+
+#include "fasth/cpu.hpp"
+#include "ops.hpp"
+#include "shape.hpp"
+
+namespace nb = nanobind;
+
+namespace {
+
+template <class T>
+struct MakeCpu {
+  static fasth::cpu::CpuBackend<T> make(int, std::uintptr_t, bool) { return {}; }
+};
+
+void load_scipy_blas() {
+  nb::dict capi = nb::module_::import_("scipy.linalg.cython_blas").attr("__pyx_capi__");
+  auto fn = [&](const char* name) { return nb::cast<nb::capsule>(capi[name]).data(); };
+  fasth::cpu::set_blas({reinterpret_cast<fasth::cpu::gemm_fn<float>*>(fn("sgemm")),
+                        reinterpret_cast<fasth::cpu::gemm_fn<double>*>(fn("dgemm"))});
+}
+
+}  // namespace
+
+NB_MODULE(_core, m) {
+  m.doc() = "fasth core on CPU arrays (BLAS from SciPy)";
+  fasth::bindings::def_shape(m);
+  fasth::bindings::def_ops<float, nb::device::cpu, MakeCpu>(m);
+  fasth::bindings::def_ops<double, nb::device::cpu, MakeCpu>(m);
+  m.def("load_scipy_blas", &load_scipy_blas, "Fill the BLAS table from SciPy (done by `import fasth`).");
+}

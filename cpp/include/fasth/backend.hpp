@@ -1,0 +1,46 @@
+// The backend interface: the few BLAS-like operations that the algorithm is written over.
+// A backend (CPU through BLAS, CUDA through cuBLAS and a few kernels) implements these and
+// nothing else; blocking, T factors, forward, transpose and backward live in algorithm.cpp.
+//
+// Conventions: column-major, strides and leading dimensions in elements, `batch` entries
+// at stride s* apart (stride 0: the same matrix for every entry). Calls are asynchronous
+// with respect to the host where the device is (the CUDA backend enqueues on its stream).
+#pragma once
+
+#include <cstdint>
+
+namespace fasth {
+
+using index_t = std::int64_t;
+
+template <class T>
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  // C_b = alpha op(A_b) op(B_b) + beta C_b, op(A) m x k, op(B) k x n, for b < batch.
+  // sc != 0 when batch > 1: outputs never alias (the algorithm loops for reductions).
+  virtual void gemm(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T alpha,
+                    const T* a, index_t lda, index_t sa, const T* b, index_t ldb, index_t sb,
+                    T beta, T* c, index_t ldc, index_t sc, index_t batch) const = 0;
+
+  // B_b = op(A_b), B m x n (A is n x m when transposed).
+  virtual void copy(bool trans_a, index_t m, index_t n, const T* a, index_t lda, index_t sa,
+                    T* b, index_t ldb, index_t sb, index_t batch) const = 0;
+
+  // A_b = offdiag everywhere except diag on the diagonal (LAPACK's laset), A m x n.
+  virtual void set(index_t m, index_t n, T offdiag, T diag, T* a, index_t lda, index_t sa,
+                   index_t batch) const = 0;
+
+  // T factors of `count` blocks of m reflectors. Block b occupies f + b * 2*m*m: its
+  // m x m T (output, upper triangular) followed by its Gram matrix Y^T Y (input; zero rows
+  // and columns past a short block). T is LAPACK's larft recurrence on the Gram matrix:
+  //   tau_i = 2 / G_ii (0 when G_ii == 0), T_ii = tau_i,
+  //   T[0:i, i] = -tau_i T[0:i, 0:i] G[0:i, i].
+  virtual void larft(index_t count, index_t m, T* f) const = 0;
+
+  // A_b = striu(A_b) + striu(A_b)^T + diag(A_b): the upper triangle mirrored, m x m.
+  virtual void mirror_upper(index_t m, T* a, index_t lda, index_t sa, index_t batch) const = 0;
+};
+
+}  // namespace fasth

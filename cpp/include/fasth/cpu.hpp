@@ -1,0 +1,40 @@
+// The CPU backend: BLAS through a table of function pointers, so that nothing is linked at
+// build time. The Python package fills it from SciPy's BLAS; a C++ program fills it from any
+// BLAS it links (Fortran ABI, 32-bit integers), e.g. with CMake's FindBLAS:
+//
+//   extern "C" void sgemm_(...); extern "C" void dgemm_(...);
+//   fasth::cpu::set_blas({&sgemm_, &dgemm_});
+#pragma once
+
+#include "fasth/backend.hpp"
+
+namespace fasth::cpu {
+
+template <class T>
+using gemm_fn = void(const char* transa, const char* transb, const int* m, const int* n,
+                     const int* k, const T* alpha, const T* a, const int* lda, const T* b,
+                     const int* ldb, const T* beta, T* c, const int* ldc);
+
+struct Blas {
+  gemm_fn<float>* sgemm = nullptr;
+  gemm_fn<double>* dgemm = nullptr;
+};
+
+void set_blas(const Blas& blas);
+const Blas& blas();  // throws std::runtime_error while unset
+
+template <class T>
+class CpuBackend final : public Backend<T> {
+ public:
+  void gemm(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T alpha, const T* a,
+            index_t lda, index_t sa, const T* b, index_t ldb, index_t sb, T beta, T* c,
+            index_t ldc, index_t sc, index_t batch) const override;
+  void copy(bool trans_a, index_t m, index_t n, const T* a, index_t lda, index_t sa, T* b,
+            index_t ldb, index_t sb, index_t batch) const override;
+  void set(index_t m, index_t n, T offdiag, T diag, T* a, index_t lda, index_t sa,
+           index_t batch) const override;
+  void larft(index_t count, index_t m, T* f) const override;
+  void mirror_upper(index_t m, T* a, index_t lda, index_t sa, index_t batch) const override;
+};
+
+}  // namespace fasth::cpu

@@ -1,0 +1,453 @@
+// The FastH algorithm, written once over the Backend interface (see MATH.md in the design
+// notes): blocks of m reflectors in compact-WY form P_j = I - Y_j T_j Y_j^T, the T factors of
+// every block built once per V, a forward of k/m block steps, and a backward that recovers
+// each block's input from its output (P_j is orthogonal) so that only the output is kept.
+//
+// Each block step multiplies by R = T (apply) or R = T^T (transpose: P_j^T = I - Y T^T Y^T);
+// the blocks are walked in the order that the product takes them.
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include "fasth/fasth.hpp"
+
+namespace fasth {
+namespace {
+
+// A logical matrix over column-major storage: M = t ? S^T : S, S with leading dimension ld.
+// Batch entries lie bs apart (0: shared by the whole batch).
+template <class T>
+struct View {
+  T* p;
+  index_t ld;
+  bool t;
+  index_t bs;
+
+  // Columns [c, c + w) of the logical matrix.
+  View cols(index_t c) const { return {p + c * (t ? 1 : ld), ld, t, bs}; }
+};
+
+// Column-major (t = false) or row-major (t = true) leading dimension, or -1 when neither.
+struct Layout {
+  index_t ld;
+  bool t;
+};
+
+Layout layout_of(index_t rows, index_t cols, index_t rs, index_t cs) {
+  const index_t r = std::max<index_t>(rows, 1), c = std::max<index_t>(cols, 1);
+  if ((rs == 1 || rows <= 1) && (cols <= 1 || cs >= r)) return {cols <= 1 ? r : cs, false};
+  if ((cs == 1 || cols <= 1) && (rows <= 1 || rs >= c)) return {rows <= 1 ? c : rs, true};
+  return {-1, false};
+}
+
+template <class T>
+View<T> view(Matrix<T> m, const char* name) {
+  const Layout l = layout_of(m.rows, m.cols, m.rs, m.cs);
+  if (l.ld < 0)
+    throw std::invalid_argument(std::string("fasth: ") + name +
+                                " has strides that BLAS cannot address; pass a contiguous copy");
+  return {m.data, l.ld, l.t, m.bs};
+}
+
+template <class T>
+View<T> buffer(T* p, index_t rows, index_t cols) {  // contiguous column-major batch
+  return {p, std::max<index_t>(rows, 1), false, rows * cols};
+}
+
+template <class T>
+View<const T> in(View<T> v) {
+  return {v.p, v.ld, v.t, v.bs};
+}
+
+// C = alpha op(A) op(B) + beta C, op(A) m x k, for `batch` entries. A C shared across the
+// batch (bs == 0) receives the sum over the batch.
+template <class T>
+void mm(const Backend<T>& be, index_t batch, index_t m, index_t n, index_t k, T alpha,
+        View<const T> a, bool ta, View<const T> b, bool tb, T beta, View<T> c) {
+  if (m == 0 || n == 0 || batch == 0) return;
+  if (k == 0) {
+    if (beta == T(1)) return;
+    // C = beta C: degenerate product; only ever beta == 0 here (fresh outputs).
+    if (c.t) std::swap(m, n);
+    be.set(m, n, T(0), T(0), c.p, c.ld, c.bs, c.bs == 0 ? 1 : batch);
+    return;
+  }
+  if (c.bs == 0 && batch > 1) {
+    for (index_t i = 0; i < batch; ++i) {
+      View<const T> ai{a.p + i * a.bs, a.ld, a.t, 0}, bi{b.p + i * b.bs, b.ld, b.t, 0};
+      mm(be, 1, m, n, k, alpha, ai, ta, bi, tb, i == 0 ? beta : T(1), c);
+    }
+    return;
+  }
+  const bool ea = a.t != ta, eb = b.t != tb;  // transposes relative to the storage
+  if (!c.t)
+    be.gemm(ea, eb, m, n, k, alpha, a.p, a.ld, a.bs, b.p, b.ld, b.bs, beta, c.p, c.ld, c.bs,
+            batch);
+  else  // C^T = op(B)^T op(A)^T
+    be.gemm(!eb, !ea, n, m, k, alpha, b.p, b.ld, b.bs, a.p, a.ld, a.bs, beta, c.p, c.ld, c.bs,
+            batch);
+}
+
+template <class T>
+void copy(const Backend<T>& be, index_t batch, index_t rows, index_t cols, View<const T> a,
+          View<T> b) {
+  if (!b.t) be.copy(a.t, rows, cols, a.p, a.ld, a.bs, b.p, b.ld, b.bs, batch);
+  else be.copy(!a.t, cols, rows, a.p, a.ld, a.bs, b.p, b.ld, b.bs, batch);
+}
+
+template <class T>
+void identity(const Backend<T>& be, index_t batch, index_t rows, index_t cols, View<T> a) {
+  if (a.t) std::swap(rows, cols);
+  be.set(rows, cols, T(0), T(1), a.p, a.ld, a.bs, batch);
+}
+
+// Sizes shared by every op once the shape is resolved.
+struct Dims {
+  index_t B, bv, d, k, n, m, nb;
+  explicit Dims(const Shape& s)
+      : B(s.batch), bv(s.shared_v ? 1 : s.batch), d(s.d), k(s.k), n(s.n), m(s.block),
+        nb(s.k == 0 ? 0 : (s.k + s.block - 1) / s.block) {}
+  index_t width(index_t j) const { return std::min(m, k - j * m); }
+  index_t fstride() const { return nb * 2 * m * m; }  // factors of one V-batch entry
+};
+
+// Workspace carving: consecutive sub-buffers, each 64-byte aligned.
+template <class T>
+struct Carver {
+  T* p;
+  std::size_t used = 0;
+  T* take(std::size_t count) {
+    T* r = p ? p + used : nullptr;
+    used += (count + 15) / 16 * 16;
+    return r;
+  }
+};
+
+template <class T>
+struct Blocks {
+  const Backend<T>& be;
+  Dims z;
+  bool transpose;  // R = T^T and the blocks in the other order
+  View<const T> V;
+  const T* F;
+  index_t batch;  // batch entries of the matrices being multiplied
+  index_t n;      // their columns
+
+  View<const T> Y(index_t j) const { return V.cols(j * z.m); }
+  View<const T> Tf(index_t j) const { return {F + j * 2 * z.m * z.m, z.m, false, V.bs ? z.fstride() : 0}; }
+  View<const T> Gram(index_t j) const { View<const T> t = Tf(j); t.p += z.m * z.m; return t; }
+  // The forward walks j = nb-1 .. 0 for U X = P_0 (P_1 (... X)), and 0 .. nb-1 for U^T X.
+  index_t forward_block(index_t step) const { return transpose ? step : z.nb - 1 - step; }
+
+  // A <- P A (or P^T A) for every block: A holds X on entry and the product on exit.
+  void forward(View<T> A, T* ws) const {
+    Carver<T> c{ws};
+    View<T> W1 = buffer(c.take(batch * z.m * n), z.m, n), W2 = buffer(c.take(batch * z.m * n), z.m, n);
+    for (index_t s = 0; s < z.nb; ++s) {
+      const index_t j = forward_block(s), w = z.width(j);
+      mm(be, batch, w, n, z.d, T(1), Y(j), true, in(A), false, T(0), W1);
+      mm(be, batch, w, n, w, T(1), Tf(j), transpose, in(W1), false, T(0), W2);
+      mm(be, batch, z.d, n, w, T(-1), Y(j), false, in(W2), false, T(1), A);
+    }
+  }
+  static std::size_t forward_ws(index_t batch, index_t m, index_t n) {
+    Carver<T> c{nullptr};
+    c.take(batch * m * n), c.take(batch * m * n);
+    return c.used;
+  }
+
+  // From the output A and its gradient G, walking the blocks back to the input: A ends as
+  // the input X, G as dL/dX, and dV receives dL/dV (summed over the batch when shared).
+  void backward(View<T> A, View<T> G, View<T> dV, T* ws) const {
+    Carver<T> c{ws};
+    const index_t mn = batch * z.m * n;
+    View<T> W = buffer(c.take(mn), z.m, n), Q = buffer(c.take(mn), z.m, n),
+            dQ = buffer(c.take(mn), z.m, n), dZ = buffer(c.take(mn), z.m, n),
+            Ms = buffer(c.take(batch * z.m * z.m), z.m, z.m);
+    for (index_t s = z.nb - 1; s >= 0; --s) {
+      const index_t j = forward_block(s), w = z.width(j);
+      const View<const T> y = Y(j), t = Tf(j);
+      View<T> dY = dV.cols(j * z.m);
+      mm(be, batch, w, n, z.d, T(1), y, true, in(A), false, T(0), W);       // W = Y^T A
+      mm(be, batch, w, n, w, T(1), t, !transpose, in(W), false, T(0), Q);   // Q0 = R^T W
+      mm(be, batch, z.d, n, w, T(-1), y, false, in(Q), false, T(1), A);     // A_in = A - Y Q0
+      mm(be, batch, w, n, w, T(-1), Gram(j), false, in(Q), false, T(1), W); // Z = Y^T A_in
+      mm(be, batch, w, n, w, T(1), t, transpose, in(W), false, T(0), Q);    // Q = R Z
+      mm(be, batch, w, n, z.d, T(-1), y, true, in(G), false, T(0), dQ);     // dQ = -Y^T G
+      mm(be, batch, w, n, w, T(1), t, !transpose, in(dQ), false, T(0), dZ); // dZ = R^T dQ
+      // dS = -dZ Q^T for R = T; its transpose for R = T^T. M + M^T mirrors its upper part.
+      if (!transpose) mm(be, batch, w, w, n, T(-1), in(dZ), false, in(Q), true, T(0), Ms);
+      else mm(be, batch, w, w, n, T(-1), in(Q), false, in(dZ), true, T(0), Ms);
+      be.mirror_upper(w, Ms.p, Ms.ld, Ms.bs, batch);
+      mm(be, batch, z.d, w, n, T(-1), in(G), false, in(Q), true, T(0), dY);  // dY = -G Q^T
+      mm(be, batch, z.d, w, n, T(1), in(A), false, in(dZ), true, T(1), dY);  //    + A_in dZ^T
+      mm(be, batch, z.d, w, w, T(1), y, false, in(Ms), false, T(1), dY);     //    + Y (M + M^T)
+      mm(be, batch, z.d, n, w, T(1), y, false, in(dZ), false, T(1), G);      // G = P^T G
+    }
+  }
+  static std::size_t backward_ws(index_t batch, index_t m, index_t n) {
+    Carver<T> c{nullptr};
+    for (int i = 0; i < 4; ++i) c.take(batch * m * n);
+    c.take(batch * m * m);
+    return c.used;
+  }
+};
+
+void check_shape(const Shape& s) {
+  if (s.d < 0 || s.k < 0 || s.n < 0 || s.batch < 0)
+    throw std::invalid_argument("fasth: negative size");
+  if (s.k > s.d)
+    throw std::invalid_argument("fasth: V has more columns (k = " + std::to_string(s.k) +
+                                ") than rows (d = " + std::to_string(s.d) + ")");
+  if (s.block < 1) throw std::invalid_argument("fasth: block size must be at least 1");
+}
+
+template <class T>
+void check(const Matrix<T>& m, index_t rows, index_t cols, const char* name) {
+  if (m.rows != rows || m.cols != cols)
+    throw std::invalid_argument(std::string("fasth: ") + name + " is " +
+                                std::to_string(m.rows) + " x " + std::to_string(m.cols) +
+                                ", expected " + std::to_string(rows) + " x " +
+                                std::to_string(cols));
+}
+
+// A V shared by a batch whose matrices sit side by side in memory is one wide problem:
+// n' = batch * n, no reduction over the batch for dV.
+template <class T>
+bool side_by_side(const View<T>& v, index_t n, index_t batch) {
+  return batch == 1 || (!v.t && v.bs == n * v.ld);
+}
+
+template <class T>
+Blocks<T> blocks(const Backend<T>& be, const Shape& s, bool transpose, Matrix<const T> V,
+                 const T* F, index_t batch, index_t n) {
+  check(V, s.d, s.k, "V");
+  View<const T> v = view(V, "V");
+  if (s.shared_v) v.bs = 0;
+  return {be, Dims(s), transpose, v, F, batch, n};
+}
+
+// U (bv entries, d x d) into `u` by a blockwise forward on the identity.
+template <class T>
+void build_u(const Blocks<T>& b0, View<T> u, T* ws) {
+  Blocks<T> b = b0;
+  b.transpose = false;
+  b.batch = b0.z.bv;
+  b.n = b0.z.d;
+  identity(b.be, b.batch, b.z.d, b.z.d, u);
+  b.forward(u, ws);
+}
+
+}  // namespace
+
+bool addressable(index_t rows, index_t cols, index_t rs, index_t cs) {
+  return layout_of(rows, cols, rs, cs).ld >= 0;
+}
+
+index_t choose_block(index_t d, index_t k, index_t n, Device device) {
+  (void)d;
+  index_t m = device == Device::cuda ? 64 : std::clamp<index_t>(n / 2, 4, 32);
+  return std::max<index_t>(1, std::min(m, k));
+}
+
+namespace {
+double blockwise_flops(double d, double k, double n) { return 16 * d * k * n; }
+double materialize_flops(double d, double k, double n) {
+  return 8 * d * d * k + 6 * d * d * n + 2 * d * d * d + 12 * d * d * k;
+}
+}  // namespace
+
+Strategy choose_strategy(index_t d, index_t k, index_t n) {
+  return materialize_flops(d, k, n) < blockwise_flops(d, k, n) ? Strategy::materialize
+                                                                : Strategy::blockwise;
+}
+
+namespace {
+bool materialized(const Shape& s) {
+  return s.strategy == Strategy::materialize ||
+         (s.strategy == Strategy::automatic && choose_strategy(s.d, s.k, s.n) == Strategy::materialize);
+}
+}  // namespace
+
+Shape resolve(Shape s, Device device) {
+  if (s.block <= 0) s.block = choose_block(s.d, s.k, s.n, device);
+  if (s.strategy == Strategy::automatic) s.strategy = choose_strategy(s.d, s.k, s.n);
+  if (s.batch <= 1) s.shared_v = true;
+  check_shape(s);
+  return s;
+}
+
+std::size_t factors_size(const Shape& s) {
+  const Dims z(s);
+  return static_cast<std::size_t>(z.bv * z.fstride());
+}
+
+std::size_t workspace_size(Op op, const Shape& s) {
+  const Dims z(s);
+  const std::size_t dd = static_cast<std::size_t>(z.bv * z.d * z.d);
+  auto fw = [&](index_t batch, index_t n) { return Blocks<double>::forward_ws(batch, z.m, n); };
+  auto bw = [&](index_t batch, index_t n) { return Blocks<double>::backward_ws(batch, z.m, n); };
+  const bool mat = materialized(s);
+  switch (op) {
+    case Op::factors: return 0;
+    case Op::matrix: return fw(z.bv, z.n);
+    case Op::matrix_backward: return 2 * static_cast<std::size_t>(z.bv * z.d * z.n) + 32 + bw(z.bv, z.n);
+    case Op::apply: return mat ? dd + 16 + fw(z.bv, z.d) : fw(z.B, z.n);
+    case Op::apply_backward:
+      return mat ? 3 * (dd + 16) + std::max(fw(z.bv, z.d), bw(z.bv, z.d))
+                 : static_cast<std::size_t>(z.B * z.d * z.n) + 16 + bw(z.B, z.n);
+  }
+  return 0;
+}
+
+template <class T>
+void factors(const Backend<T>& be, const Shape& s, Matrix<const T> V, T* F) {
+  check_shape(s);
+  check(V, s.d, s.k, "V");
+  const Dims z(s);
+  if (z.bv == 0 || z.nb == 0) return;
+  View<const T> v = view(V, "V");
+  be.set(static_cast<index_t>(factors_size(s)), 1, T(0), T(0), F, factors_size(s), 0, 1);
+  // Gram matrices Y_j^T Y_j of the full blocks, then of the short last block.
+  const index_t full = z.k / z.m, ystride = z.m * (v.t ? 1 : v.ld), mm2 = z.m * z.m;
+  for (index_t i = 0; i < (z.bv <= full ? z.bv : full); ++i) {
+    if (z.bv <= full) {  // one batched product over the blocks of V-batch entry i
+      View<const T> y{v.p + i * v.bs, v.ld, v.t, ystride};
+      mm(be, full, z.m, z.m, z.d, T(1), y, true, y, false, T(0),
+         View<T>{F + i * z.fstride() + mm2, z.m, false, 2 * mm2});
+    } else {  // one batched product over the V batch for block i
+      View<const T> y = v.cols(i * z.m);
+      mm(be, z.bv, z.m, z.m, z.d, T(1), y, true, y, false, T(0),
+         View<T>{F + i * 2 * mm2 + mm2, z.m, false, z.fstride()});
+    }
+  }
+  if (full < z.nb) {
+    const index_t r = z.k - full * z.m;
+    View<const T> y = v.cols(full * z.m);
+    mm(be, z.bv, r, r, z.d, T(1), y, true, y, false, T(0),
+       View<T>{F + full * 2 * mm2 + mm2, z.m, false, z.fstride()});
+  }
+  be.larft(z.bv * z.nb, z.m, F);
+}
+
+template <class T>
+void apply(const Backend<T>& be, const Shape& s, bool transpose, Matrix<const T> V,
+           const T* F, Matrix<const T> X, Matrix<T> out, T* ws) {
+  check_shape(s);
+  check(X, s.d, s.n, "X");
+  check(out, s.d, s.n, "out");
+  View<const T> x = view(X, "X");
+  View<T> o = view(out, "out");
+  if (s.batch == 0 || s.d == 0 || s.n == 0) return;
+  Blocks<T> b = blocks(be, s, transpose, V, F, s.batch, s.n);
+  if (materialized(s)) {
+    View<T> u = buffer(ws, s.d, s.d);
+    if (s.shared_v) u.bs = 0;
+    build_u(b, u, ws + (b.z.bv * s.d * s.d + 15) / 16 * 16);
+    mm(be, s.batch, s.d, s.n, s.d, T(1), in(u), transpose, x, false, T(0), o);
+    return;
+  }
+  copy(be, s.batch, s.d, s.n, x, o);
+  if (s.shared_v && s.batch > 1 && side_by_side(o, s.n, s.batch)) {
+    b.batch = 1, b.n = s.batch * s.n;
+    o.bs = 0;
+  }
+  b.forward(o, ws);
+}
+
+template <class T>
+void apply_backward(const Backend<T>& be, const Shape& s, bool transpose, Matrix<const T> V,
+                    const T* F, Matrix<const T> out, Matrix<const T> grad, Matrix<T> dX,
+                    Matrix<T> dV, T* ws) {
+  check_shape(s);
+  check(out, s.d, s.n, "out");
+  check(grad, s.d, s.n, "grad");
+  check(dX, s.d, s.n, "dX");
+  check(dV, s.d, s.k, "dV");
+  View<const T> o = view(out, "out"), g = view(grad, "grad");
+  View<T> dx = view(dX, "dX"), dv = view(dV, "dV");
+  if (s.shared_v) dv.bs = 0;
+  const Dims z(s);
+  if (z.bv > 0) {
+    if (s.k > 0 && (s.d == 0 || s.n == 0 || s.batch == 0))
+      be.set(dv.t ? s.k : s.d, dv.t ? s.d : s.k, T(0), T(0), dv.p, dv.ld, dv.bs, z.bv);
+  }
+  if (s.batch == 0 || s.d == 0 || s.n == 0) return;
+  Blocks<T> b = blocks(be, s, transpose, V, F, s.batch, s.n);
+  Carver<T> c{ws};
+  if (materialized(s)) {
+    const index_t d = s.d, dd = z.bv * d * d;
+    View<T> u = buffer(c.take(dd), d, d), w1 = buffer(c.take(dd), d, d),
+            du = buffer(c.take(dd), d, d);
+    if (s.shared_v) u.bs = w1.bs = du.bs = 0;
+    T* rest = ws + c.used;
+    build_u(b, u, rest);
+    mm(be, s.batch, d, s.n, d, T(1), in(u), !transpose, g, false, T(0), dx);  // dX = op(U)^T G
+    mm(be, s.batch, d, d, s.n, T(1), g, false, o, true, T(0), w1);            // W1 = G out^T
+    if (!transpose) mm(be, z.bv, d, d, d, T(1), in(w1), false, in(u), false, T(0), du);
+    else mm(be, z.bv, d, d, d, T(1), in(u), false, in(w1), true, T(0), du);
+    Blocks<T> mb = b;  // dV from dU, as matrix_backward with U consumed in place
+    mb.transpose = false, mb.batch = z.bv, mb.n = d;
+    mb.backward(u, du, dv, rest);
+    return;
+  }
+  View<T> a = buffer(c.take(s.batch * s.d * s.n), s.d, s.n);
+  copy(be, s.batch, s.d, s.n, o, a);
+  copy(be, s.batch, s.d, s.n, g, dx);
+  if (s.shared_v && s.batch > 1 && side_by_side(dx, s.n, s.batch)) {
+    b.batch = 1, b.n = s.batch * s.n;
+    a.bs = dx.bs = 0;
+  }
+  b.backward(a, dx, dv, ws + c.used);
+}
+
+template <class T>
+void matrix(const Backend<T>& be, const Shape& s, Matrix<const T> V, const T* F, Matrix<T> out,
+            T* ws) {
+  check_shape(s);
+  check(out, s.d, s.n, "out");
+  View<T> o = view(out, "out");
+  if (s.batch == 0 || s.d == 0 || s.n == 0) return;
+  Blocks<T> b = blocks(be, s, false, V, F, s.batch, s.n);
+  identity(be, s.batch, s.d, s.n, o);
+  b.forward(o, ws);
+}
+
+template <class T>
+void matrix_backward(const Backend<T>& be, const Shape& s, Matrix<const T> V, const T* F,
+                     Matrix<const T> out, Matrix<const T> grad, Matrix<T> dV, T* ws) {
+  check_shape(s);
+  check(out, s.d, s.n, "out");
+  check(grad, s.d, s.n, "grad");
+  check(dV, s.d, s.k, "dV");
+  View<T> dv = view(dV, "dV");
+  if (s.batch == 0 || s.k == 0) return;
+  if (s.d == 0 || s.n == 0) {
+    be.set(dv.t ? s.k : s.d, dv.t ? s.d : s.k, T(0), T(0), dv.p, dv.ld, dv.bs, s.batch);
+    return;
+  }
+  Blocks<T> b = blocks(be, s, false, V, F, s.batch, s.n);
+  Carver<T> c{ws};
+  View<T> a = buffer(c.take(s.batch * s.d * s.n), s.d, s.n),
+          g = buffer(c.take(s.batch * s.d * s.n), s.d, s.n);
+  copy(be, s.batch, s.d, s.n, view(out, "out"), a);
+  copy(be, s.batch, s.d, s.n, view(grad, "grad"), g);
+  b.backward(a, g, dv, ws + c.used);
+}
+
+#define FASTH_INSTANTIATE(T)                                                                  \
+  template void factors<T>(const Backend<T>&, const Shape&, Matrix<const T>, T*);             \
+  template void apply<T>(const Backend<T>&, const Shape&, bool, Matrix<const T>, const T*,    \
+                         Matrix<const T>, Matrix<T>, T*);                                     \
+  template void apply_backward<T>(const Backend<T>&, const Shape&, bool, Matrix<const T>,     \
+                                  const T*, Matrix<const T>, Matrix<const T>, Matrix<T>,      \
+                                  Matrix<T>, T*);                                             \
+  template void matrix<T>(const Backend<T>&, const Shape&, Matrix<const T>, const T*,         \
+                          Matrix<T>, T*);                                                     \
+  template void matrix_backward<T>(const Backend<T>&, const Shape&, Matrix<const T>,          \
+                                   const T*, Matrix<const T>, Matrix<const T>, Matrix<T>, T*);
+FASTH_INSTANTIATE(float)
+FASTH_INSTANTIATE(double)
+#undef FASTH_INSTANTIATE
+
+}  // namespace fasth

@@ -1,0 +1,97 @@
+#include "fasth/cpu.hpp"
+
+#include <climits>
+#include <stdexcept>
+
+namespace fasth::cpu {
+namespace {
+
+Blas g_blas;
+
+int to_int(index_t v) {
+  if (v > INT_MAX) throw std::invalid_argument("fasth: a dimension exceeds the 32-bit BLAS range");
+  return static_cast<int>(v);
+}
+
+template <class T>
+gemm_fn<T>* gemm_of() {
+  gemm_fn<T>* f;
+  if constexpr (sizeof(T) == 4) f = blas().sgemm; else f = blas().dgemm;
+  if (!f) throw std::runtime_error("fasth: BLAS gemm not set (fasth::cpu::set_blas)");
+  return f;
+}
+
+}  // namespace
+
+void set_blas(const Blas& b) { g_blas = b; }
+
+const Blas& blas() {
+  if (!g_blas.sgemm && !g_blas.dgemm)
+    throw std::runtime_error("fasth: no BLAS set; call fasth::cpu::set_blas first");
+  return g_blas;
+}
+
+template <class T>
+void CpuBackend<T>::gemm(bool ta, bool tb, index_t m, index_t n, index_t k, T alpha,
+                         const T* a, index_t lda, index_t sa, const T* b, index_t ldb,
+                         index_t sb, T beta, T* c, index_t ldc, index_t sc,
+                         index_t batch) const {
+  if (m == 0 || n == 0 || batch == 0) return;
+  auto* f = gemm_of<T>();
+  const char ca = ta ? 'T' : 'N', cb = tb ? 'T' : 'N';
+  const int im = to_int(m), in = to_int(n), ik = to_int(k);
+  const int ia = to_int(lda), ib = to_int(ldb), ic = to_int(ldc);
+  for (index_t i = 0; i < batch; ++i)
+    f(&ca, &cb, &im, &in, &ik, &alpha, a + i * sa, &ia, b + i * sb, &ib, &beta, c + i * sc, &ic);
+}
+
+template <class T>
+void CpuBackend<T>::copy(bool ta, index_t m, index_t n, const T* a, index_t lda, index_t sa,
+                         T* b, index_t ldb, index_t sb, index_t batch) const {
+  for (index_t i = 0; i < batch; ++i) {
+    const T* ai = a + i * sa;
+    T* bi = b + i * sb;
+    for (index_t j = 0; j < n; ++j)
+      for (index_t r = 0; r < m; ++r) bi[r + j * ldb] = ta ? ai[j + r * lda] : ai[r + j * lda];
+  }
+}
+
+template <class T>
+void CpuBackend<T>::set(index_t m, index_t n, T offdiag, T diag, T* a, index_t lda, index_t sa,
+                        index_t batch) const {
+  for (index_t i = 0; i < batch; ++i)
+    for (index_t j = 0; j < n; ++j)
+      for (index_t r = 0; r < m; ++r) a[i * sa + r + j * lda] = r == j ? diag : offdiag;
+}
+
+template <class T>
+void CpuBackend<T>::larft(index_t count, index_t m, T* f) const {
+  for (index_t b = 0; b < count; ++b) {
+    T* t = f + b * 2 * m * m;
+    const T* g = t + m * m;
+    for (index_t i = 0; i < m; ++i) {
+      const T gii = g[i + i * m];
+      const T tau = gii == T(0) ? T(0) : T(2) / gii;
+      // T[0:i, i] = -tau T[0:i, 0:i] G[0:i, i], T upper triangular.
+      for (index_t r = 0; r < i; ++r) {
+        T acc = 0;
+        for (index_t c = r; c < i; ++c) acc += t[r + c * m] * g[c + i * m];
+        t[r + i * m] = -tau * acc;
+      }
+      t[i + i * m] = tau;
+      for (index_t r = i + 1; r < m; ++r) t[r + i * m] = 0;
+    }
+  }
+}
+
+template <class T>
+void CpuBackend<T>::mirror_upper(index_t m, T* a, index_t lda, index_t sa, index_t batch) const {
+  for (index_t i = 0; i < batch; ++i)
+    for (index_t j = 0; j < m; ++j)
+      for (index_t r = j + 1; r < m; ++r) a[i * sa + r + j * lda] = a[i * sa + j + r * lda];
+}
+
+template class CpuBackend<float>;
+template class CpuBackend<double>;
+
+}  // namespace fasth::cpu

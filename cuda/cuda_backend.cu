@@ -1,0 +1,383 @@
+// The CUDA backend: cuBLAS for gemm, small kernels for the rest. See cuda_backend.hpp.
+#include "cuda_backend.hpp"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <climits>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+namespace fasth::cuda {
+namespace {
+
+// ---------------------------------------------------------------------------------------
+// Errors, devices, handles
+
+[[noreturn]] void fail(const std::string& what) { throw std::runtime_error("fasth CUDA: " + what); }
+
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess)
+    fail(std::string(what) + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")");
+}
+
+void check(cublasStatus_t s, const char* what) {
+  if (s != CUBLAS_STATUS_SUCCESS)
+    fail(std::string(what) + ": " + cublasGetStatusName(s) + " (" + cublasGetStatusString(s) +
+         ")");
+}
+
+// Makes `device` current for a scope and restores the previous one.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    check(cudaGetDevice(&prev_), "cudaGetDevice");
+    if (prev_ != device) check(cudaSetDevice(device), "cudaSetDevice");
+  }
+  ~DeviceGuard() {
+    int now = prev_;
+    if (cudaGetDevice(&now) == cudaSuccess && now != prev_) cudaSetDevice(prev_);
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int prev_ = 0;
+};
+
+// One handle per device, guarded by that device's mutex (creation and every use).
+constexpr int kMaxDevices = 64;
+struct Slot {
+  std::mutex mu;
+  cublasHandle_t handle = nullptr;
+};
+
+Slot& slot(int device) {
+  static Slot slots[kMaxDevices];
+  int count = 0;
+  check(cudaGetDeviceCount(&count), "cudaGetDeviceCount");
+  if (device < 0 || device >= count || device >= kMaxDevices)
+    fail("invalid device " + std::to_string(device) + " (" + std::to_string(count) +
+         " devices)");
+  return slots[device];
+}
+
+// Requires s.mu held.
+cublasHandle_t handle_locked(Slot& s, int device) {
+  if (!s.handle) {
+    DeviceGuard guard(device);
+    cublasHandle_t h = nullptr;
+    check(cublasCreate(&h), "cublasCreate");
+    const cublasStatus_t st = cublasSetPointerMode(h, CUBLAS_POINTER_MODE_HOST);
+    if (st != CUBLAS_STATUS_SUCCESS) cublasDestroy(h);
+    check(st, "cublasSetPointerMode");
+    s.handle = h;
+  }
+  return s.handle;
+}
+
+// ---------------------------------------------------------------------------------------
+// Kernels. A 32 x 8 thread block covers a 32 x 32 tile; grids stride over tiles (x) and
+// batch entries (y), so any size fits the grid limits.
+
+constexpr int kTile = 32, kRows = 8;
+constexpr unsigned kMaxGridX = 1u << 20, kMaxGridY = 65535;
+
+__host__ __device__ inline index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
+
+// f(e, i0, j0) for each 32 x 32 tile at (i0, j0) of each batch entry e this block owns.
+// Block-uniform, so f may hold __syncthreads.
+template <class F>
+__device__ void for_each_tile(index_t m, index_t n, index_t batch, F&& f) {
+  const index_t tiles_m = ceil_div(m, kTile), tiles = tiles_m * ceil_div(n, kTile);
+  for (index_t e = blockIdx.y; e < batch; e += gridDim.y)
+    for (index_t t = blockIdx.x; t < tiles; t += gridDim.x)
+      f(e, (t % tiles_m) * kTile, (t / tiles_m) * kTile);
+}
+
+// f(e, i, j) for each element (i, j) of an m x n matrix of each batch entry.
+template <class F>
+__device__ void for_each_element(index_t m, index_t n, index_t batch, F&& f) {
+  for_each_tile(m, n, batch, [&](index_t e, index_t i0, index_t j0) {
+    const index_t i = i0 + threadIdx.x;
+    if (i >= m) return;
+    for (index_t j = j0 + threadIdx.y; j < j0 + kTile && j < n; j += kRows) f(e, i, j);
+  });
+}
+
+// B = op(A), B m x n; with lower_only, only the strict lower triangle of B (i > j) is
+// written. Transposes go through a padded shared tile so both sides stay coalesced.
+// mirror_upper is the in-place case (a == b, trans, lower_only): a lower tile reads only
+// its mirror upper tile, which nobody writes, or itself (diagonal), loaded before written.
+template <class T>
+__global__ void __launch_bounds__(kTile* kRows)
+    copy_kernel(bool trans, bool lower_only, index_t m, index_t n, const T* a, index_t lda,
+                index_t sa, T* b, index_t ldb, index_t sb, index_t batch) {
+  __shared__ T tile[kTile][kTile + 1];
+  const int tx = threadIdx.x;
+  for_each_tile(m, n, batch, [&](index_t e, index_t i0, index_t j0) {
+    if (lower_only && i0 + kTile - 1 <= j0) return;  // no i > j here; block-uniform
+    const T* ae = a + e * sa;
+    T* be = b + e * sb;
+    const index_t i = i0 + tx;
+    if (!trans) {
+      for (int jj = threadIdx.y; jj < kTile; jj += kRows) {
+        const index_t j = j0 + jj;
+        if (i < m && j < n && (!lower_only || i > j)) be[i + j * ldb] = ae[i + j * lda];
+      }
+      return;
+    }
+    // tile[il][jl] = A(j0 + jl, i0 + il) = B(i0 + il, j0 + jl); A is n x m.
+    for (int jj = threadIdx.y; jj < kTile; jj += kRows)
+      if (j0 + tx < n && i0 + jj < m) tile[jj][tx] = ae[(j0 + tx) + (i0 + jj) * lda];
+    __syncthreads();
+    for (int jj = threadIdx.y; jj < kTile; jj += kRows) {
+      const index_t j = j0 + jj;
+      if (i < m && j < n && (!lower_only || i > j)) be[i + j * ldb] = tile[tx][jj];
+    }
+    __syncthreads();
+  });
+}
+
+template <class T>
+__global__ void __launch_bounds__(kTile* kRows)
+    set_kernel(index_t m, index_t n, T offdiag, T diag, T* a, index_t lda, index_t sa,
+               index_t batch) {
+  for_each_element(m, n, batch, [&](index_t e, index_t i, index_t j) {
+    a[e * sa + i + j * lda] = i == j ? diag : offdiag;
+  });
+}
+
+// C = beta C (C = 0 when beta == 0, NaNs included): gemm with k == 0.
+template <class T>
+__global__ void __launch_bounds__(kTile* kRows)
+    scale_kernel(index_t m, index_t n, T beta, T* c, index_t ldc, index_t sc, index_t batch) {
+  for_each_element(m, n, batch, [&](index_t e, index_t i, index_t j) {
+    T& x = c[e * sc + i + j * ldc];
+    x = beta == T(0) ? T(0) : beta * x;
+  });
+}
+
+// T factors, one thread block per block of reflectors. Row r of T depends only on row r of
+// T and on G: T[r, i] = -tau_i sum_{r <= c < i} T[r, c] G[c, i], so each thread computes
+// whole rows, with no synchronisation; the row being built lives in shared memory when
+// m x m fits (kShared), else it is read back from the output in global memory. Reads of
+// G[c, i] are consecutive across the threads of a warp. Writes T whole (zero below).
+template <class T, bool kShared>
+__global__ void larft_kernel(index_t count, index_t m, T* f) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  for (index_t blk = blockIdx.x; blk < count; blk += gridDim.x) {
+    T* t = f + blk * 2 * m * m;
+    const T* g = t + m * m;
+    T* w = kShared ? reinterpret_cast<T*>(smem) : t;
+    for (index_t r = threadIdx.x; r < m; r += blockDim.x) {
+      for (index_t i = 0; i < m; ++i) {
+        const T gii = g[i + i * m];
+        const T tau = gii == T(0) ? T(0) : T(2) / gii;
+        T v = T(0);
+        if (i == r) {
+          v = tau;
+        } else if (i > r && tau != T(0)) {
+          T acc[4] = {T(0), T(0), T(0), T(0)};
+          const T* gi = g + i * m;
+          index_t c = r;
+          for (; c + 4 <= i; c += 4) {
+#pragma unroll
+            for (int u = 0; u < 4; ++u) acc[u] += w[r + (c + u) * m] * gi[c + u];
+          }
+          for (; c < i; ++c) acc[0] += w[r + c * m] * gi[c];
+          v = -tau * ((acc[0] + acc[1]) + (acc[2] + acc[3]));
+        }
+        w[r + i * m] = v;
+        if constexpr (kShared) t[r + i * m] = v;
+      }
+    }
+  }
+}
+
+unsigned grid_dim(index_t n, unsigned cap) {
+  return static_cast<unsigned>(std::min<index_t>(std::max<index_t>(n, 1), cap));
+}
+
+dim3 tile_grid(index_t m, index_t n, index_t batch) {
+  return dim3(grid_dim(ceil_div(m, kTile) * ceil_div(n, kTile), kMaxGridX),
+              grid_dim(batch, kMaxGridY));
+}
+
+const dim3 kTileBlock(kTile, kRows);
+
+// cuBLAS wants a leading dimension >= the stored rows (and >= 1) even when there is one
+// column and it is never used; fix that case up and leave real errors to cuBLAS.
+index_t fix_ld(index_t ld, index_t rows, index_t cols) {
+  return cols <= 1 ? std::max<index_t>({ld, rows, 1}) : ld;
+}
+
+int to_int(index_t v, const char* what) {
+  if (v > INT_MAX) fail(std::string(what) + " = " + std::to_string(v) + " exceeds cuBLAS's int");
+  return static_cast<int>(v);
+}
+
+// The cuBLAS entry points, by type.
+cublasStatus_t gemm_strided(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb,
+                            int m, int n, int k, const float* alpha, const float* a, int lda,
+                            long long sa, const float* b, int ldb, long long sb,
+                            const float* beta, float* c, int ldc, long long sc, int batch) {
+  return batch == 1 ? cublasSgemm(h, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+                    : cublasSgemmStridedBatched(h, ta, tb, m, n, k, alpha, a, lda, sa, b, ldb,
+                                                sb, beta, c, ldc, sc, batch);
+}
+
+cublasStatus_t gemm_strided(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb,
+                            int m, int n, int k, const double* alpha, const double* a, int lda,
+                            long long sa, const double* b, int ldb, long long sb,
+                            const double* beta, double* c, int ldc, long long sc, int batch) {
+  return batch == 1 ? cublasDgemm(h, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+                    : cublasDgemmStridedBatched(h, ta, tb, m, n, k, alpha, a, lda, sa, b, ldb,
+                                                sb, beta, c, ldc, sc, batch);
+}
+
+}  // namespace
+
+// -----------------------------------------------------------------------------------------
+
+cublasHandle_t handle_for(int device) {
+  Slot& s = slot(device);
+  std::lock_guard<std::mutex> lock(s.mu);
+  return handle_locked(s, device);
+}
+
+std::string unavailable_reason() {
+  try {
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess) {
+      cudaGetLastError();  // not sticky: clear it
+      return std::string("CUDA is unavailable: ") + cudaGetErrorName(e) + " (" +
+             cudaGetErrorString(e) + ")";
+    }
+    if (count == 0) return "no CUDA device found";
+    int device = 0;
+    check(cudaGetDevice(&device), "cudaGetDevice");
+    cudaFuncAttributes attr;
+    e = cudaFuncGetAttributes(&attr, copy_kernel<float>);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      cudaDeviceProp prop;
+      std::string arch = cudaGetDeviceProperties(&prop, device) == cudaSuccess
+                             ? " (compute capability " + std::to_string(prop.major) + "." +
+                                   std::to_string(prop.minor) + ")"
+                             : "";
+      return "fasth's CUDA kernels cannot run on device " + std::to_string(device) + arch +
+             ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")";
+    }
+    handle_for(device);
+    return "";
+  } catch (const std::exception& ex) {
+    return ex.what();
+  } catch (...) {
+    return "unknown error while initialising CUDA";
+  }
+}
+
+template <class T>
+CudaBackend<T>::CudaBackend(int device, cudaStream_t stream, bool allow_tf32)
+    : device_(device),
+      stream_(stream),
+      tf32_(allow_tf32 && std::is_same_v<T, float>),
+      handle_(handle_for(device)) {}
+
+template <class T>
+void CudaBackend<T>::gemm(bool trans_a, bool trans_b, index_t m, index_t n, index_t k,
+                          T alpha, const T* a, index_t lda, index_t sa, const T* b,
+                          index_t ldb, index_t sb, T beta, T* c, index_t ldc, index_t sc,
+                          index_t batch) const {
+  if (m <= 0 || n <= 0 || batch <= 0) return;
+  DeviceGuard guard(device_);
+  ldc = fix_ld(ldc, m, n);
+  if (k <= 0) {  // C = beta C, as BLAS does
+    if (beta == T(1)) return;
+    scale_kernel<T><<<tile_grid(m, n, batch), kTileBlock, 0, stream_>>>(m, n, beta, c, ldc, sc,
+                                                                       batch);
+    check(cudaGetLastError(), "scale_kernel launch");
+    return;
+  }
+  lda = trans_a ? fix_ld(lda, k, m) : fix_ld(lda, m, k);
+  ldb = trans_b ? fix_ld(ldb, n, k) : fix_ld(ldb, k, n);
+  const int im = to_int(m, "m"), in = to_int(n, "n"), ik = to_int(k, "k");
+  const int ilda = to_int(lda, "lda"), ildb = to_int(ldb, "ldb"), ildc = to_int(ldc, "ldc");
+  const cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+
+  Slot& s = slot(device_);
+  std::lock_guard<std::mutex> lock(s.mu);
+  check(cublasSetStream(handle_, stream_), "cublasSetStream");
+  check(cublasSetPointerMode(handle_, CUBLAS_POINTER_MODE_HOST), "cublasSetPointerMode");
+  check(cublasSetMathMode(handle_, tf32_ ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH),
+        "cublasSetMathMode");
+  for (index_t b0 = 0; b0 < batch; b0 += INT_MAX) {
+    const int nb = static_cast<int>(std::min<index_t>(batch - b0, INT_MAX));
+    check(gemm_strided(handle_, op_a, op_b, im, in, ik, &alpha, a + b0 * sa, ilda, sa,
+                       b + b0 * sb, ildb, sb, &beta, c + b0 * sc, ildc, sc, nb),
+          std::is_same_v<T, float> ? "cublasSgemm" : "cublasDgemm");
+  }
+}
+
+template <class T>
+void CudaBackend<T>::copy(bool trans_a, index_t m, index_t n, const T* a, index_t lda,
+                          index_t sa, T* b, index_t ldb, index_t sb, index_t batch) const {
+  if (m <= 0 || n <= 0 || batch <= 0) return;
+  DeviceGuard guard(device_);
+  copy_kernel<T><<<tile_grid(m, n, batch), kTileBlock, 0, stream_>>>(
+      trans_a, false, m, n, a, lda, sa, b, ldb, sb, batch);
+  check(cudaGetLastError(), "copy_kernel launch");
+}
+
+template <class T>
+void CudaBackend<T>::set(index_t m, index_t n, T offdiag, T diag, T* a, index_t lda,
+                         index_t sa, index_t batch) const {
+  if (m <= 0 || n <= 0 || batch <= 0) return;
+  DeviceGuard guard(device_);
+  set_kernel<T><<<tile_grid(m, n, batch), kTileBlock, 0, stream_>>>(m, n, offdiag, diag, a,
+                                                                   lda, sa, batch);
+  check(cudaGetLastError(), "set_kernel launch");
+}
+
+template <class T>
+void CudaBackend<T>::mirror_upper(index_t m, T* a, index_t lda, index_t sa,
+                                  index_t batch) const {
+  if (m <= 1 || batch <= 0) return;
+  DeviceGuard guard(device_);
+  copy_kernel<T><<<tile_grid(m, m, batch), kTileBlock, 0, stream_>>>(true, true, m, m, a, lda,
+                                                                    sa, a, lda, sa, batch);
+  check(cudaGetLastError(), "mirror_upper launch");
+}
+
+template <class T>
+void CudaBackend<T>::larft(index_t count, index_t m, T* f) const {
+  if (count <= 0 || m <= 0) return;
+  DeviceGuard guard(device_);
+  const unsigned threads = static_cast<unsigned>(std::min<index_t>(ceil_div(m, 32) * 32, 256));
+  const dim3 grid(grid_dim(count, kMaxGridX));
+  const std::size_t bytes = static_cast<std::size_t>(m) * m * sizeof(T);
+  int optin = 0;
+  check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device_),
+        "cudaDeviceGetAttribute");
+  if (bytes <= static_cast<std::size_t>(optin)) {
+    if (bytes > 48 * 1024)
+      check(cudaFuncSetAttribute(larft_kernel<T, true>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 static_cast<int>(bytes)),
+            "cudaFuncSetAttribute");
+    larft_kernel<T, true><<<grid, threads, bytes, stream_>>>(count, m, f);
+  } else {
+    larft_kernel<T, false><<<grid, threads, 0, stream_>>>(count, m, f);
+  }
+  check(cudaGetLastError(), "larft_kernel launch");
+}
+
+template class CudaBackend<float>;
+template class CudaBackend<double>;
+
+}  // namespace fasth::cuda

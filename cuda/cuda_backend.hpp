@@ -1,0 +1,69 @@
+// The CUDA backend: fasth::Backend<T> over cuBLAS (gemm) and a few small kernels (copy,
+// set, larft, mirror_upper), all enqueued on the caller's stream. It never allocates
+// device memory and never synchronises the device or the stream.
+//
+// cuBLAS handles: one per device, created on first use, cached for the life of the process
+// (never destroyed: the CUDA context may already be gone at exit) and shared by every
+// backend object and thread. A handle's stream and math mode are handle-wide state, so each
+// gemm takes that device's mutex, sets the stream, pointer mode (host) and math mode,
+// enqueues and releases it.
+// The lock covers only the enqueueing, never the backend's lifetime, so backends on several
+// threads and streams (and several backends on one thread) neither race nor deadlock.
+// Concurrent kernels on different streams draw their scratch space from cuBLAS's default
+// workspace pool, which cublasSetStream selects per stream.
+//
+// Plain C++: include it from any translation unit (no kernels, no nanobind).
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include <string>
+
+#include "fasth/backend.hpp"
+
+namespace fasth::cuda {
+
+// "" when a CUDA device, cuBLAS and this library's kernels work on the current device;
+// otherwise why not (no driver, no device, no kernel image for this GPU, ...). Never throws.
+std::string unavailable_reason();
+
+// The cached cuBLAS handle of `device` (host pointer mode), created on first use.
+// Throws std::runtime_error when the device is invalid or cuBLAS cannot be initialised.
+// The backends set its stream, pointer mode and math mode on every gemm, under a
+// per-device lock that is private to this library: other code that uses the handle
+// directly must not do so concurrently with a backend on the same device.
+cublasHandle_t handle_for(int device);
+
+template <class T>
+class CudaBackend final : public fasth::Backend<T> {
+ public:
+  // Every operation runs on `device` (made current for the call, then restored) and is
+  // enqueued on `stream`, which must belong to `device`. allow_tf32 lets float GEMMs use
+  // TF32 tensor cores; it is ignored for double.
+  CudaBackend(int device, cudaStream_t stream, bool allow_tf32 = false);
+
+  int device() const { return device_; }
+  cudaStream_t stream() const { return stream_; }
+
+  void gemm(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T alpha, const T* a,
+            index_t lda, index_t sa, const T* b, index_t ldb, index_t sb, T beta, T* c,
+            index_t ldc, index_t sc, index_t batch) const override;
+  void copy(bool trans_a, index_t m, index_t n, const T* a, index_t lda, index_t sa, T* b,
+            index_t ldb, index_t sb, index_t batch) const override;
+  void set(index_t m, index_t n, T offdiag, T diag, T* a, index_t lda, index_t sa,
+           index_t batch) const override;
+  void larft(index_t count, index_t m, T* f) const override;
+  void mirror_upper(index_t m, T* a, index_t lda, index_t sa, index_t batch) const override;
+
+ private:
+  int device_;
+  cudaStream_t stream_;
+  bool tf32_;
+  cublasHandle_t handle_;
+};
+
+extern template class CudaBackend<float>;
+extern template class CudaBackend<double>;
+
+}  // namespace fasth::cuda

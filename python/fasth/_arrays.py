@@ -1,0 +1,174 @@
+"""The few things fasth needs from an array library: allocate on the input's device, view with
+strides, and find the caller's stream. numpy and torch arrays stay what they are; cupy arrays
+and anything else with ``__dlpack__`` are viewed without a copy."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+FLOAT_DTYPES = ("float32", "float64")
+
+
+class Namespace:
+    """numpy-like arrays on the CPU (numpy itself, and DLPack views of other libraries)."""
+
+    name = "numpy"
+
+    def wrap(self, a: Any) -> Any:
+        return a
+
+    def unwrap(self, a: Any, like: Any) -> Any:
+        return a
+
+    def dtype(self, a: Any) -> str:
+        return np.dtype(a.dtype).name
+
+    def device(self, a: Any) -> tuple[str, int]:
+        return ("cpu", 0)
+
+    def stream(self, a: Any) -> int:
+        return 0
+
+    def strides(self, a: Any) -> tuple[int, ...]:
+        return tuple(s // a.itemsize for s in a.strides)
+
+    def empty(self, shape: tuple[int, ...], dtype: str, like: Any) -> Any:
+        return np.empty(shape, dtype=dtype)
+
+    def zeros(self, shape: tuple[int, ...], dtype: str, like: Any) -> Any:
+        return np.zeros(shape, dtype=dtype)
+
+    def reshape(self, a: Any, shape: tuple[int, ...]) -> Any:
+        return a.reshape(shape)
+
+    def expand(self, a: Any, shape: tuple[int, ...]) -> Any:
+        return np.broadcast_to(a, shape)
+
+    def transpose_last(self, a: Any) -> Any:
+        return np.swapaxes(a, -1, -2)
+
+    def contiguous(self, a: Any) -> Any:
+        return np.ascontiguousarray(a)
+
+
+class TorchNamespace(Namespace):
+    name = "torch"
+
+    def __init__(self) -> None:
+        import torch
+
+        self.torch = torch
+
+    def wrap(self, a: Any) -> Any:
+        return a.detach()
+
+    def dtype(self, a: Any) -> str:
+        return str(a.dtype).removeprefix("torch.")
+
+    def device(self, a: Any) -> tuple[str, int]:
+        d = a.device
+        return (d.type, d.index or 0)
+
+    def stream(self, a: Any) -> int:
+        if a.device.type != "cuda":
+            return 0
+        return self.torch.cuda.current_stream(a.device).cuda_stream
+
+    def strides(self, a: Any) -> tuple[int, ...]:
+        return tuple(a.stride())
+
+    def empty(self, shape, dtype, like):
+        return self.torch.empty(shape, dtype=getattr(self.torch, dtype), device=like.device)
+
+    def zeros(self, shape, dtype, like):
+        return self.torch.zeros(shape, dtype=getattr(self.torch, dtype), device=like.device)
+
+    def expand(self, a, shape):
+        return a.expand(shape)
+
+    def transpose_last(self, a):
+        return a.transpose(-1, -2)
+
+    def contiguous(self, a):
+        return a.contiguous()
+
+
+class CupyNamespace(Namespace):
+    name = "cupy"
+
+    def __init__(self) -> None:
+        import cupy
+
+        self.cp = cupy
+
+    def device(self, a):
+        return ("cuda", a.device.id)
+
+    def stream(self, a):
+        return self.cp.cuda.get_current_stream().ptr
+
+    def empty(self, shape, dtype, like):
+        with like.device:
+            return self.cp.empty(shape, dtype=dtype)
+
+    def zeros(self, shape, dtype, like):
+        with like.device:
+            return self.cp.zeros(shape, dtype=dtype)
+
+    def expand(self, a, shape):
+        return self.cp.broadcast_to(a, shape)
+
+    def transpose_last(self, a):
+        return self.cp.swapaxes(a, -1, -2)
+
+    def contiguous(self, a):
+        return self.cp.ascontiguousarray(a)
+
+
+class DLPackNamespace(Namespace):
+    """Any other CPU array with ``__dlpack__`` (a JAX array, say): read through a numpy view,
+    results handed back in the input's library where it has ``from_dlpack``."""
+
+    name = "dlpack"
+
+    def wrap(self, a):
+        return np.from_dlpack(a)
+
+    def unwrap(self, a, like):
+        mod = type(like).__module__.split(".")[0]
+        if mod in ("jax", "jaxlib"):
+            import jax.numpy as jnp
+
+            return jnp.from_dlpack(a)
+        return a
+
+
+_torch_ns: TorchNamespace | None = None
+_cupy_ns: CupyNamespace | None = None
+_numpy_ns = Namespace()
+_dlpack_ns = DLPackNamespace()
+
+
+def namespace(a: Any) -> Namespace:
+    global _torch_ns, _cupy_ns
+    if isinstance(a, np.ndarray):
+        return _numpy_ns
+    mod = type(a).__module__.split(".")[0]
+    if mod == "torch":
+        _torch_ns = _torch_ns or TorchNamespace()
+        return _torch_ns
+    if mod == "cupy":
+        _cupy_ns = _cupy_ns or CupyNamespace()
+        return _cupy_ns
+    if hasattr(a, "__dlpack__"):
+        return _dlpack_ns
+    raise TypeError(
+        f"expected a numpy, torch or cupy array, or an object with __dlpack__; got {type(a).__name__}"
+    )
+
+
+def prod(shape: tuple[int, ...]) -> int:
+    return math.prod(shape)
