@@ -35,6 +35,7 @@ struct Layout {
 
 Layout layout_of(index_t rows, index_t cols, index_t rs, index_t cs) {
   const index_t r = std::max<index_t>(rows, 1), c = std::max<index_t>(cols, 1);
+  if (rows == 0 || cols == 0) return {r, false};  // nothing is ever addressed
   if ((rs == 1 || rows <= 1) && (cols <= 1 || cs >= r)) return {cols <= 1 ? r : cs, false};
   if ((cs == 1 || cols <= 1) && (rows <= 1 || rs >= c)) return {rows <= 1 ? c : rs, true};
   return {-1, false};
