@@ -174,12 +174,16 @@ def _factors(c: Call, V3: Any) -> Any:
 
 
 def apply_with_factors(V, X, transpose: bool = False, *, block: int | None = None,
-                       strategy: StrategyName = "auto", tf32: bool = False) -> tuple[Any, Any]:
-    """U X (or U^T X) and the T factors of V, kept for the backward."""
+                       strategy: StrategyName = "auto", tf32: bool = False,
+                       dry_run: bool = False) -> tuple[Any, Any]:
+    """U X (or U^T X) and the T factors of V, kept for the backward. With ``dry_run`` only
+    the outputs are allocated (what a torch fake/meta kernel needs)."""
     c = validate("fasth.apply", tf32, V=V, X=X)
     V3, s = _prepare_apply(c, "X", block, strategy)
-    X3 = c.to3(c.arrays["X"], s.d, s.n)
     out = c.alloc(s.batch, s.d, s.n, like=c.arrays["X"])
+    if dry_run:
+        return c.out(out, (*c.batch, s.d, s.n)), c.buffer(_core.factors_size(s))
+    X3 = c.to3(c.arrays["X"], s.d, s.n)
     f = _factors(c, V3)
     ws = c.buffer(_core.workspace_size(_core.Op.apply, s))
     c.module.apply(s, bool(transpose), V3, f, X3, out, ws, **c.kwargs)
@@ -196,7 +200,7 @@ def apply(V, X, transpose: bool = False, *, block: int | None = None,
 
 def apply_backward(V, out, grad, transpose: bool = False, *, factors: Any = None,
                    block: int | None = None, strategy: StrategyName = "auto",
-                   tf32: bool = False) -> tuple[Any, Any]:
+                   tf32: bool = False, dry_run: bool = False) -> tuple[Any, Any]:
     """Gradients ``(dV, dX)`` of ``out = apply(V, X, transpose)`` from ``out`` and
     ``grad = dL/dout`` alone (the input is recovered through orthogonality)."""
     c = validate("fasth.apply_backward", tf32, V=V, out=out, grad=grad)
@@ -204,10 +208,12 @@ def apply_backward(V, out, grad, transpose: bool = False, *, factors: Any = None
         raise c.fail(ValueError, f"grad has shape {tuple(c.arrays['grad'].shape)} but out has "
                                  f"shape {tuple(c.arrays['out'].shape)}")
     V3, s = _prepare_apply(c, "out", block, strategy)
-    f = _factors(c, V3) if factors is None else c.xp.wrap(factors)
     Vb = c.arrays["V"]
     dV = c.alloc(V3.shape[0], s.d, s.k, like=Vb)  # shared: one matrix, the batch summed in
     dX = c.alloc(s.batch, s.d, s.n, like=c.arrays["out"])
+    if dry_run:
+        return c.out(dV, tuple(Vb.shape)), c.out(dX, (*c.batch, s.d, s.n))
+    f = _factors(c, V3) if factors is None else c.xp.wrap(factors)
     ws = c.buffer(_core.workspace_size(_core.Op.apply_backward, s))
     c.module.apply_backward(
         s, bool(transpose), V3, f, c.to3(c.arrays["out"], s.d, s.n),
@@ -225,10 +231,12 @@ def _prepare_matrix(c: Call, thin: bool, block) -> tuple[Any, Any]:
 
 
 def matrix_with_factors(V, thin: bool = False, *, block: int | None = None,
-                        tf32: bool = False) -> tuple[Any, Any]:
+                        tf32: bool = False, dry_run: bool = False) -> tuple[Any, Any]:
     c = validate("fasth.matrix", tf32, V=V)
     V3, s = _prepare_matrix(c, thin, block)
     out = c.alloc(s.batch, s.d, s.n)
+    if dry_run:
+        return c.out(out, (*c.batch, s.d, s.n)), c.buffer(_core.factors_size(s))
     f = _factors(c, V3)
     ws = c.buffer(_core.workspace_size(_core.Op.matrix, s))
     c.module.matrix(s, V3, f, out, ws, **c.kwargs)
@@ -242,7 +250,7 @@ def matrix(V, thin: bool = False, *, block: int | None = None, tf32: bool = Fals
 
 
 def matrix_backward(V, U, grad, thin: bool = False, *, factors: Any = None,
-                    block: int | None = None, tf32: bool = False) -> Any:
+                    block: int | None = None, tf32: bool = False, dry_run: bool = False) -> Any:
     """``dV`` for ``U = matrix(V, thin)`` from ``U`` and ``grad = dL/dU``."""
     c = validate("fasth.matrix_backward", tf32, V=V, U=U, grad=grad)
     V3, s = _prepare_matrix(c, thin, block)
@@ -250,8 +258,10 @@ def matrix_backward(V, U, grad, thin: bool = False, *, factors: Any = None,
     for name in ("U", "grad"):
         if tuple(c.arrays[name].shape) != want:
             raise c.fail(ValueError, f"{name} has shape {tuple(c.arrays[name].shape)}, expected {want}")
-    f = _factors(c, V3) if factors is None else c.xp.wrap(factors)
     dV = c.alloc(s.batch, s.d, s.k, like=c.arrays["V"])
+    if dry_run:
+        return c.out(dV, (*c.batch, s.d, s.k))
+    f = _factors(c, V3) if factors is None else c.xp.wrap(factors)
     ws = c.buffer(_core.workspace_size(_core.Op.matrix_backward, s))
     c.module.matrix_backward(s, V3, f, c.to3(c.arrays["U"], s.d, s.n),
                              c.to3(c.arrays["grad"], s.d, s.n), dV, ws, **c.kwargs)

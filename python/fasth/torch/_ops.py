@@ -1,0 +1,117 @@
+"""fasth's operations as torch custom ops: ``torch.library.custom_op`` with a fake kernel
+(the same allocation code run without computing) and autograd whose backward is itself a
+custom op. Clean under ``torch.library.opcheck`` and ``torch.compile(fullgraph=True)``.
+
+Only the output is saved for the backward (the input is recovered through orthogonality),
+with the T factors that the forward built."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import _api
+
+
+def _tf32(t: Tensor) -> bool:
+    return t.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
+
+
+def _block(block: int) -> int | None:
+    return block if block > 0 else None
+
+
+# apply ----------------------------------------------------------------------------------
+
+@torch.library.custom_op("fasth::apply", mutates_args=())
+def _apply(V: Tensor, X: Tensor, transpose: bool, block: int, strategy: str) -> tuple[Tensor, Tensor]:
+    return _api.apply_with_factors(V, X, transpose, block=_block(block), strategy=strategy, tf32=_tf32(V))
+
+
+@_apply.register_fake
+def _(V, X, transpose, block, strategy):
+    return _api.apply_with_factors(V, X, transpose, block=_block(block), strategy=strategy, dry_run=True)
+
+
+@torch.library.custom_op("fasth::apply_backward", mutates_args=())
+def _apply_backward(V: Tensor, factors: Tensor, out: Tensor, grad: Tensor, transpose: bool,
+                    block: int, strategy: str) -> tuple[Tensor, Tensor]:
+    return _api.apply_backward(V, out, grad, transpose, factors=factors, block=_block(block),
+                               strategy=strategy, tf32=_tf32(V))
+
+
+@_apply_backward.register_fake
+def _(V, factors, out, grad, transpose, block, strategy):
+    return _api.apply_backward(V, out, grad, transpose, block=_block(block), strategy=strategy,
+                               dry_run=True)
+
+
+def _apply_setup(ctx, inputs, output):
+    V, _, transpose, block, strategy = inputs
+    out, factors = output
+    ctx.save_for_backward(V, factors, out)
+    ctx.args = (transpose, block, strategy)
+
+
+def _apply_grad(ctx, grad_out, _grad_factors):
+    V, factors, out = ctx.saved_tensors
+    dV, dX = _apply_backward(V, factors, out, grad_out, *ctx.args)
+    return dV, dX, None, None, None
+
+
+_apply.register_autograd(_apply_grad, setup_context=_apply_setup)
+
+
+# matrix ---------------------------------------------------------------------------------
+
+@torch.library.custom_op("fasth::matrix", mutates_args=())
+def _matrix(V: Tensor, thin: bool, block: int) -> tuple[Tensor, Tensor]:
+    return _api.matrix_with_factors(V, thin, block=_block(block), tf32=_tf32(V))
+
+
+@_matrix.register_fake
+def _(V, thin, block):
+    return _api.matrix_with_factors(V, thin, block=_block(block), dry_run=True)
+
+
+@torch.library.custom_op("fasth::matrix_backward", mutates_args=())
+def _matrix_backward(V: Tensor, factors: Tensor, U: Tensor, grad: Tensor, thin: bool,
+                     block: int) -> Tensor:
+    return _api.matrix_backward(V, U, grad, thin, factors=factors, block=_block(block), tf32=_tf32(V))
+
+
+@_matrix_backward.register_fake
+def _(V, factors, U, grad, thin, block):
+    return _api.matrix_backward(V, U, grad, thin, block=_block(block), dry_run=True)
+
+
+def _matrix_setup(ctx, inputs, output):
+    V, thin, block = inputs
+    U, factors = output
+    ctx.save_for_backward(V, factors, U)
+    ctx.args = (thin, block)
+
+
+def _matrix_grad(ctx, grad_U, _grad_factors):
+    V, factors, U = ctx.saved_tensors
+    return _matrix_backward(V, factors, U, grad_U, *ctx.args), None, None
+
+
+_matrix.register_autograd(_matrix_grad, setup_context=_matrix_setup)
+
+
+# public functions -----------------------------------------------------------------------
+
+def apply(V: Tensor, X: Tensor, transpose: bool = False, *, block: int | None = None,
+          strategy: _api.StrategyName = "auto") -> Tensor:
+    """``U X`` (``U^T X`` with ``transpose``), differentiable in ``V`` and ``X``.
+
+    ``V``: ``(..., d, k)``, Householder vectors in columns; ``X``: ``(..., d, n)``; ``V``
+    unbatched is shared by a batch of ``X``. ``strategy``: ``"blockwise"``, ``"materialize"``
+    (build ``U`` once, then one GEMM) or ``"auto"`` (by flop count)."""
+    return _apply(V, X, transpose, block or 0, strategy)[0]
+
+
+def matrix(V: Tensor, thin: bool = False, *, block: int | None = None) -> Tensor:
+    """``U`` (``d x d``), or with ``thin`` its first ``k`` columns, differentiable in ``V``."""
+    return _matrix(V, thin, block or 0)[0]

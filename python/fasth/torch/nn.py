@@ -1,0 +1,189 @@
+"""Layers: ``Orthogonal``, ``SVDLinear`` and the ``orthogonal`` parametrisation.
+
+Features last, as ``nn.Linear``: ``y = x W^T + b``. A ``(N, d)`` batch is handed to the core
+as the column-major ``d x N`` matrix it already is in memory (no transpose copy)."""
+
+from __future__ import annotations
+
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from ._ops import apply, matrix
+
+
+def householder_vectors(A: Tensor, k: int | None = None) -> Tensor:
+    """Householder vectors ``V`` (``d x k``) with ``matrix(V, thin=True) = Q``, where
+    ``A[:, :k] = Q R`` is the QR factorisation with ``diag(R) >= 0``: for an orthonormal
+    ``A``, ``Q = A[:, :k]`` exactly. Used to start a layer from a given weight."""
+    d = A.shape[-2]
+    k = A.shape[-1] if k is None else k
+    R = A.detach().to(torch.float64).clone()
+    V = torch.zeros(d, k, dtype=torch.float64, device=A.device)
+    for j in range(k):
+        x = R[j:, j]
+        norm = torch.linalg.vector_norm(x)
+        v = x.clone()
+        # v = x - |x| e_1 maps x to +|x| e_1; the stable form avoids cancellation for x_0 > 0.
+        if x[0] > 0:
+            v[0] = -(x[1:] @ x[1:]) / (x[0] + norm)
+        else:
+            v[0] = x[0] - norm
+        vv = v @ v
+        if vv <= torch.finfo(torch.float64).tiny:
+            continue  # already +|x| e_1: the identity
+        R[j:, j:] -= (2 / vv) * torch.outer(v, v @ R[j:, j:])
+        V[j:, j] = v
+    return V.to(A.dtype)
+
+
+def _features_first(x: Tensor, d: int, name: str) -> tuple[Tensor, tuple[int, ...]]:
+    if x.shape[-1] != d:
+        raise ValueError(f"{name}: expected {d} features in the last dimension, got shape {tuple(x.shape)}")
+    lead = tuple(x.shape[:-1])
+    return x.reshape(-1, d).transpose(0, 1), lead  # (d, N), column-major view
+
+
+def _features_last(y: Tensor, lead: tuple[int, ...]) -> Tensor:
+    return y.transpose(0, 1).reshape(*lead, y.shape[0])
+
+
+class Orthogonal(nn.Module):
+    """``y = x U^T`` with ``U = H_1 ... H_k`` (``d x d``, orthogonal by construction).
+
+    ``k`` reflectors (default ``d``: every orthogonal matrix of determinant ``(-1)^d``)."""
+
+    def __init__(self, d: int, k: int | None = None, *, device=None, dtype=None) -> None:
+        super().__init__()
+        k = d if k is None else k
+        if not 0 <= k <= d:
+            raise ValueError(f"Orthogonal: k must be in [0, d = {d}], got {k}")
+        self.d, self.k = d, k
+        self.V = nn.Parameter(torch.randn(d, k, device=device, dtype=dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xt, lead = _features_first(x, self.d, "Orthogonal")
+        return _features_last(apply(self.V, xt), lead)
+
+    def inverse(self, y: Tensor) -> Tensor:
+        yt, lead = _features_first(y, self.d, "Orthogonal.inverse")
+        return _features_last(apply(self.V, yt, transpose=True), lead)
+
+    def weight(self) -> Tensor:
+        return matrix(self.V)
+
+    def extra_repr(self) -> str:
+        return f"d={self.d}, k={self.k}"
+
+
+class SVDLinear(nn.Module):
+    """``nn.Linear`` with its weight held as an SVD, ``W = U diag(s) V^T``.
+
+    ``U`` and ``V`` are products of Householder reflectors (thin frames of ``r = min(in,
+    out)`` columns when rectangular), so ``logabsdet()``, ``spectral_norm()`` and
+    ``inverse()`` are exact and cost nothing next to the forward. Starts orthogonal
+    (``s = 1``) unless ``from_linear`` / ``from_weight`` is used."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, device=None,
+                 dtype=None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        r = min(in_features, out_features)
+        kw = {"device": device, "dtype": dtype}
+        self.U = nn.Parameter(torch.randn(out_features, r, **kw))
+        self.S = nn.Parameter(torch.ones(r, **kw))
+        self.V = nn.Parameter(torch.randn(in_features, r, **kw))
+        self.bias = nn.Parameter(torch.zeros(out_features, **kw)) if bias else None
+
+    @classmethod
+    def from_weight(cls, weight: Tensor, bias: Tensor | None = None) -> "SVDLinear":
+        out_f, in_f = weight.shape
+        layer = cls(in_f, out_f, bias is not None, device=weight.device, dtype=weight.dtype)
+        u, s, vh = torch.linalg.svd(weight.detach().to(torch.float64), full_matrices=False)
+        with torch.no_grad():
+            layer.U.copy_(householder_vectors(u))
+            layer.V.copy_(householder_vectors(vh.T))
+            layer.S.copy_(s)
+            if bias is not None:
+                layer.bias.copy_(bias)
+        return layer
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "SVDLinear":
+        return cls.from_weight(linear.weight, linear.bias)
+
+    @property
+    def square(self) -> bool:
+        return self.in_features == self.out_features
+
+    def weight(self) -> Tensor:
+        """The dense ``W`` (``out x in``)."""
+        Ur = matrix(self.U, thin=True)
+        Vr = matrix(self.V, thin=True)
+        return (Ur * self.S) @ Vr.T
+
+    def forward(self, x: Tensor) -> Tensor:
+        xt, lead = _features_first(x, self.in_features, "SVDLinear")
+        n, r = xt.shape[1], self.S.shape[0]
+        if n >= 2 * max(self.in_features, self.out_features):
+            # Many rows: one GEMM with the materialised weight is cheaper.
+            y = nn.functional.linear(x, self.weight(), self.bias)
+            return y
+        z = apply(self.V, xt, transpose=True)[:r] * self.S[:, None]   # diag(s) V^T x
+        if self.out_features > r:
+            z = torch.cat([z, z.new_zeros(self.out_features - r, n)])
+        y = _features_last(apply(self.U, z), lead)
+        return y if self.bias is None else y + self.bias
+
+    def inverse(self, y: Tensor) -> Tensor:
+        """``x`` with ``forward(x) = y``: ``W^{-1} = V diag(1/s) U^T`` (square layers)."""
+        if not self.square:
+            raise ValueError("SVDLinear.inverse: the layer is not square "
+                             f"({self.out_features} x {self.in_features})")
+        if self.bias is not None:
+            y = y - self.bias
+        yt, lead = _features_first(y, self.out_features, "SVDLinear.inverse")
+        z = apply(self.U, yt, transpose=True) / self.S[:, None]
+        return _features_last(apply(self.V, z), lead)
+
+    def logabsdet(self) -> Tensor:
+        """``log |det W| = sum log |s|`` (square layers)."""
+        if not self.square:
+            raise ValueError("SVDLinear.logabsdet: the layer is not square")
+        return torch.log(torch.abs(self.S)).sum()
+
+    def spectral_norm(self) -> Tensor:
+        """``||W||_2 = max |s|``, exact."""
+        return torch.abs(self.S).max()
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class _Householder(nn.Module):
+    """Parametrisation: Householder vectors -> the orthonormal weight (out x in)."""
+
+    def __init__(self, out_features: int, in_features: int) -> None:
+        super().__init__()
+        self.transposed = out_features < in_features
+
+    def forward(self, V: Tensor) -> Tensor:
+        Q = matrix(V, thin=True)
+        return Q.T if self.transposed else Q
+
+    def right_inverse(self, W: Tensor) -> Tensor:
+        return householder_vectors(W.T if self.transposed else W)
+
+
+def orthogonal(module: nn.Module, name: str = "weight") -> nn.Module:
+    """Make ``module.<name>`` (a 2-d weight) orthogonal through Householder vectors, used like
+    ``torch.nn.utils.parametrizations.orthogonal``. The current weight becomes the ``Q`` of its
+    QR factorisation (``diag(R) >= 0``)."""
+    W = getattr(module, name, None)
+    if not isinstance(W, Tensor) or W.ndim != 2:
+        raise ValueError(f"orthogonal: module.{name} must be a 2-d tensor parameter")
+    parametrize.register_parametrization(module, name, _Householder(*W.shape), unsafe=True)
+    return module
+
+
