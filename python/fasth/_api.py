@@ -139,7 +139,9 @@ def _shape(c: Call, batch: int, shared: bool, d: int, k: int, n: int, block: int
     if strategy not in _STRATEGIES:
         raise c.fail(ValueError, f"strategy must be one of {list(_STRATEGIES)}, got {strategy!r}")
     s = _core.Shape()
-    s.batch, s.shared_v, s.d, s.k, s.n = batch, shared, d, k, n
+    # int()/bool() also specialise symbolic sizes (torch.compile with dynamic shapes): the
+    # block size and the factors' size depend on them.
+    s.batch, s.shared_v, s.d, s.k, s.n = int(batch), bool(shared), int(d), int(k), int(n)
     s.block = int(block or 0)
     s.strategy = _STRATEGIES[strategy]
     dev = _core.Device.cuda if c.device[0] == "cuda" else _core.Device.cpu

@@ -1,0 +1,176 @@
+"""fasth.torch: custom ops (gradcheck, opcheck, torch.compile) and the layers, on every
+device the `device` fixture offers (CUDA cases skip cleanly without a GPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import fasth.torch as ft
+from reference import ref_apply, ref_apply_grad, ref_matrix, tolerance
+
+
+def sample_inputs(device: str, dtype=torch.float64):
+    """(V, X) pairs covering k < d, k = d, batched, shared V and odd sizes."""
+    g = torch.Generator().manual_seed(0)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g, dtype=dtype).to(device)
+
+    return [
+        (r(6, 4), r(6, 5)),
+        (r(7, 7), r(7, 3)),
+        (r(2, 5, 3), r(2, 5, 4)),
+        (r(5, 5), r(3, 5, 2)),
+        (r(9, 9), r(9, 40)),  # n >> d: the materialised strategy under "auto"
+    ]
+
+
+@pytest.mark.parametrize("strategy", ["blockwise", "materialize"])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_apply_gradcheck(device, strategy, transpose):
+    for V, X in sample_inputs(device):
+        V.requires_grad_(), X.requires_grad_()
+        fn = lambda V, X: ft.apply(V, X, transpose, strategy=strategy, block=2)  # noqa: E731
+        assert torch.autograd.gradcheck(fn, (V, X))
+
+
+@pytest.mark.parametrize("thin", [False, True])
+def test_matrix_gradcheck(device, thin):
+    for V, _ in sample_inputs(device):
+        V.requires_grad_()
+        assert torch.autograd.gradcheck(lambda V: ft.matrix(V, thin, block=3), (V,))
+
+
+def test_apply_matches_reference(device):
+    for V, X in sample_inputs(device, torch.float32):
+        for transpose in (False, True):
+            out = ft.apply(V, X, transpose).cpu().double().numpy()
+            ref = ref_apply(V.cpu().numpy(), X.cpu().numpy(), transpose)
+            np.testing.assert_allclose(out, ref, atol=tolerance("float32", V.shape[-2]))
+
+
+def test_gradients_match_reference(device):
+    V, X = sample_inputs(device)[3]  # shared V: its gradient sums over the batch
+    V.requires_grad_(), X.requires_grad_()
+    G = torch.randn_like(X)
+    (ft.apply(V, X, True) * G).sum().backward()
+    dV, dX = ref_apply_grad(*(t.detach().cpu().numpy() for t in (V, X, G)), transpose=True)
+    np.testing.assert_allclose(V.grad.cpu().numpy(), dV, atol=1e-10)
+    np.testing.assert_allclose(X.grad.cpu().numpy(), dX, atol=1e-10)
+
+
+@pytest.mark.parametrize("op, args", [
+    ("apply", lambda V, X: (V, X, False, 0, "auto")),
+    ("apply", lambda V, X: (V, X, True, 2, "materialize")),
+    ("matrix", lambda V, X: (V, True, 0)),
+])
+def test_opcheck(device, op, args):
+    for V, X in sample_inputs(device, torch.float32)[:4]:
+        torch.library.opcheck(getattr(torch.ops.fasth, op).default, args(V, X))
+
+
+def test_backward_ops_opcheck(device):
+    V, X = sample_inputs(device, torch.float32)[2]
+    out, f = torch.ops.fasth.apply(V, X, False, 0, "auto")
+    torch.library.opcheck(torch.ops.fasth.apply_backward.default,
+                          (V, f, out, torch.randn_like(out), False, 0, "auto"))
+    U, f = torch.ops.fasth.matrix(V, False, 0)
+    torch.library.opcheck(torch.ops.fasth.matrix_backward.default,
+                          (V, f, U, torch.randn_like(U), False, 0))
+
+
+def test_compile_training_step(device):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(ft.Orthogonal(16), torch.nn.Tanh(), ft.SVDLinear(16, 4)).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(32, 16, device=device), torch.randn(32, 4, device=device)
+
+    def step():
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        return loss
+
+    eager_first = torch.nn.functional.mse_loss(model(x), y).item()
+    compiled = torch.compile(step, fullgraph=False)
+    losses = [compiled().item() for _ in range(3)]
+    opt.step()
+    assert losses[0] == pytest.approx(eager_first, rel=1e-5)
+    loss_fn = torch.compile(lambda V, X: ft.apply(V, X).square().sum(), fullgraph=True)
+    V = torch.randn(8, 8, device=device, requires_grad=True)
+    loss_fn(V, torch.randn(8, 3, device=device)).backward()
+    assert torch.isfinite(V.grad).all()
+
+
+@pytest.mark.parametrize("shape", [(5, 5), (7, 4), (3, 6)])
+def test_svdlinear_matches_dense(device, shape):
+    in_f, out_f = shape
+    torch.manual_seed(0)
+    layer = ft.SVDLinear(in_f, out_f).double().to(device)
+    with torch.no_grad():
+        layer.S.uniform_(0.5, 2.0), layer.bias.normal_()
+    W = layer.weight()
+    for rows in (3, 4 * max(shape)):  # applied blockwise, and with the materialised weight
+        x = torch.randn(rows, in_f, dtype=torch.float64, device=device)
+        torch.testing.assert_close(layer(x), x @ W.T + layer.bias)
+    assert layer.spectral_norm().item() == pytest.approx(torch.linalg.matrix_norm(W, 2).item())
+    x = torch.randn(2, 3, in_f, dtype=torch.float64, device=device)
+    assert layer(x).shape == (2, 3, out_f)
+
+
+def test_svdlinear_inverse_and_logdet(device):
+    torch.manual_seed(1)
+    layer = ft.SVDLinear(6, 6).double().to(device)
+    with torch.no_grad():
+        layer.S.uniform_(0.3, 3.0), layer.bias.normal_()
+    x = torch.randn(4, 6, dtype=torch.float64, device=device)
+    torch.testing.assert_close(layer.inverse(layer(x)), x)
+    torch.testing.assert_close(layer.logabsdet(), torch.linalg.slogdet(layer.weight())[1])
+    with pytest.raises(ValueError, match="not square"):
+        ft.SVDLinear(3, 4).inverse(torch.randn(2, 4))
+
+
+def test_svdlinear_from_linear(device):
+    lin = torch.nn.Linear(6, 4).double().to(device)
+    layer = ft.SVDLinear.from_linear(lin)
+    torch.testing.assert_close(layer.weight(), lin.weight)
+    x = torch.randn(3, 6, dtype=torch.float64, device=device)
+    torch.testing.assert_close(layer(x), lin(x))
+
+
+def test_orthogonal_layer(device):
+    layer = ft.Orthogonal(8, 5).to(device)
+    x = torch.randn(2, 3, 8, device=device)
+    y = layer(x)
+    torch.testing.assert_close(y, x @ layer.weight().T)
+    torch.testing.assert_close(layer.inverse(y), x, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="features"):
+        layer(torch.randn(3, 7, device=device))
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (5, 3), (4, 4)])
+def test_orthogonal_parametrization(device, shape):
+    out_f, in_f = shape
+    lin = torch.nn.Linear(in_f, out_f).to(device)
+    W0 = lin.weight.detach().clone()
+    ft.orthogonal(lin)
+    W = lin.weight
+    eye = torch.eye(min(shape), device=device)
+    torch.testing.assert_close(W @ W.T if out_f < in_f else W.T @ W, eye, atol=1e-5, rtol=0)
+    Q, R = torch.linalg.qr(W0.T if out_f < in_f else W0)
+    Q = Q * torch.sign(torch.diagonal(R))
+    torch.testing.assert_close(W.T if out_f < in_f else W, Q, atol=1e-5, rtol=0)
+    lin(torch.randn(2, in_f, device=device)).sum().backward()
+    assert lin.parametrizations.weight.original.grad is not None
+
+
+def test_features_last_without_copies():
+    # (N, d) activations reach the core as the column-major d x N matrix they are.
+    V = torch.randn(16, 16)
+    x = torch.randn(64, 16)
+    y = ft.apply(V, x.T)
+    assert y.T.is_contiguous()
+    torch.testing.assert_close(y, ft.matrix(V) @ x.T, atol=1e-5, rtol=1e-5)
+    assert torch.from_numpy(ref_matrix(V.numpy())).shape == (16, 16)
