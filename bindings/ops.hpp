@@ -26,9 +26,11 @@ using Buf = nb::ndarray<T, nb::ndim<1>, nb::c_contig, Dev>;
 
 template <class A>
 auto matrix_of(const A& a) {
+  const index_t rows = static_cast<index_t>(a.shape(1)), cols = static_cast<index_t>(a.shape(2));
+  if (a.shape(0) == 0)  // nothing is read or written: any strides, canonical ones here
+    return Matrix<std::remove_pointer_t<decltype(a.data())>>{a.data(), rows, cols, 1, rows, 0};
   return Matrix<std::remove_pointer_t<decltype(a.data())>>{
-      a.data(), static_cast<index_t>(a.shape(1)), static_cast<index_t>(a.shape(2)),
-      a.stride(1), a.stride(2), a.shape(0) > 1 ? a.stride(0) : 0};
+      a.data(), rows, cols, a.stride(1), a.stride(2), a.shape(0) > 1 ? a.stride(0) : 0};
 }
 
 // The array's matrices, checked against the shape's batch (V and dV: one shared matrix).
@@ -36,7 +38,7 @@ template <class A>
 auto batch_of(const A& a, const Shape& s, const char* name, bool v_like = false) {
   const index_t want = v_like && s.shared_v ? 1 : s.batch;
   const index_t got = static_cast<index_t>(a.shape(0));
-  if (got != want && !(s.batch <= 1 && got <= 1))
+  if (got != want)
     throw std::invalid_argument(std::string("fasth: ") + name + " has batch " +
                                 std::to_string(got) + ", expected " + std::to_string(want));
   return matrix_of(a);

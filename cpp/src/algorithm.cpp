@@ -60,6 +60,17 @@ View<const T> in(View<T> v) {
   return {v.p, v.ld, v.t, v.bs};
 }
 
+template <class T>
+Strided<T> strided(View<T> v) {
+  return v.t ? Strided<T>{v.p, v.ld, 1, v.bs} : Strided<T>{v.p, 1, v.ld, v.bs};
+}
+
+// Whether U (d x cols, V d x k) and its backward go through the backend's small-d path.
+template <class T>
+bool small(const Backend<T>& be, index_t d, index_t k, index_t cols) {
+  return cols <= d && be.small_path(d, k);
+}
+
 // C = alpha op(A) op(B) + beta C, op(A) m x k, for `batch` entries. A C shared across the
 // batch (bs == 0) receives the sum over the batch.
 template <class T>
@@ -228,9 +239,12 @@ Blocks<T> blocks(const Backend<T>& be, const Shape& s, bool transpose, Matrix<co
   return {be, Dims(s), transpose, v, F, batch, n};
 }
 
-// U (bv entries, d x d) into `u` by a blockwise forward on the identity.
+// U (bv entries, d x d) into `u` by a blockwise forward on the identity, or the small path.
 template <class T>
 void build_u(const Blocks<T>& b0, View<T> u, T* ws) {
+  const Dims& z = b0.z;
+  if (small(b0.be, z.d, z.k, z.d))
+    return b0.be.small_matrix(z.bv, z.d, z.k, z.d, strided(b0.V), strided(u));
   Blocks<T> b = b0;
   b.transpose = false;
   b.batch = b0.z.bv;
@@ -246,8 +260,10 @@ bool addressable(index_t rows, index_t cols, index_t rs, index_t cs) {
 }
 
 index_t choose_block(index_t d, index_t k, index_t n, Device device) {
-  (void)d;
-  index_t m = device == Device::cuda ? 64 : std::clamp<index_t>(n / 2, 4, 32);
+  // GPU: each block step is a few launches, which dominate at small n, so blocks are large:
+  // 64, and 128 past d = 1024, where the extra T work (about m / 2d of the flops) stays small.
+  const index_t m =
+      device == Device::cuda ? (d <= 1024 ? 64 : 128) : std::clamp<index_t>(n / 2, 4, 32);
   return std::max<index_t>(1, std::min(m, k));
 }
 
@@ -273,7 +289,7 @@ bool materialized(const Shape& s) {
 Shape resolve(Shape s, Device device) {
   if (s.block <= 0) s.block = choose_block(s.d, s.k, s.n, device);
   if (s.strategy == Strategy::automatic) s.strategy = choose_strategy(s.d, s.k, s.n);
-  if (s.batch <= 1) s.shared_v = true;
+  if (s.batch == 1) s.shared_v = true;
   check_shape(s);
   return s;
 }
@@ -307,6 +323,8 @@ void factors(const Backend<T>& be, const Shape& s, Matrix<const T> V, T* F) {
   check(V, s.d, s.k, "V");
   const Dims z(s);
   if (z.bv == 0 || z.nb == 0) return;
+  // Unused where every op that could read them takes the small path.
+  if (materialized(s) && small(be, s.d, s.k, s.n)) return;
   View<const T> v = view(V, "V");
   be.set(static_cast<index_t>(factors_size(s)), 1, T(0), T(0), F, factors_size(s), 0, 1);
   // Gram matrices Y_j^T Y_j of the full blocks, then of the short last block.
@@ -387,6 +405,9 @@ void apply_backward(const Backend<T>& be, const Shape& s, bool transpose, Matrix
     mm(be, s.batch, d, d, s.n, T(1), g, false, o, true, T(0), w1);            // W1 = G out^T
     if (!transpose) mm(be, z.bv, d, d, d, T(1), in(w1), false, in(u), false, T(0), du);
     else mm(be, z.bv, d, d, d, T(1), in(u), false, in(w1), true, T(0), du);
+    if (small(be, d, s.k, d))
+      return be.small_matrix_backward(z.bv, d, s.k, d, strided(b.V), strided(in(u)),
+                                      strided(in(du)), strided(dv));
     Blocks<T> mb = b;  // dV from dU, as matrix_backward with U consumed in place
     mb.transpose = false, mb.batch = z.bv, mb.n = d;
     mb.backward(u, du, dv, rest);
@@ -410,6 +431,8 @@ void matrix(const Backend<T>& be, const Shape& s, Matrix<const T> V, const T* F,
   View<T> o = view(out, "out");
   if (s.batch == 0 || s.d == 0 || s.n == 0) return;
   Blocks<T> b = blocks(be, s, false, V, F, s.batch, s.n);
+  if (small(be, s.d, s.k, s.n))
+    return be.small_matrix(s.batch, s.d, s.k, s.n, strided(b.V), strided(o));
   identity(be, s.batch, s.d, s.n, o);
   b.forward(o, ws);
 }
@@ -428,6 +451,10 @@ void matrix_backward(const Backend<T>& be, const Shape& s, Matrix<const T> V, co
     return;
   }
   Blocks<T> b = blocks(be, s, false, V, F, s.batch, s.n);
+  if (small(be, s.d, s.k, s.n))
+    return be.small_matrix_backward(s.batch, s.d, s.k, s.n, strided(b.V),
+                                    strided(view(out, "out")), strided(view(grad, "grad")),
+                                    strided(dv));
   Carver<T> c{ws};
   View<T> a = buffer(c.take(s.batch * s.d * s.n), s.d, s.n),
           g = buffer(c.take(s.batch * s.d * s.n), s.d, s.n);

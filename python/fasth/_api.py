@@ -56,6 +56,7 @@ class Call:
     shape: Any = None
     batch: tuple[int, ...] = ()
     tf32: bool = False
+    like: Any = None  # the caller's first array, whose library results are handed back in
 
     @property
     def module(self) -> Any:
@@ -96,15 +97,21 @@ class Call:
         """A result in the caller's library, with its batch dimensions restored."""
         if shape is not None:
             a = self.xp.reshape(a, shape)
-        return self.xp.unwrap(a, next(iter(self.arrays.values())))
+        return self.xp.unwrap(a, self.like)
 
 
 def validate(fn: str, tf32: bool = False, **arrays: Any) -> Call:
     """Same library, float dtype, device; at least two dimensions each."""
     names = list(arrays)
-    xp = _arrays.namespace(arrays[names[0]])
+    spaces = {}
+    for name, a in arrays.items():
+        try:
+            spaces[name] = _arrays.namespace(a)
+        except TypeError as e:
+            raise TypeError(f"{fn}: {name}: {e}") from None
+    xp = spaces[names[0]]
     for name in names[1:]:
-        other = _arrays.namespace(arrays[name])
+        other = spaces[name]
         if other is not xp:
             raise TypeError(
                 f"{fn}: {name} is a {other.name} array but {names[0]} is a {xp.name} array"
@@ -127,7 +134,8 @@ def validate(fn: str, tf32: bool = False, **arrays: Any) -> Call:
     if len(set(devices.values())) > 1:
         desc = ", ".join(f"{n} is on {d[0]}:{d[1]}" for n, d in devices.items())
         raise ValueError(f"{fn}: arrays must be on one device ({desc})")
-    return Call(fn, xp, dtypes[names[0]], devices[names[0]], wrapped, tf32=tf32)
+    return Call(fn, xp, dtypes[names[0]], devices[names[0]], wrapped, tf32=tf32,
+                like=arrays[names[0]])
 
 
 def _shape(c: Call, batch: int, shared: bool, d: int, k: int, n: int, block: int | None,
@@ -162,7 +170,7 @@ def _prepare_apply(c: Call, X_name: str, block, strategy) -> tuple[Any, Any]:
             f"batch dimensions of V {bv} and {X_name} {bx} must match, or V must have none",
         )
     B = _arrays.prod(bx)
-    shared = bv != bx or B <= 1
+    shared = bv != bx or B == 1
     c.batch = bx
     c.shape = _shape(c, B, shared, d, k, X.shape[-1], block, strategy)
     V3 = c.to3(c.xp.reshape(V, (1, d, k)) if shared and bv != bx else V, d, k)
@@ -228,7 +236,7 @@ def _prepare_matrix(c: Call, thin: bool, block) -> tuple[Any, Any]:
     d, k = V.shape[-2:]
     c.batch = tuple(V.shape[:-2])
     B = _arrays.prod(c.batch)
-    c.shape = _shape(c, B, B <= 1, d, k, k if thin else d, block, "blockwise")
+    c.shape = _shape(c, B, B == 1, d, k, k if thin else d, block, "blockwise")
     return c.to3(V, d, k), c.shape
 
 

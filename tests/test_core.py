@@ -1,0 +1,513 @@
+"""The functional API (no autograd) against the float64 loop-over-reflectors reference:
+forward, transpose, matrix, gradients, batching, layouts, empty and odd sizes, properties,
+bad input and a property-based fuzz. Runs on every device of the `device` fixture."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fasth
+import fasth._api
+import fasth._arrays
+from reference import (finite_difference, ref_apply, ref_apply_grad, ref_matrix,
+                       ref_matrix_grad, tolerance)
+
+DTYPES = ["float32", "float64"]
+STRATEGIES = ["auto", "blockwise", "materialize"]
+
+
+def random_v(rng, shape, dtype="float64", zero_cols=()):
+    """Householder vectors with column norms in [0.5, 2] (a gradient scales like 1/|v|)."""
+    V = rng.standard_normal(shape)
+    V /= np.maximum(np.linalg.norm(V, axis=-2, keepdims=True), 1e-300)
+    V *= rng.uniform(0.5, 2.0, (*shape[:-2], 1, shape[-1]))
+    V[..., list(zero_cols)] = 0
+    return V.astype(dtype)
+
+
+def randn(rng, shape, dtype="float64"):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def assert_close(got, ref, dtype, length):
+    """max |got - ref| <= tolerance(dtype, length) * max(1, max |ref|)."""
+    got = np.asarray(got)
+    assert got.shape == ref.shape, (got.shape, ref.shape)
+    assert got.dtype == np.dtype(dtype), (got.dtype, dtype)
+    scale = max(1.0, float(np.abs(ref).max(initial=0)))
+    err = float(np.abs(got.astype(np.float64) - ref).max(initial=0))
+    assert err <= tolerance(dtype, length) * scale, (
+        f"error {err:.3g} > {tolerance(dtype, length) * scale:.3g} ({dtype}, length {length})")
+
+
+# ---------------------------------------------------------------------------------------
+# The reference itself: its gradients against finite differences.
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_reference_gradients_match_finite_differences(rng, transpose):
+    V = random_v(rng, (5, 3), zero_cols=[1])
+    X, G = randn(rng, (5, 2)), randn(rng, (5, 2))
+    dV, dX = ref_apply_grad(V, X, G, transpose)
+    np.testing.assert_allclose(dV, finite_difference(lambda v: ref_apply(v, X, transpose), V, G),
+                               atol=1e-7)
+    np.testing.assert_allclose(dX, finite_difference(lambda x: ref_apply(V, x, transpose), X, G),
+                               atol=1e-7)
+    assert np.all(dV[:, 1] == 0)
+    for thin in (False, True):
+        Gm = randn(rng, (5, 3 if thin else 5))
+        np.testing.assert_allclose(ref_matrix_grad(V, Gm, thin),
+                                   finite_difference(lambda v: ref_matrix(v, thin), V, Gm),
+                                   atol=1e-7)
+
+
+def test_reference_is_orthogonal_and_ordered(rng):
+    V = random_v(rng, (4, 3))
+    U = ref_matrix(V)
+    np.testing.assert_allclose(U.T @ U, np.eye(4), atol=1e-14)
+    H = [np.eye(4) - 2 * np.outer(v, v) / (v @ v) for v in V.T]
+    np.testing.assert_allclose(U, H[0] @ H[1] @ H[2], atol=1e-14)
+    X = randn(rng, (4, 2))
+    np.testing.assert_allclose(ref_apply(V, X, True), U.T @ X, atol=1e-14)
+
+
+# ---------------------------------------------------------------------------------------
+# Forward against the reference.
+
+SIZES = [(1, 1, 1), (2, 1, 3), (5, 3, 4), (7, 7, 2), (13, 5, 9), (33, 20, 3), (17, 16, 40)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d,k,n", SIZES)
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_apply(xp, rng, dtype, d, k, n, transpose, strategy):
+    V, X = random_v(rng, (d, k), dtype), randn(rng, (d, n), dtype)
+    out = fasth.apply(xp(V), xp(X), transpose, strategy=strategy)
+    assert_close(xp.numpy(out), ref_apply(V, X, transpose), dtype, d)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("block", [1, 3, 7, 12])  # 7 == k, 12 > k
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("strategy", ["blockwise", "materialize"])
+def test_apply_block_sizes(xp, rng, dtype, block, transpose, strategy):
+    d, k, n = 11, 7, 5
+    V, X = random_v(rng, (d, k), dtype), randn(rng, (d, n), dtype)
+    out = fasth.apply(xp(V), xp(X), transpose, block=block, strategy=strategy)
+    assert_close(xp.numpy(out), ref_apply(V, X, transpose), dtype, d)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d,k", [(1, 1), (3, 2), (6, 6), (13, 5), (20, 20)])
+@pytest.mark.parametrize("thin", [False, True])
+@pytest.mark.parametrize("block", [None, 1, 3])
+def test_matrix(xp, rng, dtype, d, k, thin, block):
+    V = random_v(rng, (d, k), dtype)
+    U = fasth.matrix(xp(V), thin, block=block)
+    assert_close(xp.numpy(U), ref_matrix(V, thin), dtype, d)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("vbatch,xbatch", [
+    ((2, 3), (2, 3)),   # batched V
+    ((), (2, 3)),       # one V shared by a batch of X
+    ((1,), (4,)),       # a batch of one V is shared too
+    ((1, 1), ()),       # ... and its batch dimensions dropped
+    ((3,), (3,)),
+])
+def test_apply_batched(xp, rng, dtype, transpose, strategy, vbatch, xbatch):
+    d, k, n = 6, 4, 3
+    V, X = random_v(rng, (*vbatch, d, k), dtype), randn(rng, (*xbatch, d, n), dtype)
+    out = fasth.apply(xp(V), xp(X), transpose, strategy=strategy)
+    assert_close(xp.numpy(out), ref_apply(V, X, transpose), dtype, d)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("thin", [False, True])
+def test_matrix_batched(xp, rng, dtype, thin):
+    V = random_v(rng, (2, 3, 5, 3), dtype)
+    U = fasth.matrix(xp(V), thin)
+    assert_close(xp.numpy(U), ref_matrix(V, thin), dtype, 5)
+
+
+# ---------------------------------------------------------------------------------------
+# Empty sizes: results of the right shape, no crash.
+
+@pytest.mark.parametrize("vshape,xshape", [
+    ((0, 0), (0, 3)),         # d = 0
+    ((4, 0), (4, 3)),         # k = 0: U = I
+    ((4, 2), (4, 0)),         # n = 0
+    ((0, 0), (2, 0, 0)),
+    ((1, 0), (1, 1)),
+    ((0, 4, 2), (0, 4, 3)),   # batch 0
+    ((4, 2), (0, 4, 3)),      # shared V, batch 0
+])
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_empty(xp, rng, request, vshape, xshape, transpose, strategy):
+    V, X = random_v(rng, vshape), randn(rng, xshape)
+    out = fasth.apply(xp(V), xp(X), transpose, strategy=strategy)
+    assert_close(xp.numpy(out), ref_apply(V, X, transpose), "float64", 1)
+    G = randn(rng, xshape)
+    dV, dX = fasth.apply_backward(xp(V), out, xp(G), transpose, strategy=strategy)
+    rdV, rdX = ref_apply_grad(V, X, G, transpose)
+    assert_close(xp.numpy(dV), rdV, "float64", 4)
+    assert_close(xp.numpy(dX), rdX, "float64", 4)
+
+
+@pytest.mark.parametrize("vshape", [(0, 0), (4, 0), (1, 0), (2, 0, 0), (0, 3, 2)])
+@pytest.mark.parametrize("thin", [False, True])
+def test_matrix_empty(xp, rng, request, vshape, thin):
+    V = random_v(rng, vshape)
+    U = fasth.matrix(xp(V), thin)
+    ref = ref_matrix(V, thin)
+    assert_close(xp.numpy(U), ref, "float64", 1)
+    G = randn(rng, ref.shape)
+    dV = fasth.matrix_backward(xp(V), U, xp(G), thin)
+    assert_close(xp.numpy(dV), ref_matrix_grad(V, G, thin), "float64", 4)
+
+
+# ---------------------------------------------------------------------------------------
+# Memory layouts.
+
+LAYOUTS = ["C", "F", "step", "slice", "fslice", "batchstep"]
+
+
+@pytest.mark.parametrize("vlayout", LAYOUTS)
+@pytest.mark.parametrize("xlayout", LAYOUTS)
+@pytest.mark.parametrize("shared", [False, True])
+def test_layouts(xp, rng, vlayout, xlayout, shared):
+    d, k, n, B, dtype = 7, 5, 4, 3, "float32"
+    V = random_v(rng, (d, k) if shared else (B, d, k), dtype)
+    X, G = randn(rng, (B, d, n), dtype), randn(rng, (B, d, n), dtype)
+    out = fasth.apply(xp(V, vlayout), xp(X, xlayout))
+    assert_close(xp.numpy(out), ref_apply(V, X), dtype, d)
+    dV, dX = fasth.apply_backward(xp(V, vlayout), xp(xp.numpy(out), xlayout), xp(G, xlayout))
+    rdV, rdX = ref_apply_grad(V, X, G)
+    assert_close(xp.numpy(dV), rdV, dtype, d + B * n)
+    assert_close(xp.numpy(dX), rdX, dtype, d)
+    U = fasth.matrix(xp(V, vlayout))
+    assert_close(xp.numpy(U), ref_matrix(V), dtype, d)
+
+
+def test_column_major_transposed_view(xp, rng):
+    A = randn(rng, (6, 9))  # (n, d): X = A.T is column-major
+    V = random_v(rng, (9, 4))
+    X = xp(A).T
+    out = fasth.apply(xp(V), X)
+    assert_close(xp.numpy(out), ref_apply(V, A.T), "float64", 9)
+
+
+@pytest.fixture
+def copies(monkeypatch):
+    """Shapes of the arrays fasth copies because BLAS cannot address them."""
+    seen = []
+    ns = fasth._arrays
+    for cls in (ns.Namespace, ns.TorchNamespace, ns.CupyNamespace):
+        orig = cls.contiguous
+
+        def spy(self, a, orig=orig):
+            seen.append(tuple(a.shape))
+            return orig(self, a)
+
+        monkeypatch.setattr(cls, "contiguous", spy)
+    return seen
+
+
+def test_unaddressable_view_is_copied_addressable_slice_is_not(xp, rng, copies):
+    d, k = 6, 3
+    V = random_v(rng, (d, k))
+    big = randn(rng, (d, 10))
+    X = xp(big)
+    out = fasth.apply(xp(V), X[:, ::2])  # strides (10, 2): BLAS can't address it
+    assert_close(xp.numpy(out), ref_apply(V, big[:, ::2]), "float64", d)
+    assert copies == [(1, d, 5)]
+    copies.clear()
+    out = fasth.apply(xp(V), X[:, 1:5])  # row-major, leading dimension 10: used in place
+    assert_close(xp.numpy(out), ref_apply(V, big[:, 1:5]), "float64", d)
+    assert copies == []
+    out = fasth.apply(xp(V), xp(big.T.copy()).T[:, 1:5])  # column-major window
+    assert_close(xp.numpy(out), ref_apply(V, big[:, 1:5]), "float64", d)
+    assert copies == []
+
+
+# ---------------------------------------------------------------------------------------
+# Gradients against the reference.
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d,k,n", [(1, 1, 2), (5, 3, 4), (7, 7, 2), (13, 5, 9), (17, 16, 40)])
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("block", [None, 1, 3])
+def test_apply_backward(xp, rng, dtype, d, k, n, transpose, strategy, block):
+    V, X, G = random_v(rng, (d, k), dtype), randn(rng, (d, n), dtype), randn(rng, (d, n), dtype)
+    out = fasth.apply(xp(V), xp(X), transpose, strategy=strategy, block=block)
+    dV, dX = fasth.apply_backward(xp(V), out, xp(G), transpose, strategy=strategy, block=block)
+    rdV, rdX = ref_apply_grad(V, X, G, transpose)
+    assert_close(xp.numpy(dV), rdV, dtype, d + n)
+    assert_close(xp.numpy(dX), rdX, dtype, d)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("strategy", ["blockwise", "materialize"])
+@pytest.mark.parametrize("vbatch,xbatch", [((2, 3), (2, 3)), ((), (2, 3)), ((1,), (4,))])
+def test_apply_backward_batched(xp, rng, dtype, transpose, strategy, vbatch, xbatch):
+    """A shared V gets the gradient summed over the batch, in V's own shape."""
+    d, k, n = 6, 4, 3
+    V = random_v(rng, (*vbatch, d, k), dtype)
+    X, G = randn(rng, (*xbatch, d, n), dtype), randn(rng, (*xbatch, d, n), dtype)
+    out = fasth.apply(xp(V), xp(X), transpose, strategy=strategy)
+    dV, dX = fasth.apply_backward(xp(V), out, xp(G), transpose, strategy=strategy)
+    rdV, rdX = ref_apply_grad(V, X, G, transpose)
+    assert rdV.shape == V.shape
+    assert_close(xp.numpy(dV), rdV, dtype, d + n * math.prod(xbatch))
+    assert_close(xp.numpy(dX), rdX, dtype, d)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("transpose", [False, True])
+def test_zero_vectors_are_identity_with_zero_gradient(xp, rng, strategy, transpose):
+    d, k, n = 7, 5, 3
+    V = random_v(rng, (d, k), zero_cols=[0, 2, 4])
+    X, G = randn(rng, (d, n)), randn(rng, (d, n))
+    out = fasth.apply(xp(V), xp(X), transpose, strategy=strategy, block=2)
+    assert_close(xp.numpy(out), ref_apply(V[:, [1, 3]], X, transpose), "float64", d)
+    dV, dX = fasth.apply_backward(xp(V), out, xp(G), transpose, strategy=strategy, block=2)
+    dV = xp.numpy(dV)
+    assert np.all(dV[:, [0, 2, 4]] == 0)
+    assert_close(dV, ref_apply_grad(V, X, G, transpose)[0], "float64", d + n)
+    assert_close(xp.numpy(fasth.matrix(xp(np.zeros((d, k))))), np.eye(d), "float64", d)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d,k", [(1, 1), (5, 3), (6, 6), (13, 5)])
+@pytest.mark.parametrize("thin", [False, True])
+@pytest.mark.parametrize("block", [None, 1, 3])
+def test_matrix_backward(xp, rng, dtype, d, k, thin, block):
+    V = random_v(rng, (2, d, k), dtype, zero_cols=[k - 1])
+    U = fasth.matrix(xp(V), thin, block=block)
+    G = randn(rng, xp.numpy(U).shape, dtype)
+    dV = xp.numpy(fasth.matrix_backward(xp(V), U, xp(G), thin, block=block))
+    assert_close(dV, ref_matrix_grad(V, G, thin), dtype, 2 * d)
+    assert np.all(dV[..., k - 1] == 0)
+
+
+def test_factors_are_reusable(xp, rng):
+    d, k, n = 9, 6, 4
+    V, X, G = random_v(rng, (d, k)), randn(rng, (2, d, n)), randn(rng, (2, d, n))
+    out, f = fasth._api.apply_with_factors(xp(V), xp(X), block=4)
+    dV, dX = fasth.apply_backward(xp(V), out, xp(G), factors=f, block=4)
+    dV2, dX2 = fasth.apply_backward(xp(V), out, xp(G), block=4)
+    np.testing.assert_array_equal(xp.numpy(dV), xp.numpy(dV2))
+    np.testing.assert_array_equal(xp.numpy(dX), xp.numpy(dX2))
+    U, f = fasth._api.matrix_with_factors(xp(V), block=2)
+    Gm = randn(rng, (d, d))
+    dV = fasth.matrix_backward(xp(V), U, xp(Gm), factors=f, block=2)
+    assert_close(xp.numpy(dV), ref_matrix_grad(V, Gm), "float64", 2 * d)
+
+
+# ---------------------------------------------------------------------------------------
+# Properties.
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d,k", [(1, 1), (8, 3), (33, 33), (64, 40)])
+def test_properties(xp, rng, dtype, d, k):
+    eps = np.finfo(dtype).eps
+    V, X = random_v(rng, (d, k), dtype), randn(rng, (d, 5), dtype)
+    U = xp.numpy(fasth.matrix(xp(V))).astype(np.float64)
+    assert np.abs(U.T @ U - np.eye(d)).max() <= 8 * eps * math.sqrt(d)
+    thin = xp.numpy(fasth.matrix(xp(V), thin=True))
+    assert_close(thin, U[:, :k], dtype, d)
+    back = fasth.apply(xp(V), fasth.apply(xp(V), xp(X)), transpose=True)
+    assert_close(xp.numpy(back), X.astype(np.float64), dtype, d)
+    assert_close(xp.numpy(fasth.apply(xp(V), xp(X))), U @ X, dtype, d)
+    assert_close(xp.numpy(fasth.apply(xp(V), xp(X), True)), U.T @ X, dtype, d)
+
+
+# ---------------------------------------------------------------------------------------
+# Non-finite values propagate, column by column.
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("strategy", ["blockwise", "materialize"])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_non_finite_propagates(xp, rng, bad, strategy, transpose):
+    d, k, n = 6, 4, 5
+    V, X = random_v(rng, (d, k)), randn(rng, (d, n))
+    X[2, 1] = bad
+    out = xp.numpy(fasth.apply(xp(V), xp(X), transpose, strategy=strategy))
+    assert not np.isfinite(out[:, 1]).any()
+    ok = [0, 2, 3, 4]
+    assert_close(out[:, ok], ref_apply(V, X[:, ok], transpose), "float64", d)
+
+
+# ---------------------------------------------------------------------------------------
+# Bad input: TypeError / ValueError whose message names the argument.
+
+def _bad_cases():
+    r = np.random.default_rng(1)
+    V, X = random_v(r, (5, 3)), randn(r, (5, 4))
+    a, ab, m, mb = fasth.apply, fasth.apply_backward, fasth.matrix, fasth.matrix_backward
+    return [
+        ("V rank", lambda t: a(t(V[:, 0]), t(X)), ValueError, r"V must have at least 2"),
+        ("X rank", lambda t: a(t(V), t(X[:, 0])), ValueError, r"X must have at least 2"),
+        ("X rows", lambda t: a(t(V), t(X[:4])), ValueError, r"X has 4 rows.*d = 5"),
+        ("k > d", lambda t: a(t(V[:2]), t(X[:2])), ValueError, r"V has k = 3 .* d = 2"),
+        ("int V", lambda t: a(t(V.astype(np.int64)), t(X)), TypeError, r"V has dtype int64"),
+        ("complex X", lambda t: a(t(V), t(X.astype(np.complex128))), TypeError,
+         r"X has dtype complex128"),
+        ("half V", lambda t: m(t(V.astype(np.float16))), TypeError, r"V has dtype float16"),
+        ("bool X", lambda t: a(t(V), t(X > 0)), TypeError, r"X has dtype bool"),
+        ("mixed dtypes", lambda t: a(t(V.astype(np.float32)), t(X)), TypeError,
+         r"V is float32, X is float64"),
+        ("batch mismatch", lambda t: a(t(np.stack([V, V])), t(np.stack([X, X, X]))),
+         ValueError, r"batch dimensions of V \(2,\) and X \(3,\)"),
+        ("batched V, unbatched X", lambda t: a(t(np.stack([V, V])), t(X)), ValueError,
+         r"batch dimensions of V"),
+        ("block 0", lambda t: a(t(V), t(X), block=0), ValueError, r"block must be"),
+        ("strategy", lambda t: a(t(V), t(X), strategy="fast"), ValueError, r"strategy must be"),
+        ("grad shape", lambda t: ab(t(V), t(X), t(X[:, :3])), ValueError, r"grad has shape"),
+        ("out rows", lambda t: ab(t(V), t(X[:4]), t(X[:4])), ValueError, r"out has 4 rows"),
+        ("factors size", lambda t: ab(t(V), t(X), t(X), factors=t(np.zeros(1))), ValueError,
+         r"factors"),
+        ("matrix U shape", lambda t: mb(t(V), t(X), t(X)), ValueError, r"U has shape"),
+        ("matrix grad shape", lambda t: mb(t(V), t(np.eye(5)), t(X)), ValueError,
+         r"grad has shape"),
+        ("matrix thin", lambda t: mb(t(V), t(np.eye(5)), t(np.eye(5)), thin=True), ValueError,
+         r"U has shape"),
+        ("matrix int", lambda t: m(t(np.ones((3, 2), np.int32))), TypeError,
+         r"V has dtype int32"),
+        ("matrix k > d", lambda t: m(t(V.T)), ValueError, r"V has k = 5"),
+    ]
+
+
+BAD = _bad_cases()
+
+
+@pytest.mark.parametrize("case", BAD, ids=[c[0] for c in BAD])
+def test_bad_input(xp, case):
+    _, call, exc, match = case
+    with pytest.raises(exc, match=match):
+        call(xp)
+
+
+def test_mixed_libraries(rng):
+    torch = pytest.importorskip("torch")
+    V, X = random_v(rng, (5, 3)), randn(rng, (5, 4))
+    with pytest.raises(TypeError, match=r"X is a torch array but V is a numpy array"):
+        fasth.apply(V, torch.from_numpy(X))
+    with pytest.raises(TypeError, match=r"grad is a numpy array but V is a torch array"):
+        fasth.apply_backward(torch.from_numpy(V), torch.from_numpy(X), X)
+
+
+def test_mixed_devices(device, rng):
+    if device == "cpu":
+        pytest.skip("needs a second device")
+    import torch
+
+    V, X = random_v(rng, (5, 3)), randn(rng, (5, 4))
+    with pytest.raises(ValueError, match=r"X is on cpu"):
+        fasth.apply(torch.from_numpy(V).cuda(), torch.from_numpy(X))
+
+
+@pytest.mark.parametrize("which", ["V", "X"])
+def test_non_array_names_the_argument(rng, which):
+    args = {"V": random_v(rng, (5, 3)), "X": randn(rng, (5, 4))}
+    args[which] = args[which].tolist()
+    with pytest.raises(TypeError, match=rf"\b{which}\b"):
+        fasth.apply(args["V"], args["X"])
+
+
+# ---------------------------------------------------------------------------------------
+# Property-based fuzz: a correct result, or a TypeError/ValueError when the input is bad.
+
+FUZZ_DTYPES = ["float32", "float64", "float16", "int64", "complex128"]
+
+
+@st.composite
+def fuzz_case(draw):
+    op = draw(st.sampled_from(["apply", "apply_backward", "matrix", "matrix_backward"]))
+    d = draw(st.integers(0, 9))
+    k = draw(st.integers(0, d + 1))  # k = d + 1 is invalid
+    n = draw(st.integers(0, 6))
+    xbatch = draw(st.sampled_from([(), (0,), (1,), (3,), (2, 2)]))
+    vbatch = draw(st.sampled_from([(), xbatch, xbatch, (1,), (2,)]))
+    dtypes = draw(st.sampled_from([("float32",) * 3, ("float64",) * 3, ("float64",) * 3,
+                                   *((a, b, b) for a in FUZZ_DTYPES for b in FUZZ_DTYPES)]))
+    return dict(
+        op=op, d=d, k=k, n=n, xbatch=xbatch, vbatch=vbatch, dtypes=dtypes,
+        xrows=draw(st.sampled_from([d, d, d, d + 1])),
+        layouts=draw(st.tuples(*[st.sampled_from(LAYOUTS)] * 3)),
+        transpose=draw(st.booleans()), thin=draw(st.booleans()),
+        strategy=draw(st.sampled_from(STRATEGIES)),
+        block=draw(st.one_of(st.none(), st.integers(-1, 11))),
+        seed=draw(st.integers(0, 2**32 - 1)),
+    )
+
+
+def _fuzz_error(c) -> bool:
+    """Whether the case is bad input."""
+    vdt, xdt, gdt = c["dtypes"]
+    used = {"apply": {vdt, xdt}, "apply_backward": {vdt, xdt, gdt}, "matrix": {vdt},
+            "matrix_backward": {vdt, gdt}}[c["op"]]
+    if not used <= {"float32", "float64"} or len(used) > 1:
+        return True
+    if c["k"] > c["d"] or (c["block"] is not None and c["block"] < 1):
+        return True
+    if c["op"].startswith("apply"):
+        vb, xb = c["vbatch"], c["xbatch"]
+        return c["xrows"] != c["d"] or (vb != xb and math.prod(vb) != 1)
+    return False
+
+
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(c=fuzz_case())
+def test_fuzz(xp, c):
+    rng = np.random.default_rng(c["seed"])
+    d, k, n, (vdt, xdt, gdt) = c["d"], c["k"], c["n"], c["dtypes"]
+    lv, lx, lg = c["layouts"]
+    V = random_v(rng, (*c["vbatch"], d, k)).astype(vdt)
+    expect_error = _fuzz_error(c)
+    if c["op"].startswith("apply"):
+        X = randn(rng, (*c["xbatch"], c["xrows"], n)).astype(xdt)
+        kw = dict(block=c["block"], strategy=c["strategy"])
+        try:
+            out = fasth.apply(xp(V, lv), xp(X, lx), c["transpose"], **kw)
+            if c["op"] == "apply_backward":
+                G = randn(rng, X.shape).astype(gdt)
+                # feed back the result, in a possibly different layout
+                back = xp(xp.numpy(out), lx) if vdt == xdt == gdt else xp(X, lx)
+                dV, dX = fasth.apply_backward(xp(V, lv), back, xp(G, lg), c["transpose"], **kw)
+        except (TypeError, ValueError):
+            assert expect_error, "valid input was rejected"
+            return
+        assert not expect_error, "bad input was accepted"
+        dt = np.dtype(vdt).name
+        assert_close(xp.numpy(out), ref_apply(V, X, c["transpose"]), dt, d)
+        if c["op"] == "apply_backward":
+            rdV, rdX = ref_apply_grad(V, X, G, c["transpose"])
+            assert_close(xp.numpy(dV), rdV, dt, d + n * max(1, math.prod(c["xbatch"])))
+            assert_close(xp.numpy(dX), rdX, dt, d)
+    else:
+        try:
+            U = fasth.matrix(xp(V, lv), c["thin"], block=c["block"])
+            if c["op"] == "matrix_backward":
+                G = randn(rng, xp.numpy(U).shape).astype(gdt)
+                dV = fasth.matrix_backward(xp(V, lv), xp(xp.numpy(U), lx), xp(G, lg),
+                                           c["thin"], block=c["block"])
+        except (TypeError, ValueError):
+            assert expect_error, "valid input was rejected"
+            return
+        assert not expect_error, "bad input was accepted"
+        dt = np.dtype(vdt).name
+        assert_close(xp.numpy(U), ref_matrix(V, c["thin"]), dt, d)
+        if c["op"] == "matrix_backward":
+            assert_close(xp.numpy(dV), ref_matrix_grad(V, G, c["thin"]), dt, 2 * d)
