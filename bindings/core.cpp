@@ -4,6 +4,7 @@
 #include <nanobind/stl/string.h>
 
 #include "fasth/cpu.hpp"
+#include "jax_ffi.hpp"
 #include "ops.hpp"
 #include "shape.hpp"
 
@@ -30,5 +31,6 @@ NB_MODULE(_core, m) {
   fasth::bindings::def_shape(m);
   fasth::bindings::def_ops<float, nb::device::cpu, MakeCpu>(m);
   fasth::bindings::def_ops<double, nb::device::cpu, MakeCpu>(m);
+  fasth::bindings::def_jax_ffi<fasth::Device::cpu, MakeCpu>(m);
   m.def("load_scipy_blas", &load_scipy_blas, "Fill the BLAS table from SciPy (done by `import fasth`).");
 }

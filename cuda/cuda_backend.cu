@@ -254,8 +254,14 @@ std::string unavailable_reason() {
     cudaError_t e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess) {
       cudaGetLastError();  // not sticky: clear it
+      const std::string hint =
+          e == cudaErrorInsufficientDriver
+              ? "; no NVIDIA driver was found, or it is older than the CUDA " +
+                    std::to_string(CUDART_VERSION / 1000) + "." +
+                    std::to_string(CUDART_VERSION % 1000 / 10) + " runtime fasth was built with"
+              : "";
       return std::string("CUDA is unavailable: ") + cudaGetErrorName(e) + " (" +
-             cudaGetErrorString(e) + ")";
+             cudaGetErrorString(e) + ")" + hint;
     }
     if (count == 0) return "no CUDA device found";
     int device = 0;
