@@ -419,3 +419,9 @@ if nnx is not None:
 
         def matrix(self) -> jax.Array:
             return (matrix(self.U[...]) * self.s[...]) @ matrix(self.Vt[...]).T
+
+
+if nnx is not None:  # spectral-norm layers, built on apply and matrix above
+    from .jax_spectral import SpectralConv, SpectralConv1x1, SpectralDense, bounded_singular_values
+
+    __all__ += ["SpectralDense", "SpectralConv1x1", "SpectralConv", "bounded_singular_values"]

@@ -1,0 +1,274 @@
+"""The spectral demo in PyTorch: power-iteration spectral norm
+(``torch.nn.utils.parametrizations.spectral_norm``, one iteration per step) against
+``fasth.torch.spectral.SpectralLinear`` (exact, ``mode="normalize"``)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
+
+from ...torch.spectral import SpectralLinear
+from . import BOUND_IRESNET, certified
+
+METHODS = ("power", "fasth")
+
+
+class PowerLinear(nn.Module):
+    """``nn.Linear`` under torch's power-iteration spectral norm, scaled by ``bound``:
+    ``y = x (bound * W / sigma_hat)^T + b`` with ``sigma_hat`` from one power iteration per
+    training forward."""
+
+    def __init__(self, in_features: int, out_features: int, bound: float = 1.0) -> None:
+        super().__init__()
+        self.lin = torch_spectral_norm(nn.Linear(in_features, out_features), n_power_iterations=1)
+        self.bound = bound
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.linear(x, self.bound * self.lin.weight, self.lin.bias)
+
+    def effective_weight(self) -> Tensor:
+        """The weight an evaluation forward uses now: ``bound * W / sigma_hat`` with the stored
+        power-iteration vectors (eval mode, so no iteration runs and nothing is updated)."""
+        was = self.lin.training
+        self.lin.eval()
+        try:
+            return self.bound * self.lin.weight
+        finally:
+            self.lin.train(was)
+
+    def claimed_norm(self) -> float:
+        return self.bound
+
+
+def make_linear(method: str, a: int, b: int, bound: float = 1.0) -> nn.Module:
+    if method == "power":
+        return PowerLinear(a, b, bound)
+    if method == "fasth":
+        return SpectralLinear(a, b, bound=bound, mode="normalize")
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
+def spectral_layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, (PowerLinear, SpectralLinear))]
+
+
+def effective_weight(layer: nn.Module) -> Tensor:
+    return layer.effective_weight() if isinstance(layer, PowerLinear) else layer.weight()
+
+
+def claimed_norm(layer: nn.Module) -> float:
+    if isinstance(layer, PowerLinear):
+        return layer.claimed_norm()
+    return float(layer.spectral_norm().detach())
+
+
+@torch.no_grad()
+def true_norms(model: nn.Module) -> list[float]:
+    """Each spectral layer's true ``||W||_2``: a dense SVD (float64) of the weight in use."""
+    return [float(torch.linalg.matrix_norm(effective_weight(l).double(), 2)) for l in spectral_layers(model)]
+
+
+def maxmin(x: Tensor) -> Tensor:
+    """MaxMin (GroupSort of pairs): 1-Lipschitz and gradient-norm preserving."""
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat([torch.maximum(a, b), torch.minimum(a, b)], dim=-1)
+
+
+class MLP(nn.Module):
+    def __init__(self, method: str, dims: list[int], bound: float = 1.0) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(make_linear(method, a, b, bound) for a, b in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, l in enumerate(self.layers):
+            x = l(x)
+            if i < len(self.layers) - 1:
+                x = maxmin(x)
+        return x
+
+
+class Block(nn.Module):
+    """``x + g(x)``, ``g = W2 maxmin(W1 x)``, ``||W1|| <= 1``, ``||W2|| <= bound``."""
+
+    def __init__(self, method: str, d: int, hidden: int, bound: float) -> None:
+        super().__init__()
+        self.l1 = make_linear(method, d, hidden, 1.0)
+        self.l2 = make_linear(method, hidden, d, bound)
+
+    def g(self, x: Tensor) -> Tensor:
+        return self.l2(maxmin(self.l1(x)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.g(x)
+
+    @torch.no_grad()
+    def inverse(self, y: Tensor, tol: float = 1e-5, max_iter: int = 200) -> tuple[Tensor, int, bool]:
+        """Fixed point ``x = y - g(x)``; stops when every row moved by < tol * |y|."""
+        x = y.clone()
+        scale = y.norm(dim=-1).clamp_min(1e-12)
+        for it in range(1, max_iter + 1):
+            nx = y - self.g(x)
+            step = ((nx - x).norm(dim=-1) / scale).max()
+            x = nx
+            if not torch.isfinite(step):
+                return x, it, False
+            if step < tol:
+                return x, it, True
+        return x, max_iter, False
+
+
+class IResNet(nn.Module):
+    def __init__(self, method: str, d: int, hidden: int, blocks: int, classes: int, bound: float) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(method, d, hidden, bound) for _ in range(blocks))
+        self.head = nn.Linear(d, classes)
+
+    def features(self, x: Tensor) -> Tensor:
+        for b in self.blocks:
+            x = b(x)
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
+def _train(model, X, y, args, bar, temperature: float, log_every: int = 5):
+    """Adam on cross-entropy of ``temperature * logits``; returns ms/step and the norm history."""
+    gen = torch.Generator().manual_seed(args.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    n = X.shape[0]
+    hist = {"step": [], "true": [], "claimed": []}
+    times, step = [], 0
+
+    def log():
+        hist["step"].append(step)
+        hist["true"].append(true_norms(model))
+        hist["claimed"].append([claimed_norm(l) for l in spectral_layers(model)])
+
+    log()
+    model.train()
+    for _ in range(args.epochs):
+        perm = torch.randperm(n, generator=gen)
+        for i in range(0, n - args.batch + 1, args.batch):
+            idx = perm[i:i + args.batch]
+            t0 = time.perf_counter()
+            loss = nn.functional.cross_entropy(temperature * model(X[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            times.append(time.perf_counter() - t0)
+            step += 1
+            if bar is not None:
+                bar.update(1)
+            if step % log_every == 0:
+                log()
+    if hist["step"][-1] != step:
+        log()
+    model.eval()
+    return 1e3 * float(np.median(times)), hist
+
+
+def steps_per_run(args, n_train: int) -> int:
+    return args.epochs * (n_train // args.batch)
+
+
+def run_classifier(method, data, args, bar):
+    Xtr, ytr, Xte, yte = data
+    torch.manual_seed(args.seed)
+    dims = [Xtr.shape[1], args.width, args.width, args.width, 10]
+    model = MLP(method, dims).to(args.device)
+    ms, hist = _train(model, Xtr, ytr, args, bar, temperature=16.0)
+    with torch.no_grad():
+        logits = model(Xte).double()
+    top2 = logits.topk(2, dim=-1).values
+    margins = (top2[:, 0] - top2[:, 1]).cpu().numpy()
+    correct = (logits.argmax(-1) == yte).cpu().numpy()
+    norms = true_norms(model)
+    claimed = [claimed_norm(l) for l in spectral_layers(model)]
+    L = math.prod(norms)
+    return {"acc": float(correct.mean()), "true_norms": norms, "claimed": claimed,
+            "lipschitz": L, "lipschitz_claimed": math.prod(claimed),
+            "certified": certified(margins, correct, L), "ms_per_step": ms, "history": hist}, dims, model
+
+
+def run_iresnet(method, data, args, bar):
+    Xtr, ytr, Xte, yte = data
+    torch.manual_seed(args.seed)
+    d, hidden = Xtr.shape[1], 128
+    model = IResNet(method, d, hidden, args.blocks, 10, BOUND_IRESNET).to(args.device)
+    ms, hist = _train(model, Xtr, ytr, args, bar, temperature=1.0)
+    with torch.no_grad():
+        acc = float((model(Xte).argmax(-1) == yte).float().mean())
+        # Invert the residual stack block by block, last first.
+        z = model.features(Xte)
+        iters, ok = [], True
+        for b in reversed(model.blocks):
+            z, it, conv = b.inverse(z)
+            iters.append(it)
+            ok &= conv
+        iters.reverse()
+        err = float(((z - Xte).norm(dim=-1) / Xte.norm(dim=-1).clamp_min(1e-12)).max())
+    norms = true_norms(model)
+    block_lip = [norms[2 * i] * norms[2 * i + 1] for i in range(args.blocks)]
+    return {"acc": acc, "block_lip": block_lip, "true_norms": norms, "iters": iters,
+            "recon_err": err, "converged": bool(ok), "ms_per_step": ms, "history": hist}, \
+        f"{args.blocks} blocks {d}->{hidden}->{d}", model
+
+
+def time_steps(method: str, d: int, n: int, steps: int, device: str, seed: int) -> float:
+    """Median ms per Adam step of a 3-layer d x d spectral MLP on a random (n, d) batch."""
+    torch.manual_seed(seed)
+    model = MLP(method, [d, d, d, d]).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    X = torch.randn(n, d, device=device)
+    times = []
+    for i in range(steps + 3):
+        t0 = time.perf_counter()
+        loss = model(X).square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i >= 3:
+            times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times))
+
+
+def run(args, data) -> dict:
+    from tqdm.auto import tqdm
+
+    dev = torch.device(args.device)
+    args.device = dev
+    Xtr, ytr, Xte, yte = (torch.as_tensor(a, device=dev) for a in data)
+    data = (Xtr, ytr, Xte, yte)
+    d = args.timing_width
+    shapes = [(d, 4 * d), (d, d // 4)]
+    total = 4 * steps_per_run(args, Xtr.shape[0]) + 2 * len(shapes)
+    bar = None if args.no_progress else tqdm(total=total, desc="spectral (torch)", unit="step")
+    res = {"framework": "torch", "device": str(dev), "classifier": {}, "iresnet": {}, "timing": []}
+    for m in METHODS:
+        if bar is not None:
+            bar.set_postfix_str(f"classifier/{m}")
+        res["classifier"][m], dims, _ = run_classifier(m, data, args, bar)
+    res["classifier"]["arch"] = "->".join(map(str, dims)) + " (MaxMin)"
+    for m in METHODS:
+        if bar is not None:
+            bar.set_postfix_str(f"i-ResNet/{m}")
+        res["iresnet"][m], arch, _ = run_iresnet(m, data, args, bar)
+    res["iresnet"]["arch"] = arch
+    for dd, n in shapes:
+        row = {"d": dd, "n": n}
+        for m in METHODS:
+            if bar is not None:
+                bar.set_postfix_str(f"timing/{m} n={n}")
+            row[f"{m}_ms"] = time_steps(m, dd, n, args.timing_steps, dev, args.seed)
+            if bar is not None:
+                bar.update(1)
+        res["timing"].append(row)
+    if bar is not None:
+        bar.close()
+    return res

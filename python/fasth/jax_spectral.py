@@ -1,0 +1,160 @@
+"""Exact spectral control in JAX / Flax NNX: ``SpectralDense``, ``SpectralConv1x1``,
+``SpectralConv`` -- the counterparts of ``fasth.torch.spectral`` (see its docstring for the
+maths and the convolution bound).
+
+    layer = SpectralDense(in_features, out_features, *, bound=1.0, mode="normalize", lo=0.0,
+                          use_bias=True, rngs, param_dtype=jnp.float32)
+        W = U diag(s) Vt^T, U (out, r), Vt (in, r) Householder vectors (r = min(in, out)),
+        s = bounded(raw): "normalize" s = bound raw / max|raw| (||W||_2 = bound exactly),
+                          "sigmoid"   s = bound sigmoid(raw),  "clip" s = clip(raw, lo, bound)
+        layer(x)               x (..., in) -> x W^T + b
+        layer.singular_values() s;  layer.spectral_norm() ||W||_2 = max|s| (exact)
+        layer.matrix()         W (out x in)
+        params: layer.U, layer.Vt, layer.raw, layer.b (absent without use_bias)
+
+    SpectralConv1x1(in_channels, out_channels, ...)  SpectralDense over the channel (last)
+        axis of an NHWC image: its spectral_norm() is the operator norm, exactly.
+    SpectralConv(in_channels, out_channels, kernel_size, strides=1, padding="SAME", ...)
+        NHWC convolution whose reshaped kernel K (out x kh*kw*in) is a SpectralDense weight;
+        reshaped_norm() = ||K||_2 exactly, spectral_norm() = sqrt(kh*kw) ||K||_2, an upper
+        bound on the operator norm (not its exact value).
+
+Rectangular layers compose ``fasth.jax.apply`` / ``fasth.jax.matrix`` as
+``fasth.jax.SVDDense`` does for square ones; the forward materialises ``W`` once when the
+batch has at least ``2 * max(in, out)`` rows (as ``fasth.torch.SVDLinear``)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from .jax import apply, matrix
+
+MODES = ("normalize", "sigmoid", "clip")
+
+
+def _check(bound: float, mode: str, lo: float) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if not bound > 0:
+        raise ValueError(f"bound must be positive, got {bound}")
+    if mode == "clip" and not 0 <= lo <= bound:
+        raise ValueError(f"lo must be in [0, bound = {bound}], got {lo}")
+
+
+def bounded_singular_values(raw: jax.Array, bound: float = 1.0, mode: str = "normalize",
+                            lo: float = 0.0) -> jax.Array:
+    """``raw -> s`` with ``max |s| <= bound`` (``= bound`` for ``"normalize"``)."""
+    if mode == "normalize":
+        return raw * (bound / jnp.max(jnp.abs(raw)))
+    if mode == "sigmoid":
+        return bound * jax.nn.sigmoid(raw)
+    if mode == "clip":
+        return jnp.clip(raw, lo, bound)
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+def _initial_raw(r: int, bound: float, mode: str, lo: float, dtype: Any) -> jax.Array:
+    # normalize: ones (orthogonal start); sigmoid / clip: s = max(0.9 bound, lo).
+    if mode == "normalize":
+        return jnp.ones((r,), dtype)
+    s = max(0.9 * bound, lo)
+    if mode == "clip":
+        return jnp.full((r,), s, dtype)
+    p = s / bound
+    return jnp.full((r,), math.log(p) - math.log1p(-p), dtype)
+
+
+class SpectralDense(nnx.Module):
+    """``x -> x W^T + b`` with ``||W||_2 <= bound`` by construction, reported exactly."""
+
+    def __init__(self, in_features: int, out_features: int, *, bound: float = 1.0,
+                 mode: str = "normalize", lo: float = 0.0, use_bias: bool = True, rngs: Any,
+                 param_dtype: Any = jnp.float32):
+        _check(bound, mode, lo)
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.bound, self.mode, self.lo = float(bound), mode, float(lo)
+        r = min(self.in_features, self.out_features)
+        self.U = nnx.Param(jax.random.normal(rngs.params(), (self.out_features, r), param_dtype))
+        self.Vt = nnx.Param(jax.random.normal(rngs.params(), (self.in_features, r), param_dtype))
+        self.raw = nnx.Param(_initial_raw(r, self.bound, mode, self.lo, param_dtype))
+        self.b = nnx.Param(jnp.zeros((self.out_features,), param_dtype)) if use_bias else None
+
+    def singular_values(self) -> jax.Array:
+        return bounded_singular_values(self.raw[...], self.bound, self.mode, self.lo)
+
+    def spectral_norm(self) -> jax.Array:
+        """``||W||_2 = max |s|``, exact."""
+        return jnp.max(jnp.abs(self.singular_values()))
+
+    def _matrix(self, s: jax.Array) -> jax.Array:
+        return (matrix(self.U[...], thin=True) * s) @ matrix(self.Vt[...], thin=True).T
+
+    def matrix(self) -> jax.Array:
+        """The dense ``W`` (``out x in``)."""
+        return self._matrix(self.singular_values())
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"{type(self).__name__}: expected {self.in_features} features in the "
+                             f"last dimension, got shape {x.shape}")
+        s = self.singular_values()
+        lead = x.shape[:-1]
+        X = jnp.reshape(x, (-1, self.in_features))
+        n, r = X.shape[0], s.shape[0]
+        if n >= 2 * max(self.in_features, self.out_features):
+            Y = X @ self._matrix(s).T
+        else:
+            Z = apply(self.Vt[...], X.T, True)[:r] * s[:, None]            # diag(s) V^T x
+            if self.out_features > r:
+                Z = jnp.concatenate([Z, jnp.zeros((self.out_features - r, n), Z.dtype)])
+            Y = apply(self.U[...], Z).T
+        Y = jnp.reshape(Y, (*lead, self.out_features))
+        return Y if self.b is None else Y + self.b[...]
+
+
+class SpectralConv1x1(SpectralDense):
+    """A 1x1 convolution of NHWC images (channels last): ``SpectralDense`` over the channels,
+    so ``spectral_norm()`` is the operator's exact norm."""
+
+    def __init__(self, in_channels: int, out_channels: int, **kw):
+        super().__init__(in_channels, out_channels, **kw)
+
+
+class SpectralConv(nnx.Module):
+    """NHWC ``kh x kw`` convolution through its reshaped kernel ``K`` (``out x kh*kw*in``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, strides=1,
+                 padding: Any = "SAME", *, bound: float = 1.0, mode: str = "normalize",
+                 lo: float = 0.0, use_bias: bool = True, rngs: Any, param_dtype: Any = jnp.float32):
+        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        self.in_channels, self.out_channels, self.kernel_size = int(in_channels), int(out_channels), (kh, kw)
+        self.strides = (strides, strides) if isinstance(strides, int) else tuple(strides)
+        self.padding = padding
+        self.svd = SpectralDense(kh * kw * self.in_channels, self.out_channels, bound=bound, mode=mode,
+                                 lo=lo, use_bias=use_bias, rngs=rngs, param_dtype=param_dtype)
+
+    def kernel(self) -> jax.Array:
+        """The HWIO kernel ``(kh, kw, in, out)``."""
+        K = self.svd.matrix().reshape(self.out_channels, *self.kernel_size, self.in_channels)
+        return jnp.transpose(K, (1, 2, 3, 0))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jax.lax.conv_general_dilated(x, self.kernel(), self.strides, self.padding,
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y if self.svd.b is None else y + self.svd.b[...]
+
+    def reshaped_norm(self) -> jax.Array:
+        """``||K||_2``, exact."""
+        return self.svd.spectral_norm()
+
+    def spectral_norm(self) -> jax.Array:
+        """``sqrt(kh*kw) * ||K||_2`` >= the convolution's operator norm."""
+        return math.sqrt(self.kernel_size[0] * self.kernel_size[1]) * self.svd.spectral_norm()
+
+
+__all__ = ["bounded_singular_values", "SpectralDense", "SpectralConv1x1", "SpectralConv"]
