@@ -197,6 +197,169 @@ __global__ void larft_kernel(index_t count, index_t m, T* f) {
   }
 }
 
+// The small-d path (d <= 128, where launches dominate): U = H_1 ... H_k and its backward
+// reflector by reflector, one thread block per batch entry, one launch each. Threads work in
+// groups of kGroup lanes; group q owns column q (or row q) and its lanes split the rows (or
+// columns) of that column (row), reducing their partial dot products by shuffles.
+constexpr int kGroup = 8;
+constexpr index_t kSmallD = 128;
+constexpr int kMaxRows = kSmallD / kGroup;  // rows of a column per lane
+
+template <class T>
+__device__ T group_sum(T x) {
+#pragma unroll
+  for (int o = kGroup / 2; o > 0; o /= 2) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+
+// dst (leading dimension ld) = the rows x cols matrix at src.
+template <class T>
+__device__ void load(T* dst, int ld, const T* src, index_t rs, index_t cs, int rows, int cols) {
+  for (int x = threadIdx.x; x < rows * cols; x += blockDim.x) {
+    const int i = x % rows, j = x / rows;
+    dst[i + j * ld] = src[i * rs + j * cs];
+  }
+}
+
+// U_e = (H_1 ... H_k)[:, :cols]: I[:, :cols], then U <- H_i U for i = k .. 1. Column q in
+// registers (lane l holds rows l, l + kGroup, ...), V in shared memory; no block barriers
+// between reflectors. Blocks are multiples of 32 threads, all of which run every shuffle.
+template <class T>
+__global__ void __launch_bounds__(1024)
+    small_matrix_kernel(index_t batch, int d, int k, int cols, Strided<const T> V,
+                        Strided<T> U) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* sv = reinterpret_cast<T*>(smem);  // V, d x k
+  const int q = threadIdx.x / kGroup, l = threadIdx.x % kGroup;
+  for (index_t e = blockIdx.x; e < batch; e += gridDim.x) {
+    load(sv, d, V.p + e * V.bs, V.rs, V.cs, d, k);
+    __syncthreads();
+    T a[kMaxRows];
+#pragma unroll
+    for (int t = 0; t < kMaxRows; ++t) a[t] = l + t * kGroup == q ? T(1) : T(0);
+    for (int i = k - 1; i >= 0; --i) {
+      const T* v = sv + i * d;
+      T p = T(0), nn = T(0);
+#pragma unroll
+      for (int t = 0; t < kMaxRows; ++t) {
+        const int r = l + t * kGroup;
+        if (r < d) p += v[r] * a[t], nn += v[r] * v[r];
+      }
+      p = group_sum(p), nn = group_sum(nn);
+      const T s = nn == T(0) ? T(0) : T(2) / nn * p;  // tau_i (v_i . U[:, q])
+#pragma unroll
+      for (int t = 0; t < kMaxRows; ++t) {
+        const int r = l + t * kGroup;
+        if (r < d) a[t] -= s * v[r];
+      }
+    }
+    if (q < cols) {
+      T* u = U.p + e * U.bs + q * U.cs;
+#pragma unroll
+      for (int t = 0; t < kMaxRows; ++t) {
+        const int r = l + t * kGroup;
+        if (r < d) u[r * U.rs] = a[t];
+      }
+    }
+    __syncthreads();  // sv is reloaded for the next entry
+  }
+}
+
+// dV_e from the output A = U_e and G = dL/dU_e (d x cols), for i = 1 .. k (U = H_1 (H_2 ...)):
+// with tau = 2 / |v|^2 (0 for v = 0), A_in = H_i A, a = A_in^T v, g = G^T v,
+//   dv_i = tau^2 (g . a) v - tau (G a + A_in g),  then G <- H_i G, A <- A_in.
+// Phase 1, group q = column: a_q, g_q, and A_in[:, q]. Phase 2, group q = row: dv_i[q] and
+// G[q, :]. A and G live in shared memory (leading dimension ld, odd against bank conflicts).
+// With sum (dV shared, batch > 1; one block) dV accumulates over the batch: each element is
+// written by the same thread for every entry.
+template <class T>
+__global__ void __launch_bounds__(1024)
+    small_matrix_backward_kernel(index_t batch, int d, int k, int cols, Strided<const T> V,
+                                 Strided<const T> U, Strided<const T> G, Strided<T> dV,
+                                 bool sum) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int ld = d | 1;
+  T* sA = reinterpret_cast<T*>(smem);  // ld x cols
+  T* sG = sA + ld * cols;              // ld x cols
+  T* sv = sG + ld * cols;              // V, d x k
+  T* sa = sv + d * k;                  // a, cols
+  T* sg = sa + cols;                   // g, cols
+  T* stau = sg + cols;                 // tau of the current reflector
+  const int q = threadIdx.x / kGroup, l = threadIdx.x % kGroup;
+  for (index_t e = blockIdx.x; e < batch; e += gridDim.x) {
+    load(sA, ld, U.p + e * U.bs, U.rs, U.cs, d, cols);
+    load(sG, ld, G.p + e * G.bs, G.rs, G.cs, d, cols);
+    load(sv, d, V.p + e * V.bs, V.rs, V.cs, d, k);
+    __syncthreads();
+    for (int i = 0; i < k; ++i) {
+      const T* v = sv + i * d;
+      {  // Phase 1: column q.
+        T* A = sA + q * ld;
+        const T* Gq = sG + q * ld;
+        const bool on = q < cols;
+        T p = T(0), g = T(0), nn = T(0);
+        if (on)
+          for (int r = l; r < d; r += kGroup)
+            p += v[r] * A[r], g += v[r] * Gq[r], nn += v[r] * v[r];
+        p = group_sum(p), g = group_sum(g), nn = group_sum(nn);
+        const T tau = nn == T(0) ? T(0) : T(2) / nn;
+        if (on) {
+          for (int r = l; r < d; r += kGroup) A[r] -= tau * p * v[r];
+          if (l == 0) sa[q] = tau == T(0) ? p : -p, sg[q] = g;  // A_in^T v = -A^T v
+          if (q == 0 && l == 0) *stau = tau;
+        }
+      }
+      __syncthreads();
+      {  // Phase 2: row q.
+        const bool on = q < d;
+        const T tau = *stau;
+        T s1 = T(0), s2 = T(0);  // (G a + A_in g)_q, g . a
+        if (on)
+          for (int j = l; j < cols; j += kGroup)
+            s1 += sG[q + j * ld] * sa[j] + sA[q + j * ld] * sg[j], s2 += sg[j] * sa[j];
+        s1 = group_sum(s1), s2 = group_sum(s2);
+        if (on) {
+          const T vq = v[q];
+          if (l == 0) {
+            const T dv = tau * tau * s2 * vq - tau * s1;
+            T& out = dV.p[e * dV.bs + q * dV.rs + i * dV.cs];
+            out = sum && e > 0 ? out + dv : dv;
+          }
+          for (int j = l; j < cols; j += kGroup) sG[q + j * ld] -= tau * vq * sg[j];
+        }
+      }
+      __syncthreads();
+    }
+  }
+}
+
+// Shared memory of the small-path kernels, in elements.
+index_t small_matrix_smem(index_t d, index_t k) { return d * k; }
+index_t small_backward_smem(index_t d, index_t k, index_t cols) {
+  return 2 * (d | 1) * cols + d * k + 2 * cols + 1;
+}
+
+std::size_t smem_optin(int device) {
+  int optin = 0;
+  check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+        "cudaDeviceGetAttribute");
+  return static_cast<std::size_t>(optin);
+}
+
+// Lets `kernel` use `bytes` of dynamic shared memory (past the default 48 KB: opt in).
+template <class K>
+void allow_smem(K* kernel, std::size_t bytes) {
+  if (bytes > 48 * 1024)
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(bytes)),
+          "cudaFuncSetAttribute");
+}
+
+// Threads of a small-path block: kGroup lanes per column (or row), whole warps.
+unsigned small_threads(index_t groups) {
+  return static_cast<unsigned>((groups * kGroup + 31) / 32 * 32);
+}
+
 unsigned grid_dim(index_t n, unsigned cap) {
   return static_cast<unsigned>(std::min<index_t>(std::max<index_t>(n, 1), cap));
 }
@@ -381,6 +544,43 @@ void CudaBackend<T>::larft(index_t count, index_t m, T* f) const {
     larft_kernel<T, false><<<grid, threads, 0, stream_>>>(count, m, f);
   }
   check(cudaGetLastError(), "larft_kernel launch");
+}
+
+template <class T>
+bool CudaBackend<T>::small_path(index_t d, index_t k) const {
+  return d >= 1 && d <= kSmallD && k <= d &&
+         small_backward_smem(d, k, d) * sizeof(T) <= smem_optin(device_);
+}
+
+template <class T>
+void CudaBackend<T>::small_matrix(index_t batch, index_t d, index_t k, index_t cols,
+                                  Strided<const T> V, Strided<T> U) const {
+  if (batch <= 0 || d <= 0 || cols <= 0) return;
+  if (d > kSmallD || k > d || cols > d) fail("small_matrix: sizes outside the small path");
+  DeviceGuard guard(device_);
+  const std::size_t bytes = small_matrix_smem(d, k) * sizeof(T);
+  allow_smem(small_matrix_kernel<T>, bytes);
+  small_matrix_kernel<T><<<grid_dim(batch, kMaxGridX), small_threads(cols), bytes, stream_>>>(
+      batch, static_cast<int>(d), static_cast<int>(k), static_cast<int>(cols), V, U);
+  check(cudaGetLastError(), "small_matrix_kernel launch");
+}
+
+template <class T>
+void CudaBackend<T>::small_matrix_backward(index_t batch, index_t d, index_t k, index_t cols,
+                                           Strided<const T> V, Strided<const T> U,
+                                           Strided<const T> G, Strided<T> dV) const {
+  if (batch <= 0 || d <= 0 || k <= 0) return;
+  if (d > kSmallD || k > d || cols < 1 || cols > d)
+    fail("small_matrix_backward: sizes outside the small path");
+  DeviceGuard guard(device_);
+  const bool sum = dV.bs == 0 && batch > 1;  // one block walks the batch, accumulating
+  const std::size_t bytes = small_backward_smem(d, k, cols) * sizeof(T);
+  allow_smem(small_matrix_backward_kernel<T>, bytes);
+  small_matrix_backward_kernel<T>
+      <<<sum ? 1u : grid_dim(batch, kMaxGridX), small_threads(d), bytes, stream_>>>(
+          batch, static_cast<int>(d), static_cast<int>(k), static_cast<int>(cols), V, U, G, dV,
+          sum);
+  check(cudaGetLastError(), "small_matrix_backward_kernel launch");
 }
 
 template class CudaBackend<float>;

@@ -1,6 +1,7 @@
 // The CUDA backend: fasth::Backend<T> over cuBLAS (gemm) and a few small kernels (copy,
-// set, larft, mirror_upper), all enqueued on the caller's stream. It never allocates
-// device memory and never synchronises the device or the stream.
+// set, larft, mirror_upper, and the small-d path: U and its backward in one launch each),
+// all enqueued on the caller's stream. It never allocates device memory and never
+// synchronises the device or the stream.
 //
 // cuBLAS handles: one per device, created on first use, cached for the life of the process
 // (never destroyed: the CUDA context may already be gone at exit) and shared by every
@@ -55,6 +56,14 @@ class CudaBackend final : public fasth::Backend<T> {
            index_t batch) const override;
   void larft(index_t count, index_t m, T* f) const override;
   void mirror_upper(index_t m, T* a, index_t lda, index_t sa, index_t batch) const override;
+  // d <= 128 where the backward's shared memory (U and dL/dU, d x d, and V) fits the
+  // device's opt-in limit: float to d = 128 on Hopper (about 115 on A100), double to 97.
+  bool small_path(index_t d, index_t k) const override;
+  void small_matrix(index_t batch, index_t d, index_t k, index_t cols, Strided<const T> V,
+                    Strided<T> U) const override;
+  void small_matrix_backward(index_t batch, index_t d, index_t k, index_t cols,
+                             Strided<const T> V, Strided<const T> U, Strided<const T> G,
+                             Strided<T> dV) const override;
 
  private:
   int device_;

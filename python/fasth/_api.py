@@ -236,7 +236,8 @@ def _prepare_matrix(c: Call, thin: bool, block) -> tuple[Any, Any]:
     d, k = V.shape[-2:]
     c.batch = tuple(V.shape[:-2])
     B = _arrays.prod(c.batch)
-    c.shape = _shape(c, B, B == 1, d, k, k if thin else d, block, "blockwise")
+    # matrix() materialises U: a backend with a small-d kernel then needs no T factors.
+    c.shape = _shape(c, B, B == 1, d, k, k if thin else d, block, "materialize")
     return c.to3(V, d, k), c.shape
 
 

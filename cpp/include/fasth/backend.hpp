@@ -8,10 +8,18 @@
 #pragma once
 
 #include <cstdint>
+#include <stdexcept>
 
 namespace fasth {
 
 using index_t = std::int64_t;
+
+// A batch of matrices by element strides: (i, j) of entry b at p[b * bs + i * rs + j * cs].
+template <class T>
+struct Strided {
+  T* p;
+  index_t rs, cs, bs;
+};
 
 template <class T>
 class Backend {
@@ -41,6 +49,31 @@ class Backend {
 
   // A_b = striu(A_b) + striu(A_b)^T + diag(A_b): the upper triangle mirrored, m x m.
   virtual void mirror_upper(index_t m, T* a, index_t lda, index_t sa, index_t batch) const = 0;
+
+  // Optional fast path for small d (launch-bound sizes): U and its backward built reflector
+  // by reflector, each in one step for the whole batch, without the T factors. small_path
+  // says whether this backend takes it for V of d x k; the algorithm then calls the two
+  // functions below for matrix, matrix_backward and the materialize strategy, and factors()
+  // skips its work for materialize shapes. A backend that says yes must accept every batch,
+  // layout and cols <= d for that (d, k).
+  virtual bool small_path(index_t d, index_t k) const {
+    (void)d, (void)k;
+    return false;
+  }
+  // U_b = (H_1 ... H_k)[:, :cols] (d x cols) for b < batch; V.bs == 0: one V for all.
+  virtual void small_matrix(index_t batch, index_t d, index_t k, index_t cols,
+                            Strided<const T> V, Strided<T> U) const {
+    (void)batch, (void)d, (void)k, (void)cols, (void)V, (void)U;
+    throw std::logic_error("fasth: this backend has no small-d path");
+  }
+  // dV_b from U_b = small_matrix(V_b) and G_b = dL/dU_b (d x cols). dV.bs == 0 with
+  // batch > 1: dV is the sum over the batch.
+  virtual void small_matrix_backward(index_t batch, index_t d, index_t k, index_t cols,
+                                     Strided<const T> V, Strided<const T> U,
+                                     Strided<const T> G, Strided<T> dV) const {
+    (void)batch, (void)d, (void)k, (void)cols, (void)V, (void)U, (void)G, (void)dV;
+    throw std::logic_error("fasth: this backend has no small-d path");
+  }
 };
 
 }  // namespace fasth

@@ -51,9 +51,12 @@ def _apply_setup(ctx, inputs, output):
     out, factors = output
     ctx.save_for_backward(V, factors, out)
     ctx.args = (transpose, block, strategy)
+    ctx.set_materialize_grads(False)  # no zero-filled gradient for the factors output
 
 
 def _apply_grad(ctx, grad_out, _grad_factors):
+    if grad_out is None:
+        return None, None, None, None, None
     V, factors, out = ctx.saved_tensors
     dV, dX = _apply_backward(V, factors, out, grad_out, *ctx.args)
     return dV, dX, None, None, None
@@ -90,9 +93,12 @@ def _matrix_setup(ctx, inputs, output):
     U, factors = output
     ctx.save_for_backward(V, factors, U)
     ctx.args = (thin, block)
+    ctx.set_materialize_grads(False)
 
 
 def _matrix_grad(ctx, grad_U, _grad_factors):
+    if grad_U is None:
+        return None, None, None
     V, factors, U = ctx.saved_tensors
     return _matrix_backward(V, factors, U, grad_U, *ctx.args), None, None
 
