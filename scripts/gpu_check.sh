@@ -7,6 +7,7 @@
 #
 #   bash scripts/gpu_check.sh            # from the repository root
 #   CUDA_ARCH=90 PYTHON=python3 OUT=/tmp/out bash scripts/gpu_check.sh
+#   TESTS="tests/test_cuda.py -k cuda" bash scripts/gpu_check.sh   # a subset of the tests
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-check-out}
@@ -35,12 +36,14 @@ echo "build: exit $rc in $((SECONDS - start)) s" | tee -a "$OUT/build.log"
 # Everything, CUDA cases included; -rs lists why anything skipped (a CUDA skip here is a bug).
 start=$SECONDS
 par=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 8")
-timeout 240 "$PY" -m pytest tests -q -x -rs $par -p no:cacheprovider 2>&1 | tee "$OUT/tests.log"
+# shellcheck disable=SC2086
+timeout "${TEST_TIMEOUT:-240}" "$PY" -m pytest ${TESTS:-tests} -q -rs --maxfail=20 $par \
+  -p no:cacheprovider 2>&1 | tee "$OUT/tests.log"
 trc=$?
 echo "tests: exit $trc in $((SECONDS - start)) s" | tee -a "$OUT/tests.log"
 
 start=$SECONDS
-timeout 150 "$PY" benchmarks/gpu_bench.py 2>&1 | tee "$OUT/bench.log"
+timeout "${BENCH_TIMEOUT:-150}" "$PY" benchmarks/gpu_bench.py 2>&1 | tee "$OUT/bench.log"
 brc=$?
 echo "bench: exit $brc in $((SECONDS - start)) s" | tee -a "$OUT/bench.log"
 exit $(( trc != 0 ? trc : brc ))
