@@ -6,8 +6,14 @@ from __future__ import annotations
 
 import functools
 
+import os
+
 import numpy as np
 import pytest
+
+# JAX takes 75% of a GPU's memory at start-up by default; torch, cupy and parallel test
+# workers share the GPU here, so it allocates on demand instead.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 
 def pytest_configure(config):
