@@ -21,7 +21,9 @@ void load_scipy_blas() {
   nb::dict capi = nb::module_::import_("scipy.linalg.cython_blas").attr("__pyx_capi__");
   auto fn = [&](const char* name) { return nb::cast<nb::capsule>(capi[name]).data(); };
   fasth::cpu::set_blas({reinterpret_cast<fasth::cpu::gemm_fn<float>*>(fn("sgemm")),
-                        reinterpret_cast<fasth::cpu::gemm_fn<double>*>(fn("dgemm"))});
+                        reinterpret_cast<fasth::cpu::gemm_fn<double>*>(fn("dgemm")),
+                        reinterpret_cast<fasth::cpu::syrk_fn<float>*>(fn("ssyrk")),
+                        reinterpret_cast<fasth::cpu::syrk_fn<double>*>(fn("dsyrk"))});
 }
 
 }  // namespace

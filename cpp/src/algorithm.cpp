@@ -100,6 +100,12 @@ void mm(const Backend<T>& be, index_t batch, index_t m, index_t n, index_t k, T 
             batch);
 }
 
+// C = Y^T Y (w x w) for Y (d x w), batched.
+template <class T>
+void gram(const Backend<T>& be, index_t batch, index_t w, index_t d, View<const T> y, View<T> c) {
+  be.gram(y.t, w, d, y.p, y.ld, y.bs, c.p, c.ld, c.bs, batch);
+}
+
 template <class T>
 void copy(const Backend<T>& be, index_t batch, index_t rows, index_t cols, View<const T> a,
           View<T> b) {
@@ -338,19 +344,16 @@ void factors(const Backend<T>& be, const Shape& s, Matrix<const T> V, T* F) {
   for (index_t i = 0; i < (z.bv <= full ? z.bv : full); ++i) {
     if (z.bv <= full) {  // one batched product over the blocks of V-batch entry i
       View<const T> y{v.p + i * v.bs, v.ld, v.t, ystride};
-      mm(be, full, z.m, z.m, z.d, T(1), y, true, y, false, T(0),
-         View<T>{F + i * z.fstride() + mm2, z.m, false, 2 * mm2});
+      gram(be, full, z.m, z.d, y, View<T>{F + i * z.fstride() + mm2, z.m, false, 2 * mm2});
     } else {  // one batched product over the V batch for block i
       View<const T> y = v.cols(i * z.m);
-      mm(be, z.bv, z.m, z.m, z.d, T(1), y, true, y, false, T(0),
-         View<T>{F + i * 2 * mm2 + mm2, z.m, false, z.fstride()});
+      gram(be, z.bv, z.m, z.d, y, View<T>{F + i * 2 * mm2 + mm2, z.m, false, z.fstride()});
     }
   }
   if (full < z.nb) {
     const index_t r = z.k - full * z.m;
     View<const T> y = v.cols(full * z.m);
-    mm(be, z.bv, r, r, z.d, T(1), y, true, y, false, T(0),
-       View<T>{F + full * 2 * mm2 + mm2, z.m, false, z.fstride()});
+    gram(be, z.bv, r, z.d, y, View<T>{F + full * 2 * mm2 + mm2, z.m, false, z.fstride()});
   }
   be.larft(z.bv * z.nb, z.m, F);
 }

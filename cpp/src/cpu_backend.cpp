@@ -91,6 +91,20 @@ void CpuBackend<T>::mirror_upper(index_t m, T* a, index_t lda, index_t sa, index
       for (index_t r = j + 1; r < m; ++r) a[i * sa + r + j * lda] = a[i * sa + j + r * lda];
 }
 
+template <class T>
+void CpuBackend<T>::gram(bool ta, index_t n, index_t k, const T* a, index_t lda, index_t sa,
+                         T* c, index_t ldc, index_t sc, index_t batch) const {
+  syrk_fn<T>* f;
+  if constexpr (sizeof(T) == 4) f = blas().ssyrk; else f = blas().dsyrk;
+  if (!f || n == 0 || k == 0) return Backend<T>::gram(ta, n, k, a, lda, sa, c, ldc, sc, batch);
+  const char uplo = 'U', trans = ta ? 'N' : 'T';  // storage is op(A)^T when transposed
+  const int in = to_int(n), ik = to_int(k), ia = to_int(lda), ic = to_int(ldc);
+  const T one = 1, zero = 0;
+  for (index_t i = 0; i < batch; ++i)
+    f(&uplo, &trans, &in, &ik, &one, a + i * sa, &ia, &zero, c + i * sc, &ic);
+  mirror_upper(n, c, ldc, sc, batch);
+}
+
 template class CpuBackend<float>;
 template class CpuBackend<double>;
 

@@ -50,6 +50,13 @@ class Backend {
   // A_b = striu(A_b) + striu(A_b)^T + diag(A_b): the upper triangle mirrored, m x m.
   virtual void mirror_upper(index_t m, T* a, index_t lda, index_t sa, index_t batch) const = 0;
 
+  // C_b = op(A_b)^T op(A_b) (n x n, full), op(A) k x n: the Gram matrices of the blocks. By
+  // default a gemm; a backend with a symmetric rank-k update (syrk) does half the work.
+  virtual void gram(bool trans_a, index_t n, index_t k, const T* a, index_t lda, index_t sa,
+                    T* c, index_t ldc, index_t sc, index_t batch) const {
+    gemm(!trans_a, trans_a, n, n, k, T(1), a, lda, sa, a, lda, sa, T(0), c, ldc, sc, batch);
+  }
+
   // Optional fast path for small d (launch-bound sizes): U and its backward built reflector
   // by reflector, each in one step for the whole batch, without the T factors. small_path
   // says whether this backend takes it for V of d x k; the algorithm then calls the two

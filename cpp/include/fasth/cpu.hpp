@@ -15,9 +15,16 @@ using gemm_fn = void(const char* transa, const char* transb, const int* m, const
                      const int* k, const T* alpha, const T* a, const int* lda, const T* b,
                      const int* ldb, const T* beta, T* c, const int* ldc);
 
+template <class T>
+using syrk_fn = void(const char* uplo, const char* trans, const int* n, const int* k,
+                     const T* alpha, const T* a, const int* lda, const T* beta, T* c,
+                     const int* ldc);
+
 struct Blas {
   gemm_fn<float>* sgemm = nullptr;
   gemm_fn<double>* dgemm = nullptr;
+  syrk_fn<float>* ssyrk = nullptr;  // optional: the Gram matrices then cost half
+  syrk_fn<double>* dsyrk = nullptr;
 };
 
 void set_blas(const Blas& blas);
@@ -35,6 +42,8 @@ class CpuBackend final : public Backend<T> {
            index_t batch) const override;
   void larft(index_t count, index_t m, T* f) const override;
   void mirror_upper(index_t m, T* a, index_t lda, index_t sa, index_t batch) const override;
+  void gram(bool trans_a, index_t n, index_t k, const T* a, index_t lda, index_t sa, T* c,
+            index_t ldc, index_t sc, index_t batch) const override;
 };
 
 }  // namespace fasth::cpu
