@@ -1,0 +1,111 @@
+"""``python -m fasth glow --bench``: forward (log-likelihood), inverse (sampling) and forward +
+backward of the torch Glow with the ``plain``, ``lu`` and ``svd`` 1x1 convolutions on
+CIFAR-10-shaped input, for the whole model and for its 1x1 convolutions alone (each run on
+the activations it sees inside the model). All cells are measured in one run, the variants
+interleaved within every repeat; the table gives medians and the ratios to ``svd``."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+GPU_SIZES = dict(levels=3, steps=32, width=512, batch_size=64)
+CPU_SIZES = dict(levels=3, steps=4, width=64, batch_size=64)
+COLUMNS = ("forward", "inverse", "fwd+bwd")
+
+
+def run(args) -> int:
+    import torch
+
+    from .torch_model import CONVS, Glow, InvConv
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    sizes = GPU_SIZES if device.type == "cuda" else CPU_SIZES
+    for k, v in sizes.items():
+        if getattr(args, k, None) is None:
+            setattr(args, k, v)
+    repeats = args.repeats or (20 if device.type == "cuda" else 7)
+    shape, n = (3, 32, 32), args.batch_size
+    torch.manual_seed(0)
+    x = torch.rand(n, *shape, device=device) - 0.5
+    models = {}
+    for kind in CONVS:
+        m = Glow(shape, args.levels, args.steps, args.width, kind, seed=args.seed).to(device)
+        m.initialize(x)
+        models[kind] = m
+
+    # The activations each 1x1 conv sees in the model (and a cotangent for its output).
+    conv_in: dict[str, list] = {k: [] for k in CONVS}
+    for kind, m in models.items():
+        hs = [c.register_forward_hook(lambda mod, inp, out, k=kind: conv_in[k].append(inp[0].detach()))
+              for c in m.modules() if isinstance(c, InvConv)]
+        with torch.no_grad():
+            m(x)
+        for h in hs:
+            h.remove()
+    convs = {k: m.convs() for k, m in models.items()}
+    conv_out = {k: [c(xi, xi.new_zeros(()))[0].detach() for c, xi in zip(convs[k], conv_in[k])]
+                for k in CONVS}
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def model_fwd(k):
+        with torch.no_grad():
+            models[k](x)
+
+    def model_inv(k):
+        with torch.no_grad():
+            models[k].sample(n, 1.0)
+
+    def model_fwdbwd(k):
+        m = models[k]
+        m.zero_grad(set_to_none=True)
+        (-m(x).mean()).backward()
+
+    def conv_fwd(k):
+        with torch.no_grad():
+            for c, xi in zip(convs[k], conv_in[k]):
+                c(xi, xi.new_zeros(()))
+
+    def conv_inv(k):
+        with torch.no_grad():
+            for c, yi in zip(convs[k], conv_out[k]):
+                c.inverse(yi)
+
+    def conv_fwdbwd(k):
+        loss = 0
+        for c, xi in zip(convs[k], conv_in[k]):
+            xi = xi.requires_grad_()
+            y, ld = c(xi, xi.new_zeros(()))
+            loss = loss + y.mean() + ld
+        loss.backward()
+
+    rows = {"model": (model_fwd, model_inv, model_fwdbwd), "1x1 convs": (conv_fwd, conv_inv, conv_fwdbwd)}
+    times = {(r, col, k): [] for r in rows for col in COLUMNS for k in CONVS}
+    print(f"Glow bench on {device} ({torch.get_num_threads()} threads): batch {n}, 3x32x32, "
+          f"L={args.levels} K={args.steps} width={args.width}; {repeats} interleaved repeats, medians "
+          f"({len(convs['svd'])} 1x1 convs of {sorted({c.c for c in convs['svd']})} channels)", flush=True)
+    for rep in range(repeats + 1):  # the first round warms up and is dropped
+        for r, fns in rows.items():
+            for col, fn in zip(COLUMNS, fns):
+                for k in (CONVS if rep % 2 == 0 else CONVS[::-1]):
+                    sync()
+                    t = time.perf_counter()
+                    fn(k)
+                    sync()
+                    if rep:
+                        times[r, col, k].append(time.perf_counter() - t)
+    med = {key: statistics.median(v) * 1e3 for key, v in times.items()}
+    head = f"{'':<10} {'conv':<10}" + "".join(f"{c + ' ms':>14}" for c in COLUMNS)
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        for k in CONVS:
+            print(f"{r:<10} {k:<10}" + "".join(f"{med[r, c, k]:>14.2f}" for c in COLUMNS))
+        for k in ("plain", "lu"):
+            print(f"{r:<10} {k + '/svd':<10}" + "".join(f"{med[r, c, k] / med[r, c, 'svd']:>13.2f}x"
+                                                        for c in COLUMNS))
+    args.result = med
+    return 0

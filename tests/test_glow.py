@@ -1,0 +1,215 @@
+"""Glow demo (python/fasth/demos/glow): every layer and the whole flow invert, their
+log-determinants equal a brute-force Jacobian, the three 1x1 convolutions agree given the same
+W, a short run lowers bits/dim (torch and JAX, through --resume), two-process DDP on CPU."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from fasth.demos.glow import parser  # noqa: E402
+from fasth.demos.glow import torch_model as tm  # noqa: E402
+from fasth.demos.glow.data import load  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def _nonzero(module, seed=0):
+    """Perturb the zero-initialised layers so that the flow is not the identity."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, tm.ZeroConv2d):
+                m.conv.weight.copy_(0.1 * torch.randn(m.conv.weight.shape, generator=g))
+                m.conv.bias.copy_(0.1 * torch.randn(m.conv.bias.shape, generator=g))
+        if isinstance(module, tm.Glow):
+            module.top.copy_(0.1 * torch.randn(module.top.shape, generator=g))
+    return module
+
+
+def _W0(c, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return tm.random_orthogonal(c, g) @ torch.diag(torch.linspace(0.5, 2.0, c, dtype=torch.float64))
+
+
+def _layers(c=4):
+    x = torch.randn(8, c, 2, 2)
+    an = tm.ActNorm(c)
+    an(x, x.new_zeros(8))  # data-dependent init
+    out = {"actnorm": an, "coupling": _nonzero(tm.Coupling(c, 8))}
+    for kind in tm.CONVS:
+        out[f"conv-{kind}"] = tm.make_conv(kind, _W0(c))
+    step = tm.FlowStep(c, 8, "svd", _W0(c, 1))
+    step.actnorm(x, x.new_zeros(8))
+    out["step"] = _nonzero(step)
+    return out
+
+
+@pytest.mark.parametrize("name", ["actnorm", "coupling", "conv-plain", "conv-lu", "conv-svd", "step"])
+def test_torch_layer_inverts_and_logdet_is_the_jacobian(name):
+    layer = _layers()[name].eval()
+    x = torch.randn(3, 4, 2, 2)
+    y, ld = layer(x, x.new_zeros(3))
+    torch.testing.assert_close(layer.inverse(y), x, atol=1e-4, rtol=0)
+    torch.testing.assert_close(layer(layer.inverse(y), x.new_zeros(3))[0], y, atol=1e-4, rtol=0)
+    layer = layer.double()
+    x1 = x[:1].double()
+    J = torch.autograd.functional.jacobian(lambda v: layer(v.reshape(x1.shape), v.new_zeros(1))[0].flatten(),
+                                           x1.flatten())
+    torch.testing.assert_close(layer(x1, x1.new_zeros(1))[1][0], torch.linalg.slogdet(J)[1],
+                               atol=1e-8, rtol=1e-8)
+
+
+@pytest.mark.parametrize("conv", tm.CONVS)
+def test_torch_flow_inverts_and_logdet_is_the_jacobian(conv):
+    torch.manual_seed(0)
+    m = tm.Glow((1, 4, 4), levels=2, steps=2, width=8, conv=conv)
+    m.initialize(torch.rand(16, 1, 4, 4) - 0.5)
+    m = _nonzero(m).eval()
+    x = torch.rand(5, 1, 4, 4) - 0.5
+    zs, logdet, _ = m.encode(x)
+    torch.testing.assert_close(m.inverse(zs), x, atol=1e-4, rtol=0)
+    s = m.sample(5, 0.7, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(m.inverse(m.encode(s)[0]), s, atol=1e-4, rtol=0)
+    md = m.double()
+    x1 = x[:1].double()
+    J = torch.autograd.functional.jacobian(
+        lambda v: torch.cat([z.flatten() for z in md.encode(v.reshape(x1.shape))[0]]), x1.flatten())
+    torch.testing.assert_close(md.encode(x1)[1][0], torch.linalg.slogdet(J)[1], atol=1e-8, rtol=1e-8)
+
+
+def test_torch_conv_variants_agree_given_the_same_W():
+    W0 = _W0(6)
+    x = torch.randn(4, 6, 3, 3)
+    ref = torch.nn.functional.conv2d(x, W0.float()[:, :, None, None])
+    for kind in tm.CONVS:
+        c = tm.make_conv(kind, W0)
+        y, ld = c(x, x.new_zeros(()))
+        torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ld, 9 * torch.linalg.slogdet(W0)[1].float(), atol=1e-5, rtol=1e-5)
+    # Whole models built with one seed start from the same W and give the same density.
+    x = torch.rand(8, 1, 8, 8) - 0.5
+    lps = []
+    for kind in tm.CONVS:
+        torch.manual_seed(0)
+        m = tm.Glow((1, 8, 8), 2, 2, 8, kind)
+        m.initialize(x)
+        lps.append(m(x))
+    for lp in lps[1:]:
+        torch.testing.assert_close(lp, lps[0], atol=1e-3, rtol=1e-5)
+
+
+def test_nonfinite_output_is_located():
+    from fasth.demos.glow.train import _locate_nonfinite
+
+    m = tm.Glow((1, 8, 8), 2, 2, 8, "svd")
+    m.initialize(torch.rand(8, 1, 8, 8) - 0.5)
+    with torch.no_grad():
+        m.flows[1][0].coupling.net[0].weight.fill_(float("nan"))
+    assert "flows.1.0.coupling" in _locate_nonfinite(m, torch.rand(8, 1, 8, 8) - 0.5)
+
+
+def test_missing_data_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        load("fashion-mnist", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        load("cifar10", str(tmp_path))
+
+
+def _args(tmp_path, framework, epochs, resume=False, conv="svd"):
+    a = parser().parse_args(["--framework", framework, "--conv", conv, "--epochs", str(epochs),
+                             "--levels", "2", "--steps", "2", "--width", "16", "--batch-size", "100",
+                             "--lr", "3e-3", "--warmup", "5", "--out", str(tmp_path), "--quiet"]
+                            + (["--resume"] if resume else []))
+    return a
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_short_training_lowers_bits_per_dim_and_resumes(tmp_path, framework):
+    if framework == "jax":
+        pytest.importorskip("optax")
+        from fasth.demos.glow.jax_model import train_jax as train
+    else:
+        from fasth.demos.glow.train import train_torch as train
+    data = load("digits")
+    a1 = _args(tmp_path, framework, 1)
+    assert train(a1, data) == 0
+    a3 = _args(tmp_path, framework, 3, resume=True)
+    assert train(a3, data) == 0
+    assert a3.result["test_bpd"] < a1.result["test_bpd"] - 0.05
+    assert (tmp_path / f"glow-{framework}-svd.png").exists()
+
+
+def _ddp_worker(rank, world, port, out, conn):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
+                      RANK=str(rank), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from fasth.demos.glow.train import train_torch
+
+    args = parser().parse_args(["--epochs", "1", "--levels", "2", "--steps", "2", "--width", "8",
+                                "--batch-size", "128", "--device", "cpu", "--out", out, "--quiet"])
+    rc = train_torch(args, load("digits"))
+    conn[rank] = rc
+
+
+def test_ddp_two_processes_on_cpu(tmp_path):
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with mp.get_context("spawn").Manager() as manager:
+        rcs = manager.dict()
+        mp.spawn(_ddp_worker, args=(2, port, str(tmp_path), rcs), nprocs=2, join=True)
+        assert dict(rcs) == {0: 0, 1: 0}
+    ck = torch.load(tmp_path / "glow-torch-svd.pt", weights_only=False)
+    assert ck["epoch"] == 1 and ck["step"] == len(load("digits").train) // 256
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+# JAX --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("conv", tm.CONVS)
+def test_jax_flow_inverts_and_logdet_is_the_jacobian(conv):
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    from fasth.demos.glow import jax_model as jm
+
+    cfg = jm.Config((1, 4, 4), 2, 2, 8, conv)
+    x = jax.random.uniform(jax.random.PRNGKey(0), (16, 4, 4, 1)) - 0.5
+    params = jm.init(jax.random.PRNGKey(1), cfg, x)
+    # Perturb the zero-initialised outputs (not the fixed LU parts) so the flow is not the identity.
+    key = [jax.random.PRNGKey(2)]
+
+    def perturb(path, leaf):
+        if leaf.ndim == 2 or getattr(path[-1], "key", None) in jm.FROZEN:
+            return leaf
+        key[0], k = jax.random.split(key[0])
+        return leaf + 0.05 * jax.random.normal(k, leaf.shape)
+
+    params = jax.tree_util.tree_map_with_path(perturb, params)
+    encode = jax.jit(lambda p, v: jm.encode(cfg, p, v))
+    decode = jax.jit(lambda p, zs: jm.decode(cfg, p, zs))
+    zs, logdet, _ = encode(params, x[:5])
+    np.testing.assert_allclose(decode(params, zs), x[:5], atol=1e-4)
+    s = jax.jit(lambda p, k: jm.decode(cfg, p, key=k, n=5, temperature=0.7))(params, jax.random.PRNGKey(3))
+    np.testing.assert_allclose(decode(params, encode(params, s)[0]), s, atol=1e-4)
+    x1 = x[:1]
+    J = jax.jit(jax.jacfwd(lambda v: jnp.concatenate(
+        [z.ravel() for z in jm.encode(cfg, params, v.reshape(x1.shape))[0]])))(x1.ravel())
+    np.testing.assert_allclose(encode(params, x1)[1][0], jnp.linalg.slogdet(J)[1], atol=2e-3, rtol=1e-4)
+    # The three variants agree given the same W.
+    W0 = _W0(6).numpy()
+    xs = np.random.default_rng(0).standard_normal((6, 6)).astype(np.float32)
+    W, lad = jm.conv_weight(conv, jm.conv_params(conv, W0))
+    np.testing.assert_allclose(W, W0, atol=1e-5)
+    np.testing.assert_allclose(lad, np.linalg.slogdet(W0)[1], atol=1e-5)
+    np.testing.assert_allclose(jm.conv_inverse_weight(conv, jm.conv_params(conv, W0)) @ (W0 @ xs), xs, atol=1e-4)
+    assert math.isfinite(float(logdet[0]))
