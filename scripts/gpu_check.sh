@@ -3,7 +3,8 @@
 # scikit-build-core, cmake and ninja already installed, and no internet, build fasth from this
 # checkout, run the whole test suite (CUDA cases included) and the GPU benchmarks.
 # Logs go under $OUT (default ./gpu-check-out): nvidia-smi.txt, build.log, tests.log,
-# bench.log. About 5 minutes on an H100; exits non-zero if the build or a test fails.
+# bench.log, suite.log (+ suite/), glow.log. About 7 minutes on an H100; exits non-zero if
+# the build, a test or the GPU benchmark fails.
 #
 #   bash scripts/gpu_check.sh            # from the repository root
 #   CUDA_ARCH=90 PYTHON=python3 OUT=/tmp/out bash scripts/gpu_check.sh
@@ -46,4 +47,15 @@ start=$SECONDS
 timeout "${BENCH_TIMEOUT:-150}" "$PY" benchmarks/gpu_bench.py 2>&1 | tee "$OUT/bench.log"
 brc=$?
 echo "bench: exit $brc in $((SECONDS - start)) s" | tee -a "$OUT/bench.log"
+
+# The benchmark suite and the Glow table on the GPU (issues 5 and 6), unless SUITE=0.
+if [ "${SUITE:-1}" = 1 ]; then
+  start=$SECONDS
+  timeout "${SUITE_TIMEOUT:-150}" "$PY" -m fasth bench --device cuda --quick --no-progress \
+    --out "$OUT/suite" 2>&1 | tee "$OUT/suite.log"
+  echo "suite: exit $? in $((SECONDS - start)) s" | tee -a "$OUT/suite.log"
+  start=$SECONDS
+  timeout "${GLOW_TIMEOUT:-150}" "$PY" -m fasth glow --bench --device cuda 2>&1 | tee "$OUT/glow.log"
+  echo "glow: exit $? in $((SECONDS - start)) s" | tee -a "$OUT/glow.log"
+fi
 exit $(( trc != 0 ? trc : brc ))

@@ -3,12 +3,25 @@
 
 The functional API works on numpy, torch, cupy and any DLPack array; ``fasth.torch`` and
 ``fasth.jax`` add autograd and layers.
+
+The extension module loads on first use, not at ``import fasth``: loaded before torch, it
+made ``import torch`` crash on a CUDA 13 build of torch 2.11 (seen on an H200 machine).
 """
 
-from . import _core
-from ._api import apply, apply_backward, matrix, matrix_backward
+from __future__ import annotations
 
-_core.load_scipy_blas()
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._api import apply, apply_backward, matrix, matrix_backward
 
 __version__ = "0.1.0"
 __all__ = ["apply", "apply_backward", "matrix", "matrix_backward", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from . import _api
+
+        return getattr(_api, name)
+    raise AttributeError(f"module 'fasth' has no attribute {name!r}")

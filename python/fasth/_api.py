@@ -12,6 +12,8 @@ from typing import Any, Literal
 from . import _arrays
 from . import _core
 
+_core.load_scipy_blas()
+
 StrategyName = Literal["auto", "blockwise", "materialize"]
 _STRATEGIES = {
     "auto": _core.Strategy.automatic,
