@@ -421,7 +421,14 @@ if nnx is not None:
             return (matrix(self.U[...]) * self.s[...]) @ matrix(self.Vt[...]).T
 
 
-if nnx is not None:  # spectral-norm layers, built on apply and matrix above
-    from .jax_spectral import SpectralConv, SpectralConv1x1, SpectralDense, bounded_singular_values
+_SPECTRAL = ("SpectralDense", "SpectralConv1x1", "SpectralConv", "bounded_singular_values")
+__all__ += list(_SPECTRAL)
 
-    __all__ += ["SpectralDense", "SpectralConv1x1", "SpectralConv", "bounded_singular_values"]
+
+def __getattr__(name: str) -> Any:
+    """The spectral-norm layers of fasth.jax_spectral (built on apply and matrix above)."""
+    if name in _SPECTRAL:
+        from . import jax_spectral
+
+        return getattr(jax_spectral, name)
+    raise AttributeError(f"module 'fasth.jax' has no attribute {name!r}")

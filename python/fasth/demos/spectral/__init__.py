@@ -28,6 +28,49 @@ import numpy as np
 RADII = (0.1, 0.25, 0.5)
 BOUND_IRESNET = 0.9
 
+METHODS = ("power", "fasth")
+
+
+def steps_per_run(args, n_train: int) -> int:
+    return args.epochs * (n_train // args.batch)
+
+
+def collect(framework: str, device: str, data, args, run_classifier, run_iresnet,
+            time_steps) -> dict:
+    """The demo's three parts for one framework: the classifier and the i-ResNet trained with
+    each method, then the time per step at n = 4d and n = d/4 (`time_steps(method, d, n)`)."""
+    from tqdm.auto import tqdm
+
+    d = args.timing_width
+    shapes = [(d, 4 * d), (d, d // 4)]
+    total = 4 * steps_per_run(args, data[0].shape[0]) + 2 * len(shapes)
+    bar = None if args.no_progress else tqdm(total=total, desc=f"spectral ({framework})", unit="step")
+    res = {"framework": framework, "device": device, "classifier": {}, "iresnet": {}, "timing": []}
+
+    def note(text: str) -> None:
+        if bar is not None:
+            bar.set_postfix_str(text)
+
+    for m in METHODS:
+        note(f"classifier/{m}")
+        res["classifier"][m], dims, _ = run_classifier(m, data, args, bar)
+    res["classifier"]["arch"] = "->".join(map(str, dims)) + " (MaxMin)"
+    for m in METHODS:
+        note(f"i-ResNet/{m}")
+        res["iresnet"][m], arch, _ = run_iresnet(m, data, args, bar)
+    res["iresnet"]["arch"] = arch
+    for dd, n in shapes:
+        row = {"d": dd, "n": n}
+        for m in METHODS:
+            note(f"timing/{m} n={n}")
+            row[f"{m}_ms"] = time_steps(m, dd, n)
+            if bar is not None:
+                bar.update(1)
+        res["timing"].append(row)
+    if bar is not None:
+        bar.close()
+    return res
+
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fasth spectral", description=__doc__.split("\n\n")[0])

@@ -15,9 +15,8 @@ import optax
 from flax import nnx
 
 from ...jax_spectral import SpectralDense
-from . import BOUND_IRESNET, certified
+from . import BOUND_IRESNET, METHODS, certified, collect
 
-METHODS = ("power", "fasth")
 
 
 def _normalize(x: jax.Array) -> jax.Array:
@@ -179,10 +178,6 @@ def _train(model, X, y, args, bar, temperature: float, log_every: int = 5):
     return 1e3 * float(np.median(times[1:] or times)), hist
 
 
-def steps_per_run(args, n_train: int) -> int:
-    return args.epochs * (n_train // args.batch)
-
-
 def run_classifier(method, data, args, bar):
     Xtr, ytr, Xte, yte = data
     dims = [Xtr.shape[1], args.width, args.width, args.width, 10]
@@ -263,36 +258,9 @@ def time_steps(method: str, d: int, n: int, steps: int, seed: int) -> float:
 
 
 def run(args, data) -> dict:
-    from tqdm.auto import tqdm
-
     dev = jax.devices(args.device)[0] if args.device != "cpu" else jax.devices("cpu")[0]
     Xtr, ytr, Xte, yte = data
-    d = args.timing_width
-    shapes = [(d, 4 * d), (d, d // 4)]
-    total = 4 * steps_per_run(args, Xtr.shape[0]) + 2 * len(shapes)
-    bar = None if args.no_progress else tqdm(total=total, desc="spectral (jax)", unit="step")
-    res = {"framework": "jax", "device": str(dev), "classifier": {}, "iresnet": {}, "timing": []}
     with jax.default_device(dev):
         data = (jnp.asarray(Xtr), jnp.asarray(ytr), jnp.asarray(Xte), np.asarray(yte))
-        for m in METHODS:
-            if bar is not None:
-                bar.set_postfix_str(f"classifier/{m}")
-            res["classifier"][m], dims, _ = run_classifier(m, data, args, bar)
-        res["classifier"]["arch"] = "->".join(map(str, dims)) + " (MaxMin)"
-        for m in METHODS:
-            if bar is not None:
-                bar.set_postfix_str(f"i-ResNet/{m}")
-            res["iresnet"][m], arch, _ = run_iresnet(m, data, args, bar)
-        res["iresnet"]["arch"] = arch
-        for dd, n in shapes:
-            row = {"d": dd, "n": n}
-            for m in METHODS:
-                if bar is not None:
-                    bar.set_postfix_str(f"timing/{m} n={n}")
-                row[f"{m}_ms"] = time_steps(m, dd, n, args.timing_steps, args.seed)
-                if bar is not None:
-                    bar.update(1)
-            res["timing"].append(row)
-    if bar is not None:
-        bar.close()
-    return res
+        return collect("jax", str(dev), data, args, run_classifier, run_iresnet,
+                       lambda m, d, n: time_steps(m, d, n, args.timing_steps, args.seed))

@@ -13,9 +13,8 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
 
 from ...torch.spectral import SpectralLinear
-from . import BOUND_IRESNET, certified
+from . import BOUND_IRESNET, METHODS, certified, collect
 
-METHODS = ("power", "fasth")
 
 
 class PowerLinear(nn.Module):
@@ -173,10 +172,6 @@ def _train(model, X, y, args, bar, temperature: float, log_every: int = 5):
     return 1e3 * float(np.median(times)), hist
 
 
-def steps_per_run(args, n_train: int) -> int:
-    return args.epochs * (n_train // args.batch)
-
-
 def run_classifier(method, data, args, bar):
     Xtr, ytr, Xte, yte = data
     torch.manual_seed(args.seed)
@@ -239,36 +234,8 @@ def time_steps(method: str, d: int, n: int, steps: int, device: str, seed: int) 
 
 
 def run(args, data) -> dict:
-    from tqdm.auto import tqdm
-
     dev = torch.device(args.device)
     args.device = dev
-    Xtr, ytr, Xte, yte = (torch.as_tensor(a, device=dev) for a in data)
-    data = (Xtr, ytr, Xte, yte)
-    d = args.timing_width
-    shapes = [(d, 4 * d), (d, d // 4)]
-    total = 4 * steps_per_run(args, Xtr.shape[0]) + 2 * len(shapes)
-    bar = None if args.no_progress else tqdm(total=total, desc="spectral (torch)", unit="step")
-    res = {"framework": "torch", "device": str(dev), "classifier": {}, "iresnet": {}, "timing": []}
-    for m in METHODS:
-        if bar is not None:
-            bar.set_postfix_str(f"classifier/{m}")
-        res["classifier"][m], dims, _ = run_classifier(m, data, args, bar)
-    res["classifier"]["arch"] = "->".join(map(str, dims)) + " (MaxMin)"
-    for m in METHODS:
-        if bar is not None:
-            bar.set_postfix_str(f"i-ResNet/{m}")
-        res["iresnet"][m], arch, _ = run_iresnet(m, data, args, bar)
-    res["iresnet"]["arch"] = arch
-    for dd, n in shapes:
-        row = {"d": dd, "n": n}
-        for m in METHODS:
-            if bar is not None:
-                bar.set_postfix_str(f"timing/{m} n={n}")
-            row[f"{m}_ms"] = time_steps(m, dd, n, args.timing_steps, dev, args.seed)
-            if bar is not None:
-                bar.update(1)
-        res["timing"].append(row)
-    if bar is not None:
-        bar.close()
-    return res
+    data = tuple(torch.as_tensor(a, device=dev) for a in data)
+    return collect("torch", str(dev), data, args, run_classifier, run_iresnet,
+                   lambda m, d, n: time_steps(m, d, n, args.timing_steps, dev, args.seed))
