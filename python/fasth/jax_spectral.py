@@ -32,18 +32,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ._bounds import MODES, check_bound as _check
 from .jax import apply, matrix
-
-MODES = ("normalize", "sigmoid", "clip")
-
-
-def _check(bound: float, mode: str, lo: float) -> None:
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if not bound > 0:
-        raise ValueError(f"bound must be positive, got {bound}")
-    if mode == "clip" and not 0 <= lo <= bound:
-        raise ValueError(f"lo must be in [0, bound = {bound}], got {lo}")
 
 
 def bounded_singular_values(raw: jax.Array, bound: float = 1.0, mode: str = "normalize",

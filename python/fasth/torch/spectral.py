@@ -26,9 +26,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from .._bounds import MODES, check_bound
 from .nn import SVDLinear
-
-MODES = ("normalize", "sigmoid", "clip")
 
 
 class BoundedSingularValues(nn.Module):
@@ -36,12 +35,7 @@ class BoundedSingularValues(nn.Module):
 
     def __init__(self, bound: float = 1.0, mode: str = "normalize", lo: float = 0.0) -> None:
         super().__init__()
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if not bound > 0:
-            raise ValueError(f"bound must be positive, got {bound}")
-        if mode == "clip" and not 0 <= lo <= bound:
-            raise ValueError(f"lo must be in [0, bound = {bound}], got {lo}")
+        check_bound(bound, mode, lo)
         self.bound, self.mode, self.lo = float(bound), mode, float(lo)
 
     def forward(self, raw: Tensor) -> Tensor:
