@@ -9,7 +9,8 @@
 //                     matrix:     out = U (d x d), or its thin frame U[:, :k]
 //
 // A V with batch stride 0 is shared by every batch entry; its gradient is then summed.
-// Call order: factors() once per V, then any forward/backward op with those factors.
+// Call order: factors() once per V, then any forward/backward op with those factors and the
+// same Shape (a materialize shape on a backend with a small-d path leaves them zero: unused).
 #pragma once
 
 #include <cstddef>
