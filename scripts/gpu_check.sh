@@ -3,7 +3,7 @@
 # scikit-build-core, cmake and ninja already installed, and no internet, build fasth from this
 # checkout, run the whole test suite (CUDA cases included) and the GPU benchmarks.
 # Logs go under $OUT (default ./gpu-check-out): nvidia-smi.txt, build.log, tests.log,
-# bench.log, suite.log (+ suite/), glow.log. About 7 minutes on an H100; exits non-zero if
+# bench.log, suite.log (+ suite/), glow.log, spectral.log (+ spectral/). About 7 minutes on an H100; exits non-zero if
 # the build, a test or the GPU benchmark fails.
 #
 #   bash scripts/gpu_check.sh            # from the repository root
@@ -48,14 +48,17 @@ timeout "${BENCH_TIMEOUT:-150}" "$PY" benchmarks/gpu_bench.py 2>&1 | tee "$OUT/b
 brc=$?
 echo "bench: exit $brc in $((SECONDS - start)) s" | tee -a "$OUT/bench.log"
 
-# The benchmark suite and the Glow table on the GPU (issues 5 and 6), unless SUITE=0.
-if [ "${SUITE:-1}" = 1 ]; then
-  start=$SECONDS
-  timeout "${SUITE_TIMEOUT:-150}" "$PY" -m fasth bench --device cuda --quick --no-progress \
-    --out "$OUT/suite" 2>&1 | tee "$OUT/suite.log"
-  echo "suite: exit $? in $((SECONDS - start)) s" | tee -a "$OUT/suite.log"
-  start=$SECONDS
-  timeout "${GLOW_TIMEOUT:-150}" "$PY" -m fasth glow --bench --device cuda 2>&1 | tee "$OUT/glow.log"
-  echo "glow: exit $? in $((SECONDS - start)) s" | tee -a "$OUT/glow.log"
-fi
+# The benchmark suite, the Glow table and the spectral demo on the GPU (issues 5, 6, 7);
+# SUITE=0, GLOW=0 or SPECTRAL=0 leaves one out.
+stage() {  # name, timeout, command...
+  local name=$1 limit=$2 start=$SECONDS
+  shift 2
+  timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
+  echo "$name: exit $? in $((SECONDS - start)) s" | tee -a "$OUT/$name.log"
+}
+[ "${SUITE:-1}" = 1 ] && stage suite "${SUITE_TIMEOUT:-150}" \
+  "$PY" -m fasth bench --device cuda --quick --no-progress --out "$OUT/suite"
+[ "${GLOW:-1}" = 1 ] && stage glow "${GLOW_TIMEOUT:-150}" "$PY" -m fasth glow --bench --device cuda
+[ "${SPECTRAL:-1}" = 1 ] && stage spectral "${SPECTRAL_TIMEOUT:-150}" \
+  "$PY" -m fasth spectral --device cuda --no-progress --out "$OUT/spectral"
 exit $(( trc != 0 ? trc : brc ))
