@@ -53,13 +53,22 @@ Matrix<T> mat(B& b, const Dims& s) {
           s.batch > 1 ? s.rows * s.cols : 0};
 }
 
+inline void check_size(std::size_t have, std::size_t need, const char* name) {
+  if (have < need)
+    throw std::invalid_argument(std::string("fasth: ") + name + " holds " + std::to_string(have) +
+                                " elements, needs " + std::to_string(need));
+}
+
+// A buffer of at least `need` elements: an output, or an input (the saved factors).
 template <class T>
 T* buffer(Ret& b, std::size_t need, const char* name) {
-  if (b->element_count() < need)
-    throw std::invalid_argument(std::string("fasth: ") + name + " holds " +
-                                std::to_string(b->element_count()) + " elements, needs " +
-                                std::to_string(need));
+  check_size(b->element_count(), need, name);
   return reinterpret_cast<T*>(b->untyped_data());
+}
+template <class T>
+const T* buffer(const Buf& b, std::size_t need, const char* name) {
+  check_size(b.element_count(), need, name);
+  return reinterpret_cast<const T*>(b.untyped_data());
 }
 
 // The core's Shape for V (bv, d, k) against a (batch, d, n) operand.
@@ -74,7 +83,7 @@ inline Shape shape_of(const Dims& v, const Dims& x, const char* x_name, int64_t 
                                 ", expected 1 or " + std::to_string(x.batch));
   Shape s;
   s.batch = x.batch;
-  s.shared_v = v.batch != x.batch || x.batch <= 1;
+  s.shared_v = v.batch != x.batch || x.batch == 1;  // an empty batch shares nothing
   s.d = v.rows;
   s.k = v.cols;
   s.n = x.cols;
@@ -146,11 +155,9 @@ struct Handlers {
       using T = typename decltype(tag)::type;
       const Dims v = dims_of(V, "V"), o = dims_of(out, "out");
       const Shape s = shape_of(v, o, "out", block, strategy, D);
-      if (f.element_count() < factors_size(s))
-        throw std::invalid_argument("fasth: factors buffer too small");
       auto be = backend<T>(ctx, tf32);
       fasth::apply_backward<T>(be, s, transpose, mat<const T>(V, v),
-                               reinterpret_cast<const T*>(f.untyped_data()), mat<const T>(out, o),
+                               buffer<T>(f, factors_size(s), "factors"), mat<const T>(out, o),
                                mat<const T>(grad, dims_of(grad, "grad")), mat<T>(*dX, o),
                                mat<T>(*dV, v),
                                buffer<T>(ws, workspace_size(Op::apply_backward, s), "workspace"));
@@ -177,11 +184,9 @@ struct Handlers {
       using T = typename decltype(tag)::type;
       const Dims v = dims_of(V, "V"), u = dims_of(U, "U");
       const Shape s = shape_of(v, u, "U", block, strategy, D);
-      if (f.element_count() < factors_size(s))
-        throw std::invalid_argument("fasth: factors buffer too small");
       auto be = backend<T>(ctx, tf32);
       fasth::matrix_backward<T>(be, s, mat<const T>(V, v),
-                                reinterpret_cast<const T*>(f.untyped_data()), mat<const T>(U, u),
+                                buffer<T>(f, factors_size(s), "factors"), mat<const T>(U, u),
                                 mat<const T>(grad, dims_of(grad, "grad")), mat<T>(*dV, v),
                                 buffer<T>(ws, workspace_size(Op::matrix_backward, s), "workspace"));
     });

@@ -243,6 +243,14 @@ def test_functional_api_takes_jax_arrays_over_dlpack():
     close(dV, ref_apply_grad(V, X, G)[0], "float64", 10)
 
 
+def test_empty_batch_gives_empty_results():
+    # A V with no batch entries is not the shared V: nothing of it is read.
+    V, X = jnp.ones((0, 4, 2)), jnp.ones((0, 4, 3))
+    assert fj.apply(V, X).shape == (0, 4, 3)
+    assert fj.matrix(V).shape == (0, 4, 4)
+    assert jax.grad(lambda V: fj.apply(V, X).sum())(V).shape == (0, 4, 2)
+
+
 def test_functional_api_returns_jax_arrays():
     assert isinstance(fasth.apply(jnp.ones((4, 2)), jnp.ones((4, 3))), jax.Array)
 
