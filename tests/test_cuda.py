@@ -84,6 +84,15 @@ def test_apply_and_backward(torch, rng, dtype, d, k, n, transpose, strategy):
     assert_close(host(dX), rdX, dtype, d)
 
 
+def check_matrix(torch, V, G, thin, dtype):
+    """matrix and matrix_backward on the GPU against the float64 reference."""
+    d = V.shape[-2]
+    U = fasth.matrix(cuda(torch, V), thin)
+    assert_close(host(U), ref_matrix(V, thin), dtype, d)
+    dV = fasth.matrix_backward(cuda(torch, V), U, cuda(torch, G), thin)
+    assert_close(host(dV), ref_matrix_grad(V, G, thin), dtype, 2 * d)
+
+
 @needs_cuda
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("d,k", [(48, 48), (128, 64), (200, 200)])
@@ -91,10 +100,7 @@ def test_apply_and_backward(torch, rng, dtype, d, k, n, transpose, strategy):
 def test_matrix_and_backward(torch, rng, dtype, d, k, thin):
     V = random_v(rng, (3, d, k), dtype)
     G = randn(rng, (3, d, k if thin else d), dtype)
-    U = fasth.matrix(cuda(torch, V), thin)
-    assert_close(host(U), ref_matrix(V, thin), dtype, d)
-    dV = fasth.matrix_backward(cuda(torch, V), U, cuda(torch, G), thin)
-    assert_close(host(dV), ref_matrix_grad(V, G, thin), dtype, 2 * d)
+    check_matrix(torch, V, G, thin, dtype)
 
 
 @needs_cuda
@@ -165,10 +171,7 @@ def test_small_d_matrix(torch, rng, dtype, d, thin, batch):
     k = max(1, 3 * d // 4)
     V = random_v(rng, (*batch, d, k), dtype, zero_cols=(k // 2,) if k > 1 else ())
     G = randn(rng, (*batch, d, k if thin else d), dtype)
-    U = fasth.matrix(cuda(torch, V), thin)
-    assert_close(host(U), ref_matrix(V, thin), dtype, d)
-    dV = fasth.matrix_backward(cuda(torch, V), U, cuda(torch, G), thin)
-    assert_close(host(dV), ref_matrix_grad(V, G, thin), dtype, 2 * d)
+    check_matrix(torch, V, G, thin, dtype)
 
 
 @needs_cuda
