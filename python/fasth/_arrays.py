@@ -38,14 +38,8 @@ class Namespace:
     def empty(self, shape: tuple[int, ...], dtype: str, like: Any) -> Any:
         return np.empty(shape, dtype=dtype)
 
-    def zeros(self, shape: tuple[int, ...], dtype: str, like: Any) -> Any:
-        return np.zeros(shape, dtype=dtype)
-
     def reshape(self, a: Any, shape: tuple[int, ...]) -> Any:
         return a.reshape(shape)
-
-    def expand(self, a: Any, shape: tuple[int, ...]) -> Any:
-        return np.broadcast_to(a, shape)
 
     def transpose_last(self, a: Any) -> Any:
         return np.swapaxes(a, -1, -2)
@@ -83,12 +77,6 @@ class TorchNamespace(Namespace):
     def empty(self, shape, dtype, like):
         return self.torch.empty(shape, dtype=getattr(self.torch, dtype), device=like.device)
 
-    def zeros(self, shape, dtype, like):
-        return self.torch.zeros(shape, dtype=getattr(self.torch, dtype), device=like.device)
-
-    def expand(self, a, shape):
-        return a.expand(shape)
-
     def transpose_last(self, a):
         return a.transpose(-1, -2)
 
@@ -113,13 +101,6 @@ class CupyNamespace(Namespace):
     def empty(self, shape, dtype, like):
         with like.device:
             return self.cp.empty(shape, dtype=dtype)
-
-    def zeros(self, shape, dtype, like):
-        with like.device:
-            return self.cp.zeros(shape, dtype=dtype)
-
-    def expand(self, a, shape):
-        return self.cp.broadcast_to(a, shape)
 
     def transpose_last(self, a):
         return self.cp.swapaxes(a, -1, -2)
