@@ -26,13 +26,15 @@ void load_scipy_blas() {
                         reinterpret_cast<fasth::cpu::syrk_fn<double>*>(fn("dsyrk"))});
 }
 
-// A BLAS given by the addresses of its Fortran entry points (0: absent; syrk is optional).
+// A BLAS given by the addresses of its Fortran entry points (0: absent; syrk and the
+// thread-count setter are optional).
 void use_blas(std::uintptr_t sgemm, std::uintptr_t dgemm, std::uintptr_t ssyrk,
-              std::uintptr_t dsyrk) {
+              std::uintptr_t dsyrk, std::uintptr_t set_threads_local) {
   fasth::cpu::set_blas({reinterpret_cast<fasth::cpu::gemm_fn<float>*>(sgemm),
                         reinterpret_cast<fasth::cpu::gemm_fn<double>*>(dgemm),
                         reinterpret_cast<fasth::cpu::syrk_fn<float>*>(ssyrk),
-                        reinterpret_cast<fasth::cpu::syrk_fn<double>*>(dsyrk)});
+                        reinterpret_cast<fasth::cpu::syrk_fn<double>*>(dsyrk),
+                        reinterpret_cast<int (*)(int)>(set_threads_local)});
 }
 
 }  // namespace
@@ -44,6 +46,8 @@ NB_MODULE(_core, m) {
   fasth::bindings::def_ops<double, nb::device::cpu, MakeCpu>(m);
   fasth::bindings::def_jax_ffi<fasth::Device::cpu, MakeCpu>(m);
   m.def("use_blas", &use_blas, nb::arg("sgemm"), nb::arg("dgemm"), nb::arg("ssyrk") = 0,
-        nb::arg("dsyrk") = 0, "Use the BLAS at these addresses (Fortran ABI, 32-bit integers).");
+        nb::arg("dsyrk") = 0, nb::arg("set_threads_local") = 0,
+        "Use the BLAS at these addresses (Fortran ABI, 32-bit integers; set_threads_local: "
+        "MKL's MKL_Set_Num_Threads_Local, to run small products on one thread).");
   m.def("load_scipy_blas", &load_scipy_blas, "Fill the BLAS table from SciPy (done by `import fasth`).");
 }

@@ -21,6 +21,27 @@ gemm_fn<T>* gemm_of() {
   return f;
 }
 
+// One BLAS thread while alive, for a product of `flops` below what threads pay off at
+// (about a 64^3 product, measured with MKL on 2 cores).
+class SerialIfSmall {
+ public:
+  explicit SerialIfSmall(double flops) {
+    if (flops < 6e5 && blas().set_threads_local) {
+      previous_ = blas().set_threads_local(1);
+      set_ = true;
+    }
+  }
+  ~SerialIfSmall() {
+    if (set_) blas().set_threads_local(previous_);
+  }
+  SerialIfSmall(const SerialIfSmall&) = delete;
+  SerialIfSmall& operator=(const SerialIfSmall&) = delete;
+
+ private:
+  int previous_ = 0;
+  bool set_ = false;
+};
+
 }  // namespace
 
 void set_blas(const Blas& b) { g_blas = b; }
@@ -41,6 +62,7 @@ void CpuBackend<T>::gemm(bool ta, bool tb, index_t m, index_t n, index_t k, T al
   const char ca = ta ? 'T' : 'N', cb = tb ? 'T' : 'N';
   const int im = to_int(m), in = to_int(n), ik = to_int(k);
   const int ia = to_int(lda), ib = to_int(ldb), ic = to_int(ldc);
+  const SerialIfSmall serial(2.0 * double(m) * double(n) * double(k));
   for (index_t i = 0; i < batch; ++i)
     f(&ca, &cb, &im, &in, &ik, &alpha, a + i * sa, &ia, b + i * sb, &ib, &beta, c + i * sc, &ic);
 }
@@ -100,6 +122,7 @@ void CpuBackend<T>::gram(bool ta, index_t n, index_t k, const T* a, index_t lda,
   const char uplo = 'U', trans = ta ? 'N' : 'T';  // storage is op(A)^T when transposed
   const int in = to_int(n), ik = to_int(k), ia = to_int(lda), ic = to_int(ldc);
   const T one = 1, zero = 0;
+  const SerialIfSmall serial(double(n) * double(n) * double(k));
   for (index_t i = 0; i < batch; ++i)
     f(&uplo, &trans, &in, &ik, &one, a + i * sa, &ia, &zero, c + i * sc, &ic);
   mirror_upper(n, c, ldc, sc, batch);

@@ -25,6 +25,11 @@ struct Blas {
   gemm_fn<double>* dgemm = nullptr;
   syrk_fn<float>* ssyrk = nullptr;  // optional: the Gram matrices then cost half
   syrk_fn<double>* dsyrk = nullptr;
+  // Optional: sets this thread's BLAS thread count and returns the previous setting (MKL's
+  // C-ABI MKL_Set_Num_Threads_Local). Products too small to gain from threads then run on one:
+  // on 2 cores MKL spent 4-10x longer on the 12..64-sized products of a small U than with
+  // one thread. BLAS libraries that keep small calls serial themselves need none.
+  int (*set_threads_local)(int) = nullptr;
 };
 
 void set_blas(const Blas& blas);

@@ -22,7 +22,9 @@ def _use_torch_blas() -> None:
     integers in the official builds), which shares torch's threads. SciPy's OpenBLAS, with
     threads of its own, fought torch's OpenMP threads: in a torch process on 2 cores,
     fasth.apply at d = 1024, n = 64 took 19x a GEMM instead of 3x. Builds that do not export
-    the Fortran symbols keep SciPy's BLAS."""
+    the Fortran symbols keep SciPy's BLAS. With MKL, small products run on one thread
+    (``MKL_Set_Num_Threads_Local``): waking MKL's threads cost more than they gave below
+    about a 64^3 product."""
     path = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
     if not os.path.exists(path) or "BLAS_INFO=" not in torch.__config__.show():
         return
@@ -31,7 +33,9 @@ def _use_torch_blas() -> None:
         sgemm, dgemm = (ctypes.cast(getattr(lib, f), ctypes.c_void_p).value for f in ("sgemm_", "dgemm_"))
     except (OSError, AttributeError):
         return
-    _core.use_blas(sgemm, dgemm)
+    threads = getattr(lib, "MKL_Set_Num_Threads_Local", None)  # by value (lowercase: Fortran)
+    _core.use_blas(sgemm, dgemm,
+                   set_threads_local=ctypes.cast(threads, ctypes.c_void_p).value if threads else 0)
 
 
 _use_torch_blas()
