@@ -64,10 +64,12 @@ class Call:
     def module(self) -> Any:
         return _module(self.device)
 
-    @property
-    def kwargs(self) -> dict[str, Any]:
+    def run(self, op: str, *args: Any) -> None:
+        """The device module's `op` on `args` (the Shape, flags and arrays), on the arrays'
+        stream."""
         first = next(iter(self.arrays.values()))
-        return {"stream": self.xp.stream(first), "tf32": self.tf32}
+        getattr(self.module, op)(*map(self.xp.arg, args), stream=self.xp.stream(first),
+                                 tf32=self.tf32)
 
     def fail(self, cls: type[Exception], msg: str) -> Exception:
         return cls(f"{self.fn}: {msg}")
@@ -181,7 +183,7 @@ def _prepare_apply(c: Call, X_name: str, block, strategy) -> tuple[Any, Any]:
 
 def _factors(c: Call, V3: Any) -> Any:
     f = c.buffer(_core.factors_size(c.shape))
-    c.module.factors(c.shape, V3, f, **c.kwargs)
+    c.run("factors", c.shape, V3, f)
     return f
 
 
@@ -198,7 +200,7 @@ def apply_with_factors(V, X, transpose: bool = False, *, block: int | None = Non
     X3 = c.to3(c.arrays["X"], s.d, s.n)
     f = _factors(c, V3)
     ws = c.buffer(_core.workspace_size(_core.Op.apply, s))
-    c.module.apply(s, bool(transpose), V3, f, X3, out, ws, **c.kwargs)
+    c.run("apply", s, bool(transpose), V3, f, X3, out, ws)
     return c.out(out, (*c.batch, s.d, s.n)), c.out(f)
 
 
@@ -227,9 +229,8 @@ def apply_backward(V, out, grad, transpose: bool = False, *, factors: Any = None
         return c.out(dV, tuple(Vb.shape)), c.out(dX, (*c.batch, s.d, s.n))
     f = _factors(c, V3) if factors is None else c.xp.wrap(factors)
     ws = c.buffer(_core.workspace_size(_core.Op.apply_backward, s))
-    c.module.apply_backward(
-        s, bool(transpose), V3, f, c.to3(c.arrays["out"], s.d, s.n),
-        c.to3(c.arrays["grad"], s.d, s.n), dX, dV, ws, **c.kwargs)
+    c.run("apply_backward", s, bool(transpose), V3, f, c.to3(c.arrays["out"], s.d, s.n),
+          c.to3(c.arrays["grad"], s.d, s.n), dX, dV, ws)
     return c.out(dV, tuple(Vb.shape)), c.out(dX, (*c.batch, s.d, s.n))
 
 
@@ -252,7 +253,7 @@ def matrix_with_factors(V, thin: bool = False, *, block: int | None = None,
         return c.out(out, (*c.batch, s.d, s.n)), c.buffer(_core.factors_size(s))
     f = _factors(c, V3)
     ws = c.buffer(_core.workspace_size(_core.Op.matrix, s))
-    c.module.matrix(s, V3, f, out, ws, **c.kwargs)
+    c.run("matrix", s, V3, f, out, ws)
     return c.out(out, (*c.batch, s.d, s.n)), c.out(f)
 
 
@@ -276,6 +277,6 @@ def matrix_backward(V, U, grad, thin: bool = False, *, factors: Any = None,
         return c.out(dV, (*c.batch, s.d, s.k))
     f = _factors(c, V3) if factors is None else c.xp.wrap(factors)
     ws = c.buffer(_core.workspace_size(_core.Op.matrix_backward, s))
-    c.module.matrix_backward(s, V3, f, c.to3(c.arrays["U"], s.d, s.n),
-                             c.to3(c.arrays["grad"], s.d, s.n), dV, ws, **c.kwargs)
+    c.run("matrix_backward", s, V3, f, c.to3(c.arrays["U"], s.d, s.n),
+          c.to3(c.arrays["grad"], s.d, s.n), dV, ws)
     return c.out(dV, (*c.batch, s.d, s.k))
