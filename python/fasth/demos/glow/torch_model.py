@@ -6,7 +6,8 @@ diag(s))``, inverted with triangular solves) and ``svd`` (``W = U diag(s) V^T`` 
 In Glow the 1x1 convolution is ``d x d`` with ``d`` = channels (small) applied to ``n = B H
 W`` pixels (large), so every variant builds its ``d x d`` matrix (``W`` or ``W^{-1}``) once per
 call and runs one convolution; the variants differ only in what that matrix and the
-log-determinant cost.
+log-determinant cost. The matrices depend on parameters only, so each level builds those of
+its ``K`` steps in one batched call, in every variant alike.
 
 Every layer maps ``(x, logdet) -> (y, logdet + log|det dy/dx|)`` per sample and has an
 ``inverse``."""
@@ -79,8 +80,11 @@ def random_orthogonal(c: int, generator: torch.Generator | None = None) -> Tenso
 
 
 class InvConv(nn.Module):
-    """Invertible 1x1 convolution ``y = W x`` per pixel. Subclasses give ``weight()`` (``W``
-    and ``log|det W|``) and ``inverse_weight()`` (``W^{-1}``)."""
+    """Invertible 1x1 convolution ``y = W x`` per pixel. Each variant builds the matrices of a
+    list of its convolutions at once: ``weights(convs)`` gives ``W`` (``(K, c, c)``) and
+    ``log|det W|`` (``(K,)``), ``inverse_weights(convs)`` gives ``W^{-1}``. A Glow level builds
+    the ``K`` matrices of its steps in one batched call (they depend on parameters only); a
+    convolution on its own is the case ``K = 1``."""
 
     kind = ""
 
@@ -88,19 +92,37 @@ class InvConv(nn.Module):
         super().__init__()
         self.c = c
 
-    def forward(self, x: Tensor, logdet: Tensor) -> tuple[Tensor, Tensor]:
-        W, lad = self.weight()
+    @classmethod
+    def weights(cls, convs: list[InvConv]) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    @classmethod
+    def inverse_weights(cls, convs: list[InvConv]) -> Tensor:
+        raise NotImplementedError
+
+    def weight(self) -> tuple[Tensor, Tensor]:
+        W, lad = self.weights([self])
+        return W[0], lad[0]
+
+    def forward(self, x: Tensor, logdet: Tensor,
+                weight: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        W, lad = self.weight() if weight is None else weight
         hw = x.shape[2] * x.shape[3]
         return F.conv2d(x, W[:, :, None, None]), logdet + hw * lad
 
-    def inverse(self, y: Tensor) -> Tensor:
-        return F.conv2d(y, self.inverse_weight()[:, :, None, None])
+    def inverse(self, y: Tensor, inverse_weight: Tensor | None = None) -> Tensor:
+        Winv = self.inverse_weights([self])[0] if inverse_weight is None else inverse_weight
+        return F.conv2d(y, Winv[:, :, None, None])
 
     def dense(self) -> Tensor:
         return self.weight()[0]
 
     def extra_repr(self) -> str:
         return f"c={self.c}"
+
+
+def _stack(convs: list[InvConv], name: str) -> Tensor:
+    return torch.stack([getattr(c, name) for c in convs])
 
 
 class PlainConv(InvConv):
@@ -110,11 +132,14 @@ class PlainConv(InvConv):
         super().__init__(W0.shape[0])
         self.W = nn.Parameter(W0.detach().clone().float())
 
-    def weight(self) -> tuple[Tensor, Tensor]:
-        return self.W, torch.linalg.slogdet(self.W)[1]
+    @classmethod
+    def weights(cls, convs):
+        W = _stack(convs, "W")
+        return W, torch.linalg.slogdet(W)[1]
 
-    def inverse_weight(self) -> Tensor:
-        return torch.linalg.inv(self.W)
+    @classmethod
+    def inverse_weights(cls, convs):
+        return torch.linalg.inv(_stack(convs, "W"))
 
 
 class LUConv(InvConv):
@@ -137,28 +162,32 @@ class LUConv(InvConv):
         self.U = nn.Parameter(f(np.triu(u, 1)))
         self.log_s = nn.Parameter(f(np.log(np.abs(s))))
 
-    def _factors(self) -> tuple[Tensor, Tensor]:
-        L = self.L * self.lower_mask + self.eye
-        U = self.U * self.lower_mask.T + torch.diag(self.sign_s * torch.exp(self.log_s))
-        return L, U
+    @staticmethod
+    def _factors(convs) -> tuple[Tensor, Tensor, Tensor]:
+        mask, eye = convs[0].lower_mask, convs[0].eye
+        L = _stack(convs, "L") * mask + eye
+        U = _stack(convs, "U") * mask.T + torch.diag_embed(_stack(convs, "sign_s") * torch.exp(_stack(convs, "log_s")))
+        return _stack(convs, "P"), L, U
 
-    def weight(self) -> tuple[Tensor, Tensor]:
-        L, U = self._factors()
-        return self.P @ (L @ U), self.log_s.sum()
+    @classmethod
+    def weights(cls, convs):
+        P, L, U = cls._factors(convs)
+        return P @ (L @ U), _stack(convs, "log_s").sum(-1)
 
-    def inverse_weight(self) -> Tensor:
-        # W^{-1} = U^{-1} L^{-1} P^T by two triangular solves on P^T (d x d, never a general
+    @classmethod
+    def inverse_weights(cls, convs):
+        # W^{-1} = U^{-1} L^{-1} P^T by two triangular solves on P^T (c x c, never a general
         # inverse), then one convolution.
-        L, U = self._factors()
-        Linv_Pt = torch.linalg.solve_triangular(L, self.P.T, upper=False, unitriangular=True)
+        P, L, U = cls._factors(convs)
+        Linv_Pt = torch.linalg.solve_triangular(L, P.mT, upper=False, unitriangular=True)
         return torch.linalg.solve_triangular(U, Linv_Pt, upper=True)
 
 
 class SVDConv(InvConv):
     """``W = U diag(e^{log s}) V^T``: ``U`` and ``V`` are products of ``c`` Householder
-    reflectors (their vectors stacked in one ``(2, c, c)`` parameter, materialised by a single
-    batched ``fasth.torch.matrix``), so ``log|det W| = sum log s`` and ``W^{-1} = V
-    diag(e^{-log s}) U^T`` need no factorisation."""
+    reflectors (their vectors stacked in one ``(2, c, c)`` parameter; the frames of a whole
+    level come from a single batched ``fasth.torch.matrix``), so ``log|det W| = sum log s``
+    and ``W^{-1} = V diag(e^{-log s}) U^T`` need no factorisation."""
 
     kind = "svd"
 
@@ -178,17 +207,20 @@ class SVDConv(InvConv):
         self.UV = nn.Parameter(torch.stack([householder_vectors(u), householder_vectors(v)]).float())
         self.log_s = nn.Parameter(torch.log(s).float())
 
-    def frames(self) -> tuple[Tensor, Tensor]:
-        UV = matrix(self.UV)
-        return UV[0], UV[1]
+    @staticmethod
+    def _frames(convs) -> tuple[Tensor, Tensor, Tensor]:
+        UV = matrix(_stack(convs, "UV"))  # (K, 2, c, c): one call for all frames
+        return UV[:, 0], UV[:, 1], _stack(convs, "log_s")
 
-    def weight(self) -> tuple[Tensor, Tensor]:
-        U, V = self.frames()
-        return (U * torch.exp(self.log_s)) @ V.T, self.log_s.sum()
+    @classmethod
+    def weights(cls, convs):
+        U, V, log_s = cls._frames(convs)
+        return (U * torch.exp(log_s)[:, None, :]) @ V.mT, log_s.sum(-1)
 
-    def inverse_weight(self) -> Tensor:
-        U, V = self.frames()
-        return (V * torch.exp(-self.log_s)) @ U.T
+    @classmethod
+    def inverse_weights(cls, convs):
+        U, V, log_s = cls._frames(convs)
+        return (V * torch.exp(-log_s)[:, None, :]) @ U.mT
 
 
 def make_conv(kind: str, W0: Tensor) -> InvConv:
@@ -251,13 +283,25 @@ class FlowStep(nn.Module):
         self.conv = make_conv(conv, W0)
         self.coupling = Coupling(c, width)
 
-    def forward(self, x: Tensor, logdet: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, logdet: Tensor,
+                conv_weight: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         x, logdet = self.actnorm(x, logdet)
-        x, logdet = self.conv(x, logdet)
+        x, logdet = self.conv(x, logdet, conv_weight)
         return self.coupling(x, logdet)
 
-    def inverse(self, y: Tensor) -> Tensor:
-        return self.actnorm.inverse(self.conv.inverse(self.coupling.inverse(y)))
+    def inverse(self, y: Tensor, conv_inverse_weight: Tensor | None = None) -> Tensor:
+        return self.actnorm.inverse(self.conv.inverse(self.coupling.inverse(y), conv_inverse_weight))
+
+
+def level_weights(steps: nn.ModuleList) -> tuple[Tensor, Tensor]:
+    """The 1x1-conv matrices and log-determinants of a level's steps, in one batched call."""
+    convs = [step.conv for step in steps]
+    return type(convs[0]).weights(convs)
+
+
+def level_inverse_weights(steps: nn.ModuleList) -> Tensor:
+    convs = [step.conv for step in steps]
+    return type(convs[0]).inverse_weights(convs)
 
 
 class Glow(nn.Module):
@@ -299,8 +343,9 @@ class Glow(nn.Module):
         zs = []
         for i, steps in enumerate(self.flows):
             x = squeeze(x)
-            for step in steps:
-                x, logdet = step(x, logdet)
+            W, lad = level_weights(steps)
+            for k, step in enumerate(steps):
+                x, logdet = step(x, logdet, (W[k], lad[k]))
             if i < self.levels - 1:
                 ca = x.shape[1] // 2
                 x, z = x[:, :ca], x[:, ca:]
@@ -343,16 +388,18 @@ class Glow(nn.Module):
                 mean, logs = self._split_prior(i, x)
                 z = draw(mean, logs) if zs is None else zs[i]
                 x = torch.cat([x, z], 1)
-            for step in reversed(self.flows[i]):
-                x = step.inverse(x)
+            Winv = level_inverse_weights(self.flows[i])
+            for k in reversed(range(len(self.flows[i]))):
+                x = self.flows[i][k].inverse(x, Winv[k])
             x = unsqueeze(x)
         return x
 
     def sample(self, n: int, temperature: float = 0.7, generator: torch.Generator | None = None) -> Tensor:
         return self.inverse(None, n=n, temperature=temperature, generator=generator)
 
-    def convs(self) -> list[InvConv]:
-        return [m for m in self.modules() if isinstance(m, InvConv)]
+    def convs(self) -> list[list[InvConv]]:
+        """The 1x1 convolutions, level by level."""
+        return [[step.conv for step in steps] for steps in self.flows]
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
