@@ -125,6 +125,23 @@ def test_nonfinite_output_is_located():
     assert "flows.1.0.coupling" in _locate_nonfinite(m, torch.rand(8, 1, 8, 8) - 0.5)
 
 
+def test_jax_nonfinite_output_is_located():
+    jax = pytest.importorskip("jax")
+    pytest.importorskip("flax")
+    import jax.numpy as jnp
+
+    from fasth.demos.glow import jax_model as jm
+
+    m = jm.Glow(jm.Config((1, 8, 8), 2, 2, 8, "svd"))
+    x = jax.random.uniform(jax.random.PRNGKey(0), (8, 8, 8, 1)) - 0.5
+    m.initialize(x)
+    kernel = m.levels[1][0].coupling.conv1.kernel
+    kernel[...] = jnp.full_like(kernel[...], jnp.nan)
+    found: list[str] = []
+    m.encode(x, check=found)
+    assert found == ["level 1 step 0 coupling"]
+
+
 def test_missing_data_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         load("fashion-mnist", str(tmp_path))
@@ -174,38 +191,48 @@ def test_ddp_two_processes_on_cpu_through_torchrun(tmp_path):
 @pytest.mark.parametrize("conv", tm.CONVS)
 def test_jax_flow_inverts_and_logdet_is_the_jacobian(conv):
     jax = pytest.importorskip("jax")
+    pytest.importorskip("flax")
     import jax.numpy as jnp
+    from flax import nnx
 
     from fasth.demos.glow import jax_model as jm
 
-    cfg = jm.Config((1, 4, 4), 2, 2, 8, conv)
+    model = jm.Glow(jm.Config((1, 4, 4), 2, 2, 8, conv), seed=1)
     x = jax.random.uniform(jax.random.PRNGKey(0), (16, 4, 4, 1)) - 0.5
-    params = jm.init(jax.random.PRNGKey(1), cfg, x)
-    # Perturb the zero-initialised outputs (not the fixed LU parts) so the flow is not the identity.
+    model.initialize(x)
+    # Perturb every parameter but the 1x1 convolutions' (so the zero-initialised outputs do
+    # not make the flow the identity).
     key = [jax.random.PRNGKey(2)]
 
     def perturb(path, leaf):
-        if leaf.ndim == 2 or getattr(path[-1], "key", None) in jm.FROZEN:
+        if "conv" in path:
             return leaf
         key[0], k = jax.random.split(key[0])
         return leaf + 0.05 * jax.random.normal(k, leaf.shape)
 
-    params = jax.tree_util.tree_map_with_path(perturb, params)
-    encode = jax.jit(lambda p, v: jm.encode(cfg, p, v))
-    decode = jax.jit(lambda p, zs: jm.decode(cfg, p, zs))
-    zs, logdet, _ = encode(params, x[:5])
-    np.testing.assert_allclose(decode(params, zs), x[:5], atol=1e-4)
-    s = jax.jit(lambda p, k: jm.decode(cfg, p, key=k, n=5, temperature=0.7))(params, jax.random.PRNGKey(3))
-    np.testing.assert_allclose(decode(params, encode(params, s)[0]), s, atol=1e-4)
+    params = nnx.state(model, nnx.Param)
+    nnx.replace_by_pure_dict(params, jax.tree_util.tree_map_with_path(
+        lambda p, a: perturb([getattr(e, "key", None) for e in p], a), nnx.to_pure_dict(params)))
+    nnx.update(model, params)
+    encode = nnx.jit(lambda m, v: m.encode(v))
+    decode = nnx.jit(lambda m, zs: m.decode(zs))
+    zs, logdet, _ = encode(model, x[:5])
+    np.testing.assert_allclose(decode(model, zs), x[:5], atol=1e-4)
+    s = nnx.jit(lambda m, k: m.decode(key=k, n=5, temperature=0.7))(model, jax.random.PRNGKey(3))
+    np.testing.assert_allclose(decode(model, encode(model, s)[0]), s, atol=1e-4)
     x1 = x[:1]
-    J = jax.jit(jax.jacfwd(lambda v: jnp.concatenate(
-        [z.ravel() for z in jm.encode(cfg, params, v.reshape(x1.shape))[0]])))(x1.ravel())
-    np.testing.assert_allclose(encode(params, x1)[1][0], jnp.linalg.slogdet(J)[1], atol=2e-3, rtol=1e-4)
+    J = nnx.jit(lambda m, v: jax.jacfwd(lambda u: jnp.concatenate(
+        [z.ravel() for z in m.encode(u.reshape(x1.shape))[0]]))(v))(model, x1.ravel())
+    np.testing.assert_allclose(encode(model, x1)[1][0], jnp.linalg.slogdet(J)[1], atol=2e-3, rtol=1e-4)
+    assert math.isfinite(float(logdet[0]))
     # The three variants agree given the same W.
     W0 = _W0(6).numpy()
     xs = np.random.default_rng(0).standard_normal((6, 6)).astype(np.float32)
-    W, lad = jm.conv_weight(conv, jm.conv_params(conv, W0))
+    layer = jm.make_conv(conv, W0)
+    W, lad = layer.weight()
     np.testing.assert_allclose(W, W0, atol=1e-5)
     np.testing.assert_allclose(lad, np.linalg.slogdet(W0)[1], atol=1e-5)
-    np.testing.assert_allclose(jm.conv_inverse_weight(conv, jm.conv_params(conv, W0)) @ (W0 @ xs), xs, atol=1e-4)
-    assert math.isfinite(float(logdet[0]))
+    np.testing.assert_allclose(layer.inverse_weight() @ (W0 @ xs), xs, atol=1e-4)
+    # LU's fixed parts are not parameters: the optimiser leaves them alone.
+    assert all(name not in ("P", "sign_s") for path, _ in nnx.to_flat_state(nnx.state(layer, nnx.Param))
+               for name in path)

@@ -1,22 +1,23 @@
-"""Glow in JAX (pure functions over a parameter tree, optax for Adam), images NHWC. The same
-architecture and training as the torch model (``torch_model.py``); the ``svd`` 1x1
-convolution materialises ``U`` and ``V`` with ``fasth.jax.matrix``.
+"""Glow in JAX with Flax NNX (the layer library ``fasth.jax`` builds on), images NHWC: the
+same architecture and training as the torch model (``torch_model.py``). The ``svd`` 1x1
+convolution materialises ``U`` and ``V`` with one batched ``fasth.jax.matrix``; its
+log-determinant and inverse come from the singular values.
 
-``params = init(key, shape, x, ...)`` builds the tree with the data-dependent actnorm
-initialisation from the batch ``x``; ``encode(params, x)`` gives ``(zs, logdet, logpz)``,
-``decode(params, zs)`` inverts it, ``sample(params, key, n, temperature)`` draws."""
+``model = Glow(cfg, seed=...)``, ``model.initialize(x)`` (data-dependent actnorm, eager), then
+``model.encode(x)`` gives ``(zs, logdet, logpz)``, ``model.decode(zs)`` inverts it and
+``model.decode(key=k, n=n, temperature=t)`` samples."""
 
 from __future__ import annotations
 
 import math
 import pickle
 import time
-from functools import partial
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from .torch_model import CONVS
 
@@ -42,82 +43,82 @@ def gaussian_logp(x, mean, logs):
     return lp.reshape(x.shape[0], -1).sum(1)
 
 
-def conv(x, w, b):
-    """``w`` HWIO, SAME padding."""
-    y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return y + b
+def _f32(a):
+    return jnp.asarray(a, jnp.float32)
 
 
-def zero_conv(p, x):
-    return conv(x, p["w"], p["b"]) * jnp.exp(3 * p["logs"])
+class ActNorm(nnx.Module):
+    """Per-channel ``y = (x + b) e^{logs}``, initialised from the first batch (eagerly, by
+    ``Glow.initialize``) to zero mean and unit variance."""
+
+    def __init__(self, c: int):
+        self.b = nnx.Param(jnp.zeros(c))
+        self.logs = nnx.Param(jnp.zeros(c))
+
+    def __call__(self, x, logdet, init: bool = False):
+        if init:
+            self.b[...] = -x.mean((0, 1, 2))
+            self.logs[...] = -jnp.log(x.std((0, 1, 2)) + 1e-6)
+        hw = x.shape[1] * x.shape[2]
+        return (x + self.b[...]) * jnp.exp(self.logs[...]), logdet + hw * self.logs[...].sum()
+
+    def inverse(self, y):
+        return y * jnp.exp(-self.logs[...]) - self.b[...]
 
 
-def actnorm(p, x, logdet, init: bool):
-    if init:  # data-dependent, outside jit: write the parameters from this batch
-        p["b"] = -x.mean((0, 1, 2))
-        p["logs"] = -jnp.log(x.std((0, 1, 2)) + 1e-6)
-    hw = x.shape[1] * x.shape[2]
-    return (x + p["b"]) * jnp.exp(p["logs"]), logdet + hw * p["logs"].sum()
+class PlainConv(nnx.Module):
+    def __init__(self, W0: np.ndarray):
+        self.W = nnx.Param(_f32(W0))
+
+    def weight(self):
+        """``(W, log|det W|)``."""
+        return self.W[...], jnp.linalg.slogdet(self.W[...])[1]
+
+    def inverse_weight(self):
+        return jnp.linalg.inv(self.W[...])
 
 
-def actnorm_inverse(p, y):
-    return y * jnp.exp(-p["logs"]) - p["b"]
+class LUConv(nnx.Module):
+    """``W = P L (U + diag(sign(s) e^{log|s|}))``; ``P`` and ``sign(s)`` are fixed (plain
+    ``nnx.Variable``, so the optimiser leaves them alone)."""
 
+    def __init__(self, W0: np.ndarray):
+        import scipy.linalg
 
-def conv_weight(kind: str, p):
-    """``(W, log|det W|)`` of a 1x1 convolution."""
-    if kind == "plain":
-        return p["W"], jnp.linalg.slogdet(p["W"])[1]
-    if kind == "lu":
-        L, U = _lu_factors(p)
-        return p["P"] @ (L @ U), p["log_s"].sum()
-    U, V = _svd_frames(p)
-    return (U * jnp.exp(p["log_s"])) @ V.T, p["log_s"].sum()
-
-
-def conv_inverse_weight(kind: str, p):
-    if kind == "plain":
-        return jnp.linalg.inv(p["W"])
-    if kind == "lu":
-        L, U = _lu_factors(p)
-        Linv_Pt = jax.scipy.linalg.solve_triangular(L, p["P"].T, lower=True, unit_diagonal=True)
-        return jax.scipy.linalg.solve_triangular(U, Linv_Pt, lower=False)
-    U, V = _svd_frames(p)
-    return (V * jnp.exp(-p["log_s"])) @ U.T
-
-
-def _lu_factors(p):
-    c = p["L"].shape[0]
-    L = jnp.tril(p["L"], -1) + jnp.eye(c)
-    U = jnp.triu(p["U"], 1) + jnp.diag(p["sign_s"] * jnp.exp(p["log_s"]))
-    return L, U
-
-
-def _svd_frames(p):
-    import fasth.jax as fj
-
-    return fj.matrix(p["U"]), fj.matrix(p["V"])
-
-
-def conv_params(kind: str, W0: np.ndarray) -> dict:
-    """Parameters of a ``kind`` 1x1 convolution whose ``W`` is ``W0``. Fixed parts (``P``,
-    ``sign_s``) are kept in the tree and get zero gradients (they are masked in the update)."""
-    import scipy.linalg
-
-    c = W0.shape[0]
-    f = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
-    if kind == "plain":
-        return {"W": f(W0)}
-    if kind == "lu":
         P, L, U = scipy.linalg.lu(W0)
         s = np.diag(U)
-        return {"P": f(P), "sign_s": f(np.sign(s)), "L": f(np.tril(L, -1)), "U": f(np.triu(U, 1)),
-                "log_s": f(np.log(np.abs(s)))}
-    if kind == "svd":
+        self.P = nnx.Variable(_f32(P))
+        self.sign_s = nnx.Variable(_f32(np.sign(s)))
+        self.L = nnx.Param(_f32(np.tril(L, -1)))
+        self.U = nnx.Param(_f32(np.triu(U, 1)))
+        self.log_s = nnx.Param(_f32(np.log(np.abs(s))))
+
+    def _factors(self):
+        c = self.L.shape[0]
+        L = jnp.tril(self.L[...], -1) + jnp.eye(c)
+        U = jnp.triu(self.U[...], 1) + jnp.diag(self.sign_s[...] * jnp.exp(self.log_s[...]))
+        return L, U
+
+    def weight(self):
+        L, U = self._factors()
+        return self.P[...] @ (L @ U), self.log_s[...].sum()
+
+    def inverse_weight(self):
+        L, U = self._factors()
+        Linv_Pt = jax.scipy.linalg.solve_triangular(L, self.P[...].T, lower=True, unit_diagonal=True)
+        return jax.scipy.linalg.solve_triangular(U, Linv_Pt, lower=False)
+
+
+class SVDConv(nnx.Module):
+    """``W = U diag(e^{log s}) V^T`` with the Householder vectors of ``U`` and ``V`` in one
+    ``(2, c, c)`` parameter, materialised by a single ``fasth.jax.matrix``."""
+
+    def __init__(self, W0: np.ndarray):
         import torch
 
         from fasth.torch import householder_vectors
 
+        c = W0.shape[0]
         u, s, vh = np.linalg.svd(W0)
         if np.allclose(s, s[0], rtol=1e-6, atol=0):  # as torch_model.SVDConv: avoid V = I
             R = _random_orthogonal(c, np.random.default_rng(c))
@@ -125,11 +126,30 @@ def conv_params(kind: str, W0: np.ndarray) -> dict:
         else:
             v = vh.T
         hv = lambda a: householder_vectors(torch.as_tensor(a)).numpy()  # noqa: E731
-        return {"U": f(hv(u)), "V": f(hv(v)), "log_s": f(np.log(s))}
-    raise ValueError(f"conv must be one of {CONVS}, got {kind!r}")
+        self.UV = nnx.Param(_f32(np.stack([hv(u), hv(v)])))
+        self.log_s = nnx.Param(_f32(np.log(s)))
+
+    def _frames(self):
+        import fasth.jax as fj
+
+        UV = fj.matrix(self.UV[...])
+        return UV[0], UV[1]
+
+    def weight(self):
+        U, V = self._frames()
+        return (U * jnp.exp(self.log_s[...])) @ V.T, self.log_s[...].sum()
+
+    def inverse_weight(self):
+        U, V = self._frames()
+        return (V * jnp.exp(-self.log_s[...])) @ U.T
 
 
-FROZEN = ("P", "sign_s")
+def make_conv(kind: str, W0: np.ndarray) -> nnx.Module:
+    """A ``kind`` 1x1 convolution whose ``W`` is ``W0``."""
+    convs = {"plain": PlainConv, "lu": LUConv, "svd": SVDConv}
+    if kind not in convs:
+        raise ValueError(f"conv must be one of {CONVS}, got {kind!r}")
+    return convs[kind](np.asarray(W0, np.float64))
 
 
 def _random_orthogonal(c: int, rng: np.random.Generator) -> np.ndarray:
@@ -137,66 +157,75 @@ def _random_orthogonal(c: int, rng: np.random.Generator) -> np.ndarray:
     return q * np.sign(np.diag(r))
 
 
-def coupling_params(key, c: int, width: int) -> dict:
-    ca = c // 2
-    k1, k2 = jax.random.split(key)
+class ZeroConv(nnx.Module):
+    """3x3 convolution initialised to zero, output scaled by ``e^{3 logs}``."""
 
-    def he(k, shape):
-        fan_in = shape[0] * shape[1] * shape[2]
-        return jax.random.uniform(k, shape, jnp.float32, -1, 1) * math.sqrt(1 / fan_in)
+    def __init__(self, cin: int, cout: int, rngs: nnx.Rngs):
+        zeros = nnx.initializers.zeros
+        self.conv = nnx.Conv(cin, cout, (3, 3), padding="SAME", kernel_init=zeros, bias_init=zeros,
+                             rngs=rngs)
+        self.logs = nnx.Param(jnp.zeros(cout))
 
-    return {"w1": he(k1, (3, 3, ca, width)), "b1": jnp.zeros(width),
-            "w2": he(k2, (1, 1, width, width)), "b2": jnp.zeros(width),
-            "out": {"w": jnp.zeros((3, 3, width, 2 * (c - ca))), "b": jnp.zeros(2 * (c - ca)),
-                    "logs": jnp.zeros(2 * (c - ca))}}
-
-
-def _coupling_st(p, xa):
-    h = jax.nn.relu(conv(xa, p["w1"], p["b1"]))
-    h = jax.nn.relu(conv(h, p["w2"], p["b2"]))
-    h = zero_conv(p["out"], h)
-    return h[..., 0::2], h[..., 1::2] + 2.0
+    def __call__(self, x):
+        return self.conv(x) * jnp.exp(3 * self.logs[...])
 
 
-def coupling(p, x, logdet):
-    ca = x.shape[-1] // 2
-    xa, xb = x[..., :ca], x[..., ca:]
-    shift, raw = _coupling_st(p, xa)
-    yb = (xb + shift) * jax.nn.sigmoid(raw)
-    return jnp.concatenate([xa, yb], -1), logdet + jax.nn.log_sigmoid(raw).reshape(x.shape[0], -1).sum(1)
+class Coupling(nnx.Module):
+    """Affine coupling: ``y_b = (x_b + t(x_a)) * sigmoid(h(x_a) + 2)``, ``y_a = x_a``."""
+
+    def __init__(self, c: int, width: int, rngs: nnx.Rngs):
+        ca = c // 2
+        init = nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform")  # torch's default
+        self.conv1 = nnx.Conv(ca, width, (3, 3), padding="SAME", kernel_init=init, rngs=rngs)
+        self.conv2 = nnx.Conv(width, width, (1, 1), kernel_init=init, rngs=rngs)
+        self.out = ZeroConv(width, 2 * (c - ca), rngs)
+
+    def _st(self, xa):
+        h = self.out(jax.nn.relu(self.conv2(jax.nn.relu(self.conv1(xa)))))
+        return h[..., 0::2], h[..., 1::2] + 2.0
+
+    def __call__(self, x, logdet):
+        ca = x.shape[-1] // 2
+        xa, xb = x[..., :ca], x[..., ca:]
+        shift, raw = self._st(xa)
+        yb = (xb + shift) * jax.nn.sigmoid(raw)
+        return (jnp.concatenate([xa, yb], -1),
+                logdet + jax.nn.log_sigmoid(raw).reshape(x.shape[0], -1).sum(1))
+
+    def inverse(self, y):
+        ca = y.shape[-1] // 2
+        ya, yb = y[..., :ca], y[..., ca:]
+        shift, raw = self._st(ya)
+        return jnp.concatenate([ya, yb / jax.nn.sigmoid(raw) - shift], -1)
 
 
-def coupling_inverse(p, y):
-    ca = y.shape[-1] // 2
-    ya, yb = y[..., :ca], y[..., ca:]
-    shift, raw = _coupling_st(p, ya)
-    return jnp.concatenate([ya, yb / jax.nn.sigmoid(raw) - shift], -1)
+class FlowStep(nnx.Module):
+    def __init__(self, c: int, width: int, kind: str, W0: np.ndarray, rngs: nnx.Rngs):
+        self.actnorm = ActNorm(c)
+        self.conv = make_conv(kind, W0)
+        self.coupling = Coupling(c, width, rngs)
 
+    def __call__(self, x, logdet, init: bool = False, check=None, where: str = ""):
+        """``check``: an empty list (eager calls only) that receives ``where`` + the name of
+        the first layer whose output is not finite."""
+        x, logdet = self.actnorm(x, logdet, init)
+        _check(check, where + "actnorm", x)
+        W, lad = self.conv.weight()
+        x = jnp.einsum("bhwc,dc->bhwd", x, W)
+        logdet = logdet + x.shape[1] * x.shape[2] * lad
+        _check(check, where + "conv", x)
+        x, logdet = self.coupling(x, logdet)
+        _check(check, where + "coupling", x)
+        return x, logdet
 
-def step_forward(kind, p, x, logdet, init=False, check=None):
-    x, logdet = actnorm(p["actnorm"], x, logdet, init)
-    _check(check, "actnorm", x)
-    W, lad = conv_weight(kind, p["conv"])
-    x = jnp.einsum("bhwc,dc->bhwd", x, W)
-    logdet = logdet + x.shape[1] * x.shape[2] * lad
-    _check(check, "conv", x)
-    x, logdet = coupling(p["coupling"], x, logdet)
-    _check(check, "coupling", x)
-    return x, logdet
-
-
-def step_inverse(kind, p, y):
-    y = coupling_inverse(p["coupling"], y)
-    y = jnp.einsum("bhwc,dc->bhwd", y, conv_inverse_weight(kind, p["conv"]))
-    return actnorm_inverse(p["actnorm"], y)
+    def inverse(self, y):
+        y = jnp.einsum("bhwc,dc->bhwd", self.coupling.inverse(y), self.conv.inverse_weight())
+        return self.actnorm.inverse(y)
 
 
 def _check(check, name, x):
     if check is not None and not check and not bool(jnp.isfinite(x).all()):
-        check.append(f"{check_prefix[0]}{name}")
-
-
-check_prefix = [""]
+        check.append(name)
 
 
 # model ------------------------------------------------------------------------------------
@@ -213,84 +242,80 @@ class Config:
         return int(np.prod(self.shape))
 
 
-def init(key, cfg: Config, x, seed: int = 0) -> dict:
-    """Parameters, with every actnorm initialised from the batch ``x`` (NHWC, dequantised).
-    The initial 1x1 convolutions are random orthogonal from ``seed`` (same for every variant)."""
-    rng = np.random.default_rng(seed)
-    c = cfg.shape[0]
-    params = {"levels": [], "priors": []}
-    for i in range(cfg.levels):
-        c = 4 * c
-        steps = []
-        for _ in range(cfg.steps):
+class Glow(nnx.Module):
+    """Multi-scale Glow on NHWC images. The initial 1x1 convolutions are random orthogonal
+    from ``seed`` (the same for every variant)."""
+
+    def __init__(self, cfg: Config, seed: int = 0):
+        self.cfg = cfg
+        rngs = nnx.Rngs(seed)
+        rng = np.random.default_rng(seed)
+        c = cfg.shape[0]
+        levels, priors = [], []
+        for i in range(cfg.levels):
+            c = 4 * c
+            levels.append(nnx.List([FlowStep(c, cfg.width, cfg.conv, _random_orthogonal(c, rng), rngs)
+                                    for _ in range(cfg.steps)]))
+            if i < cfg.levels - 1:
+                priors.append(ZeroConv(c // 2, c, rngs))
+                c = c // 2
+        self.levels, self.priors = nnx.List(levels), nnx.List(priors)
+        h = cfg.shape[1] >> cfg.levels
+        self.top = nnx.Param(jnp.zeros((h, h * cfg.shape[2] // cfg.shape[1], 2 * c)))
+
+    def initialize(self, x) -> None:
+        """Data-dependent initialisation of every actnorm from the batch ``x`` (eager)."""
+        self.encode(x, init=True)
+
+    def encode(self, x, init: bool = False, check=None):
+        """``(zs, logdet, logpz)`` per sample for NHWC ``x``."""
+        n = x.shape[0]
+        logdet, logpz, zs = jnp.zeros(n), jnp.zeros(n), []
+        for i, steps in enumerate(self.levels):
+            x = squeeze(x)
+            for k, step in enumerate(steps):
+                x, logdet = step(x, logdet, init, check, f"level {i} step {k} ")
+            if i < self.cfg.levels - 1:
+                ca = x.shape[-1] // 2
+                x, z = x[..., :ca], x[..., ca:]
+                h = self.priors[i](x)
+                logpz = logpz + gaussian_logp(z, h[..., 0::2], h[..., 1::2])
+                zs.append(z)
+        top = self.top[...]
+        c = top.shape[-1] // 2
+        zs.append(x)
+        return zs, logdet, logpz + gaussian_logp(x, top[..., :c], top[..., c:])
+
+    def log_prob(self, x):
+        _, logdet, logpz = self.encode(x)
+        return logpz + logdet
+
+    def decode(self, zs=None, *, key=None, n=None, temperature=1.0):
+        """``x`` from latents ``zs``; with ``zs=None`` draws ``n`` samples at ``temperature``."""
+        def draw(k, mean, logs):
+            return mean + jnp.exp(logs) * temperature * jax.random.normal(k, mean.shape)
+
+        top = self.top[...]
+        c = top.shape[-1] // 2
+        if zs is None:
             key, k = jax.random.split(key)
-            steps.append({"actnorm": {"b": jnp.zeros(c), "logs": jnp.zeros(c)},
-                          "conv": conv_params(cfg.conv, _random_orthogonal(c, rng)),
-                          "coupling": coupling_params(k, c, cfg.width)})
-        params["levels"].append(steps)
-        if i < cfg.levels - 1:
-            params["priors"].append({"w": jnp.zeros((3, 3, c // 2, c)), "b": jnp.zeros(c),
-                                     "logs": jnp.zeros(c)})
-            c = c // 2
-    h = cfg.shape[1] >> cfg.levels
-    params["top"] = jnp.zeros((h, h * cfg.shape[2] // cfg.shape[1], 2 * c))
-    encode(cfg, params, x, init=True)
-    return params
-
-
-def encode(cfg: Config, params, x, init=False, check=None):
-    """``(zs, logdet, logpz)`` per sample for NHWC ``x``."""
-    n = x.shape[0]
-    logdet = jnp.zeros(n)
-    logpz = jnp.zeros(n)
-    zs = []
-    for i in range(cfg.levels):
-        x = squeeze(x)
-        for k, p in enumerate(params["levels"][i]):
-            check_prefix[0] = f"level {i} step {k} "
-            x, logdet = step_forward(cfg.conv, p, x, logdet, init, check)
-        if i < cfg.levels - 1:
-            ca = x.shape[-1] // 2
-            x, z = x[..., :ca], x[..., ca:]
-            h = zero_conv(params["priors"][i], x)
-            logpz = logpz + gaussian_logp(z, h[..., 0::2], h[..., 1::2])
-            zs.append(z)
-    top = params["top"]
-    c = top.shape[-1] // 2
-    zs.append(x)
-    return zs, logdet, logpz + gaussian_logp(x, top[..., :c], top[..., c:])
-
-
-def log_prob(cfg, params, x):
-    _, logdet, logpz = encode(cfg, params, x)
-    return logpz + logdet
-
-
-def decode(cfg: Config, params, zs=None, *, key=None, n=None, temperature=1.0):
-    def draw(k, mean, logs):
-        return mean + jnp.exp(logs) * temperature * jax.random.normal(k, mean.shape)
-
-    top = params["top"]
-    c = top.shape[-1] // 2
-    if zs is None:
-        key, k = jax.random.split(key)
-        t = jnp.broadcast_to(top, (n,) + top.shape)
-        x = draw(k, t[..., :c], t[..., c:])
-    else:
-        x = zs[-1]
-    for i in reversed(range(cfg.levels)):
-        if i < cfg.levels - 1:
-            h = zero_conv(params["priors"][i], x)
-            if zs is None:
-                key, k = jax.random.split(key)
-                z = draw(k, h[..., 0::2], h[..., 1::2])
-            else:
-                z = zs[i]
-            x = jnp.concatenate([x, z], -1)
-        for p in reversed(params["levels"][i]):
-            x = step_inverse(cfg.conv, p, x)
-        x = unsqueeze(x)
-    return x
+            t = jnp.broadcast_to(top, (n,) + top.shape)
+            x = draw(k, t[..., :c], t[..., c:])
+        else:
+            x = zs[-1]
+        for i in reversed(range(self.cfg.levels)):
+            if i < self.cfg.levels - 1:
+                h = self.priors[i](x)
+                if zs is None:
+                    key, k = jax.random.split(key)
+                    z = draw(k, h[..., 0::2], h[..., 1::2])
+                else:
+                    z = zs[i]
+                x = jnp.concatenate([x, z], -1)
+            for step in reversed(self.levels[i]):
+                x = step.inverse(x)
+            x = unsqueeze(x)
+        return x
 
 
 def preprocess(key, x_int, levels):
@@ -314,26 +339,26 @@ def make_optimizer(lr, warmup, clip):
     return optax.chain(optax.clip_by_global_norm(clip), optax.adam(sched))
 
 
-def _mask_frozen(grads):
-    def fix(path, g):
-        return jnp.zeros_like(g) if getattr(path[-1], "key", None) in FROZEN else g
-    return jax.tree_util.tree_map_with_path(fix, grads)
-
-
-def make_train_step(cfg, opt, levels):
-    import optax
-
-    def loss_fn(params, x):
-        return bits_per_dim(log_prob(cfg, params, x), cfg.dims, levels).mean()
-
-    @jax.jit
-    def step(params, opt_state, x_int, key):
+def make_train_step(cfg, levels):
+    @nnx.jit
+    def step(model, opt, x_int, key):
         x = preprocess(key, x_int, levels)
-        loss, grads = jax.value_and_grad(loss_fn)(params, x)
-        updates, opt_state = opt.update(_mask_frozen(grads), opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+        loss, grads = nnx.value_and_grad(lambda m: bits_per_dim(m.log_prob(x), cfg.dims, levels).mean())(model)
+        opt.update(model, grads)
+        return loss
 
     return step
+
+
+def _pure(tree) -> dict:
+    """A model's or optimiser's state as nested dicts of numpy arrays (for pickling)."""
+    return jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(tree)))
+
+
+def _load(tree, pure: dict) -> None:
+    state = nnx.state(tree)
+    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, pure))
+    nnx.update(tree, state)
 
 
 def train_jax(args, data) -> int:
@@ -345,8 +370,8 @@ def train_jax(args, data) -> int:
     x_train, x_test = to_nhwc(data.train), to_nhwc(data.test)
     out = Path(args.out)
     ckpt_path = out / f"glow-jax-{args.conv}.pkl"
-    opt = make_optimizer(args.lr, args.warmup, args.clip)
-    key = jax.random.PRNGKey(args.seed)
+    model = Glow(cfg, args.seed)
+    opt = nnx.Optimizer(model, make_optimizer(args.lr, args.warmup, args.clip), wrt=nnx.Param)
     if args.resume:
         if not ckpt_path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
@@ -356,25 +381,24 @@ def train_jax(args, data) -> int:
             if ck["args"][k] != getattr(args, k):
                 raise ValueError(f"--resume: checkpoint {ckpt_path} has {k}={ck['args'][k]!r}, "
                                  f"not {getattr(args, k)!r}")
-        params, opt_state = jax.tree.map(jnp.asarray, (ck["params"], ck["opt_state"]))
+        _load(model, ck["model"])
+        _load(opt, ck["opt"])
         start_epoch, step_no = ck["epoch"], ck["step"]
         print(f"resumed from {ckpt_path} at epoch {start_epoch}")
     else:
         idx = next(batches(len(x_train), args.batch_size, 0, args.seed))
-        key, k1, k2 = jax.random.split(key, 3)
-        params = init(k1, cfg, preprocess(k2, jnp.asarray(x_train[idx]), data.levels), args.seed)
-        opt_state = opt.init(params)
+        model.initialize(preprocess(jax.random.PRNGKey(args.seed), jnp.asarray(x_train[idx]), data.levels))
         start_epoch, step_no = 0, 0
-    train_step = make_train_step(cfg, opt, data.levels)
-    eval_lp = jax.jit(partial(log_prob, cfg))
+    train_step = make_train_step(cfg, data.levels)
+    eval_lp = nnx.jit(lambda m, x: m.log_prob(x))
 
-    def test_bpd(params):
+    def test_bpd():
         k = jax.random.PRNGKey(12345)
         tot = 0.0
         for i in range(0, len(x_test), 256):
             k, kk = jax.random.split(k)
             x = preprocess(kk, jnp.asarray(x_test[i:i + 256]), data.levels)
-            tot += float(bits_per_dim(eval_lp(params, x), cfg.dims, data.levels).sum())
+            tot += float(bits_per_dim(eval_lp(model, x), cfg.dims, data.levels).sum())
         return tot / len(x_test)
 
     t0 = time.perf_counter()
@@ -385,38 +409,37 @@ def train_jax(args, data) -> int:
                    dynamic_ncols=True)
         tot, cnt = 0.0, 0
         for i, idx in enumerate(bar):
-            key, k = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(args.seed), step_no))
+            k = jax.random.fold_in(jax.random.PRNGKey(args.seed), step_no)
             xb = jnp.asarray(x_train[idx])
-            new_params, new_opt_state, loss = train_step(params, opt_state, xb, k)
-            loss = float(loss)
+            before = nnx.to_pure_dict(nnx.state(model))  # immutable arrays: a cheap snapshot
+            loss = float(train_step(model, opt, xb, k))
             if not math.isfinite(loss):
                 where = f"epoch {epoch + 1}, step {i + 1} (global step {step_no + 1})"
+                _load(model, before)  # the parameters that gave the non-finite loss
                 found: list[str] = []
-                encode(cfg, params, preprocess(k, xb, data.levels), check=found)
+                model.encode(preprocess(k, xb, data.levels), check=found)
                 raise NonFiniteLoss(f"non-finite loss {loss} at {where}; " + (
                     f"first non-finite output in {found[0]}" if found else
                     "every layer output is finite (the non-finite value is in the prior, the sum or the gradient)"))
-            params, opt_state = new_params, new_opt_state
             step_no += 1
             tot += loss
             cnt += 1
             bar.set_postfix(bpd=f"{tot / cnt:.3f}")
         train_bpd = tot / max(cnt, 1)
-        tb = test_bpd(params)
+        tb = test_bpd()
         print(f"epoch {epoch + 1}/{args.epochs}: train {train_bpd:.4f} bits/dim, test {tb:.4f} bits/dim, "
               f"{time.perf_counter() - t0:.1f} s", flush=True)
         out.mkdir(parents=True, exist_ok=True)
         with open(ckpt_path, "wb") as f:
-            pickle.dump({"params": jax.tree.map(np.asarray, params),
-                         "opt_state": jax.tree.map(np.asarray, opt_state),
-                         "epoch": epoch + 1, "step": step_no, "args": vars(args)}, f)
-    tb = test_bpd(params)
+            pickle.dump({"model": _pure(model), "opt": _pure(opt), "epoch": epoch + 1,
+                         "step": step_no, "args": vars(args)}, f)
+    tb = test_bpd()
     k1, k2 = jax.random.split(jax.random.PRNGKey(0))
     post = lambda x: np.clip(np.floor((np.asarray(x) + 0.5) * data.levels), 0, data.levels - 1)  # noqa: E731
-    samples = post(decode(cfg, params, key=k1, n=64, temperature=0.7)) / (data.levels - 1)
+    samples = post(model.decode(key=k1, n=64, temperature=0.7)) / (data.levels - 1)
     orig = jnp.asarray(x_test[:32])
-    zs, _, _ = encode(cfg, params, preprocess(k2, orig, data.levels))
-    recons = post(decode(cfg, params, zs)) / (data.levels - 1)
+    zs, _, _ = model.encode(preprocess(k2, orig, data.levels))
+    recons = post(model.decode(zs)) / (data.levels - 1)
     nchw = lambda a: np.asarray(a).transpose(0, 3, 1, 2)  # noqa: E731
     out.mkdir(parents=True, exist_ok=True)
     png = out / f"glow-jax-{args.conv}.png"
