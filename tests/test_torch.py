@@ -81,6 +81,44 @@ def test_backward_ops_opcheck(device):
                           (V, f, U, torch.randn_like(U), False, 0))
 
 
+def test_torch_func_transforms(device):
+    """vmap (batched and shared V), grad, per-example gradients (vmap of grad) and jacrev give
+    what the same computations give through autograd and explicit batches."""
+    from torch.func import grad, jacrev, vmap
+
+    V, X = sample_inputs(device)[0]  # d = 6, k = 4, n = 5
+    Vb, Xb = torch.stack([V, 2 * V, -V]), torch.stack([X, X.flip(-1), 3 * X])
+    close = lambda a, b: torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)  # noqa: E731
+    for transpose in (False, True):
+        f = lambda V, X: ft.apply(V, X, transpose)  # noqa: E731
+        close(vmap(f)(Vb, Xb), f(Vb, Xb))
+        close(vmap(f, in_dims=(None, 0))(V, Xb), f(V, Xb))
+        close(vmap(f, in_dims=(0, None))(Vb, X), f(Vb, X.expand(3, -1, -1)))
+        loss = lambda V, X: (f(V, X) ** 2 * X.sum()).sum()  # noqa: E731
+        Va, Xa = V.clone().requires_grad_(), X.clone().requires_grad_()
+        loss(Va, Xa).backward()
+        gV, gX = grad(loss, argnums=(0, 1))(V, X)
+        close(gV, Va.grad), close(gX, Xa.grad)
+        per_example = vmap(grad(loss), in_dims=(None, 0))(V, Xb)  # a dV per example
+        close(per_example, torch.stack([grad(loss)(V, x) for x in Xb]))
+    close(vmap(ft.matrix)(Vb), ft.matrix(Vb))
+    close(jacrev(ft.matrix)(V), torch.autograd.functional.jacobian(ft.matrix, V))
+    G = torch.randn(3, 6, 6, dtype=V.dtype, device=device)
+    per_example = vmap(grad(lambda V, g: (ft.matrix(V) * g).sum()), in_dims=(None, 0))(V, G)
+    close(per_example, torch.stack([grad(lambda V: (ft.matrix(V) * g).sum())(V) for g in G]))
+    # Per-sample gradients of a layer, through functional_call.
+    layer = ft.SVDLinear(6, 6).double().to(device)
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+    xs = X.T.contiguous()  # 5 samples of 6 features
+    sample_loss = lambda p, x: (torch.func.functional_call(layer, p, (x[None],)) ** 2).sum()  # noqa: E731
+    per_sample = vmap(grad(sample_loss), in_dims=(None, 0))(params, xs)
+    for i, x in enumerate(xs):
+        layer.zero_grad()
+        sample_loss(dict(layer.named_parameters()), x).backward()
+        for name, p in layer.named_parameters():
+            close(per_sample[name][i], p.grad)
+
+
 def test_compile_training_step(device):
     torch.manual_seed(0)
     model = torch.nn.Sequential(ft.Orthogonal(16), torch.nn.Tanh(), ft.SVDLinear(16, 4)).to(device)
