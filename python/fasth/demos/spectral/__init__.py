@@ -12,7 +12,7 @@ power-iteration spectral norm (one iteration per step, as
    fixed-point iteration, iterations and reconstruction error, each block's true Lipschitz
    bound.
 
-Then a time-per-step comparison on one network at ``n >= 4d`` and ``n < d``. Prints a
+Then a time-per-step comparison on one network at ``n = 4d``, ``16d`` and ``d/4``. Prints a
 table, writes ``spectral.png`` (claimed vs true norm per layer over training) and
 ``spectral.json`` to ``--out``."""
 
@@ -38,11 +38,11 @@ def steps_per_run(args, n_train: int) -> int:
 def collect(framework: str, device: str, data, args, run_classifier, run_iresnet,
             time_steps) -> dict:
     """The demo's three parts for one framework: the classifier and the i-ResNet trained with
-    each method, then the time per step at n = 4d and n = d/4 (`time_steps(method, d, n)`)."""
+    each method, then the time per step at n = 4d, 16d and d/4 (`time_steps(method, d, n)`)."""
     from tqdm.auto import tqdm
 
     d = args.timing_width
-    shapes = [(d, 4 * d), (d, d // 4)]
+    shapes = [(d, 4 * d), (d, 16 * d), (d, d // 4)]
     total = 4 * steps_per_run(args, data[0].shape[0]) + 2 * len(shapes)
     bar = None if args.no_progress else tqdm(total=total, desc=f"spectral ({framework})", unit="step")
     res = {"framework": framework, "device": device, "classifier": {}, "iresnet": {}, "timing": []}
@@ -152,6 +152,9 @@ def table(res: dict) -> str:
         regime = "n>=4d" if t["n"] >= 4 * t["d"] else ("n<d" if t["n"] < t["d"] else "")
         add(f"{t['d']:>5} {t['n']:>6} {regime:>8} {t['power_ms']:>9.3f} {t['fasth_ms']:>9.3f} "
             f"{t['fasth_ms'] / t['power_ms']:>6.2f}")
+    add("n >= 4d: fasth builds W = U diag(s) V^T once per step, a cost independent of n (about")
+    add("38 d^3 flops per layer with the backward, against 6 d^2 n for the layer's GEMMs), so the")
+    add("ratio falls toward 1 as n grows. n < d: U and V are applied to the activations.")
     return "\n".join(lines)
 
 
