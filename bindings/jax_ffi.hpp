@@ -141,10 +141,11 @@ struct Handlers {
       const Dims v = dims_of(V, "V"), x = dims_of(X, "X");
       const Shape s = shape_of(v, x, "X", block, strategy, D);
       T* fp = buffer<T>(f, factors_size(s), "factors");
+      T* wp = buffer<T>(ws, workspace_size(Op::apply, s), "workspace");
       auto be = backend<T>(ctx, tf32);
-      fasth::factors<T>(be, s, mat<const T>(V, v), fp);
+      fasth::factors<T>(be, s, mat<const T>(V, v), fp, wp);
       fasth::apply<T>(be, s, transpose, mat<const T>(V, v), fp, mat<const T>(X, x),
-                      mat<T>(*out, x), buffer<T>(ws, workspace_size(Op::apply, s), "workspace"));
+                      mat<T>(*out, x), wp);
     });
   }
 
@@ -171,10 +172,10 @@ struct Handlers {
       const Dims v = dims_of(V, "V"), u = dims_of(*out, "out");
       const Shape s = shape_of(v, u, "out", block, strategy, D);
       T* fp = buffer<T>(f, factors_size(s), "factors");
+      T* wp = buffer<T>(ws, workspace_size(Op::matrix, s), "workspace");
       auto be = backend<T>(ctx, tf32);
-      fasth::factors<T>(be, s, mat<const T>(V, v), fp);
-      fasth::matrix<T>(be, s, mat<const T>(V, v), fp, mat<T>(*out, u),
-                       buffer<T>(ws, workspace_size(Op::matrix, s), "workspace"));
+      fasth::factors<T>(be, s, mat<const T>(V, v), fp, wp);
+      fasth::matrix<T>(be, s, mat<const T>(V, v), fp, mat<T>(*out, u), wp);
     });
   }
 

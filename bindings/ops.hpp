@@ -63,13 +63,14 @@ void def_ops(nb::module_& m) {
 
   m.def(
       "factors",
-      [](const Shape& s, I V, F f, std::uintptr_t stream, bool tf32) {
+      [](const Shape& s, I V, F f, F ws, std::uintptr_t stream, bool tf32) {
         need(f, factors_size(s), "factors");
+        need(ws, workspace_size(Op::factors, s), "workspace");
         auto be = Make<T>::make(V.device_id(), stream, tf32);
-        fasth::factors<T>(be, s, batch_of(V, s, "V", true), f.data());
+        fasth::factors<T>(be, s, batch_of(V, s, "V", true), f.data(), ws.data());
       },
-      nb::arg("shape"), nb::arg("V"), nb::arg("factors"), nb::arg("stream") = 0,
-      nb::arg("tf32") = false, release);
+      nb::arg("shape"), nb::arg("V"), nb::arg("factors"), nb::arg("workspace"),
+      nb::arg("stream") = 0, nb::arg("tf32") = false, release);
 
   m.def(
       "apply",

@@ -55,6 +55,9 @@ class CudaBackend final : public fasth::Backend<T> {
   void set(index_t m, index_t n, T offdiag, T diag, T* a, index_t lda, index_t sa,
            index_t batch) const override;
   void larft(index_t count, index_t m, T* f) const override;
+  // larft keeps a block's T in shared memory up to 128 (double: 128 KiB, within the opt-in
+  // limit from A100 on); wider blocks merge leaves of 128 with gemm.
+  index_t larft_max() const override { return 128; }
   void mirror_upper(index_t m, T* a, index_t lda, index_t sa, index_t batch) const override;
   // d <= 128 where the backward's shared memory (U and dL/dU, d x d, and V) fits the
   // device's opt-in limit: float to d = 128 on Hopper (about 115 on A100), double to 97.

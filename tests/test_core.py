@@ -103,6 +103,23 @@ def test_apply_block_sizes(xp, rng, dtype, block, transpose, strategy):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("block", [33, 40, 64, 37])  # 37: prime, leaves of one reflector
+def test_blocks_wider_than_larft(xp, rng, dtype, block):
+    """Blocks wider than the backend's larft (CPU: 32; CUDA: 128) get T from leaves merged
+    with gemm: uneven leaf counts, a short last block and a batch of V included."""
+    d, k, n = 90, 80, 6  # 80 = 2 * 33 + 14, 2 * 37 + 6, 64 + 16, 2 * 40
+    V, X, G = random_v(rng, (2, d, k), dtype), randn(rng, (2, d, n), dtype), randn(rng, (2, d, n), dtype)
+    for transpose in (False, True):
+        out = fasth.apply(xp(V), xp(X), transpose, block=block, strategy="blockwise")
+        assert_close(xp.numpy(out), ref_apply(V, X, transpose), dtype, d)
+        dV, dX = fasth.apply_backward(xp(V), out, xp(G), transpose, block=block, strategy="blockwise")
+        rdV, rdX = ref_apply_grad(V, X, G, transpose)
+        assert_close(xp.numpy(dV), rdV, dtype, d + n)
+        assert_close(xp.numpy(dX), rdX, dtype, d)
+    assert_close(xp.numpy(fasth.matrix(xp(V), block=block)), ref_matrix(V), dtype, d)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("d,k", [(1, 1), (3, 2), (6, 6), (13, 5), (20, 20)])
 @pytest.mark.parametrize("thin", [False, True])
 @pytest.mark.parametrize("block", [None, 1, 3])

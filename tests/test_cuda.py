@@ -214,12 +214,12 @@ def test_small_d_matrix_backward_shared_v_sums_batch(torch, rng, dtype, thin):
     stream = torch.cuda.current_stream().cuda_stream
     Vt = cuda(torch, V[None])
     f = torch.empty(max(core.factors_size(s), 1), dtype=tdt, device="cuda")
-    m.factors(s, Vt, f, stream)
+    ws = torch.empty(max(core.workspace_size(core.Op.matrix_backward, s), 1), dtype=tdt,
+                     device="cuda")
+    m.factors(s, Vt, f, ws, stream)
     U1 = fasth.matrix(Vt[0], thin)
     U = U1.expand(B, d, n).contiguous()
     dV = torch.empty(1, d, k, dtype=tdt, device="cuda")
-    ws = torch.empty(max(core.workspace_size(core.Op.matrix_backward, s), 1), dtype=tdt,
-                     device="cuda")
     m.matrix_backward(s, Vt, f, U, cuda(torch, G), dV, ws, stream)
     ref = sum(ref_matrix_grad(V, G[b], thin) for b in range(B))
     assert_close(host(dV[0]), ref, dtype, 2 * B * d)

@@ -259,6 +259,47 @@ void build_u(const Blocks<T>& b0, View<T> u, T* ws) {
   b.forward(u, ws);
 }
 
+// The leaf width for T factors of blocks of m: the widest divisor of m that larft takes.
+index_t leaf_width(index_t m, index_t most) {
+  if (m <= most) return m;
+  for (index_t h = most; h > 1; --h)
+    if (m % h == 0) return h;
+  return 1;
+}
+
+// T of the leaves [lo, hi) (each h wide) of every block from the T's of its two halves:
+// T[a:b, b:c] = -T[a:b, a:b] G[a:b, b:c] T[b:c, b:c]. `count` blocks, 2 m^2 apart in F.
+template <class T>
+void merge_t(const Backend<T>& be, index_t count, index_t m, index_t h, T* F, T* ws, index_t lo,
+             index_t hi) {
+  if (hi - lo < 2) return;
+  const index_t mid = (lo + hi) / 2;
+  merge_t(be, count, m, h, F, ws, lo, mid);
+  merge_t(be, count, m, h, F, ws, mid, hi);
+  const index_t a = lo * h, b = mid * h, c = hi * h, p = b - a, q = c - b, bs = 2 * m * m;
+  auto at = [&](index_t r, index_t col, index_t off) { return View<T>{F + off + r + col * m, m, false, bs}; };
+  View<T> w = buffer(ws, p, q);
+  mm(be, count, p, q, q, T(1), in(at(a, b, m * m)), false, in(at(b, b, 0)), false, T(0), w);
+  mm(be, count, p, q, p, T(-1), in(at(a, a, 0)), false, in(w), false, T(0), at(a, b, 0));
+}
+
+// The T factors of `count` blocks of m from their Gram matrices (factors layout): by the
+// backend's larft, or, for blocks wider than it takes, larft on leaves packed in `ws` and
+// merged with gemm.
+template <class T>
+void build_t(const Backend<T>& be, index_t count, index_t m, T* F, T* ws) {
+  const index_t h = leaf_width(m, be.larft_max());
+  if (h == m) return be.larft(count, m, F);
+  const index_t leaves = m / h, m2 = m * m, h2 = h * h;
+  for (index_t l = 0; l < leaves; ++l)  // the diagonal h x h blocks of G, as larft takes them
+    be.copy(false, h, h, F + m2 + l * h * (m + 1), m, 2 * m2, ws + l * 2 * h2 + h2, h,
+            2 * h * m, count);
+  be.larft(count * leaves, h, ws);
+  for (index_t l = 0; l < leaves; ++l)  // their T's onto the diagonal of T
+    be.copy(false, h, h, ws + l * 2 * h2, h, 2 * h * m, F + l * h * (m + 1), m, 2 * m2, count);
+  merge_t(be, count, m, h, F, ws, 0, leaves);
+}
+
 }  // namespace
 
 bool addressable(index_t rows, index_t cols, index_t rs, index_t cs) {
@@ -268,14 +309,15 @@ bool addressable(index_t rows, index_t cols, index_t rs, index_t cs) {
 index_t choose_block(index_t d, index_t k, index_t n, Device device) {
   // GPU: each block step is a few launches, which dominate at small n, and its Y^T A product
   // has an m x n output that must fill the GPU: blocks of 128 (at 64, d = 1024, n = 2048 took
-  // 7.4x U @ X on an H200). Not more: the T kernel keeps a block's T in shared memory up to
-  // 128, and at 256 its global-memory fallback cost more than the larger blocks saved.
+  // 7.4x U @ X on an H200). 256 lost when the T kernel fell back to global memory; wider
+  // blocks now merge T's of 128 with gemm instead, which is still to be measured.
   // CPU: m near n / 2 for small n (skinny products); from n = 256 the T work (about m / 2n of
-  // the flops) allows n / 8, up to 128: measured up to 2x faster at d = n = 1024 than 32.
+  // the flops) allows n / 8, up to 128: measured up to 2x faster at d = n = 1024 than 32. A
+  // multiple of 16 there, so that T is built from even leaves (see build_t).
   (void)d;  // part of the rule's signature; the measured rules need only n and k so far
   const index_t m = device == Device::cuda ? index_t{128}
                     : n < 256              ? std::clamp<index_t>(n / 2, 4, 32)
-                                           : std::min<index_t>(n / 8, 128);
+                                           : std::min<index_t>(n / 8, 128) / 16 * 16;
   return std::max<index_t>(1, std::min(m, k));
 }
 
@@ -311,14 +353,15 @@ std::size_t factors_size(const Shape& s) {
   return static_cast<std::size_t>(z.bv * z.fstride());
 }
 
-std::size_t workspace_size(Op op, const Shape& s) {
+namespace {
+std::size_t op_workspace(Op op, const Shape& s) {
   const Dims z(s);
   const std::size_t dd = static_cast<std::size_t>(z.bv * z.d * z.d);
   auto fw = [&](index_t batch, index_t n) { return Blocks<double>::forward_ws(batch, z.m, n); };
   auto bw = [&](index_t batch, index_t n) { return Blocks<double>::backward_ws(batch, z.m, n); };
   const bool mat = materialized(s);
   switch (op) {
-    case Op::factors: return 0;
+    case Op::factors: break;
     case Op::matrix: return fw(z.bv, z.n);
     case Op::matrix_backward: return 2 * static_cast<std::size_t>(z.bv * z.d * z.n) + 32 + bw(z.bv, z.n);
     case Op::apply: return mat ? dd + 16 + fw(z.bv, z.d) : fw(z.B, z.n);
@@ -328,9 +371,18 @@ std::size_t workspace_size(Op op, const Shape& s) {
   }
   return 0;
 }
+}  // namespace
+
+std::size_t workspace_size(Op op, const Shape& s) {
+  // factors(): leaves of at least 1 per block (2 h m <= m^2 for h <= m / 2) or the merges'
+  // products (at most m^2 / 4), whatever the backend's larft_max().
+  const Dims z(s);
+  const std::size_t t = z.m > 1 ? static_cast<std::size_t>(z.bv * z.nb * z.m * z.m) : 0;
+  return std::max(t, op_workspace(op, s));
+}
 
 template <class T>
-void factors(const Backend<T>& be, const Shape& s, Matrix<const T> V, T* F) {
+void factors(const Backend<T>& be, const Shape& s, Matrix<const T> V, T* F, T* ws) {
   check_shape(s);
   check(V, s.d, s.k, "V");
   const Dims z(s);
@@ -356,7 +408,7 @@ void factors(const Backend<T>& be, const Shape& s, Matrix<const T> V, T* F) {
     View<const T> y = v.cols(full * z.m);
     gram(be, z.bv, r, z.d, y, View<T>{F + full * 2 * mm2 + mm2, z.m, false, z.fstride()});
   }
-  be.larft(z.bv * z.nb, z.m, F);
+  build_t(be, z.bv * z.nb, z.m, F, ws);
 }
 
 template <class T>
@@ -474,7 +526,7 @@ void matrix_backward(const Backend<T>& be, const Shape& s, Matrix<const T> V, co
 }
 
 #define FASTH_INSTANTIATE(T)                                                                  \
-  template void factors<T>(const Backend<T>&, const Shape&, Matrix<const T>, T*);             \
+  template void factors<T>(const Backend<T>&, const Shape&, Matrix<const T>, T*, T*);        \
   template void apply<T>(const Backend<T>&, const Shape&, bool, Matrix<const T>, const T*,    \
                          Matrix<const T>, Matrix<T>, T*);                                     \
   template void apply_backward<T>(const Backend<T>&, const Shape&, bool, Matrix<const T>,     \

@@ -39,7 +39,7 @@ int main() {
   s.d = d, s.k = k, s.n = n;
   s = fasth::resolve(s, fasth::Device::cpu);
   std::vector<double> f(fasth::factors_size(s)), ws(fasth::workspace_size(fasth::Op::apply, s));
-  fasth::factors(be, s, in(V, d, k), f.data());
+  fasth::factors(be, s, in(V, d, k), f.data(), ws.data());  // apply's workspace serves too
   fasth::apply(be, s, false, in(V, d, k), f.data(), in(X, d, n), out(Y, d, n), ws.data());
   fasth::apply(be, s, true, in(V, d, k), f.data(), in(Y, d, n), out(Z, d, n), ws.data());
   double roundtrip = 0;
@@ -50,7 +50,7 @@ int main() {
   m.n = d, m.block = 0;
   m = fasth::resolve(m, fasth::Device::cpu);
   std::vector<double> fm(fasth::factors_size(m)), wm(fasth::workspace_size(fasth::Op::matrix, m));
-  fasth::factors(be, m, in(V, d, k), fm.data());
+  fasth::factors(be, m, in(V, d, k), fm.data(), wm.data());
   fasth::matrix(be, m, in(V, d, k), fm.data(), out(U, d, d), wm.data());
   double orth = 0;  // max |U^T U - I|
   for (index_t i = 0; i < d; ++i)

@@ -181,9 +181,10 @@ def _prepare_apply(c: Call, X_name: str, block, strategy) -> tuple[Any, Any]:
     return V3, c.shape
 
 
-def _factors(c: Call, V3: Any) -> Any:
+def _factors(c: Call, V3: Any, ws: Any) -> Any:
+    """The T factors of V; `ws` is the op's workspace, which serves factors() too."""
     f = c.buffer(_core.factors_size(c.shape))
-    c.run("factors", c.shape, V3, f)
+    c.run("factors", c.shape, V3, f, ws)
     return f
 
 
@@ -198,8 +199,8 @@ def apply_with_factors(V, X, transpose: bool = False, *, block: int | None = Non
     if dry_run:
         return c.out(out, (*c.batch, s.d, s.n)), c.buffer(_core.factors_size(s))
     X3 = c.to3(c.arrays["X"], s.d, s.n)
-    f = _factors(c, V3)
     ws = c.buffer(_core.workspace_size(_core.Op.apply, s))
+    f = _factors(c, V3, ws)
     c.run("apply", s, bool(transpose), V3, f, X3, out, ws)
     return c.out(out, (*c.batch, s.d, s.n)), c.out(f)
 
@@ -227,8 +228,8 @@ def apply_backward(V, out, grad, transpose: bool = False, *, factors: Any = None
     dX = c.alloc(s.batch, s.d, s.n, like=c.arrays["out"])
     if dry_run:
         return c.out(dV, tuple(Vb.shape)), c.out(dX, (*c.batch, s.d, s.n))
-    f = _factors(c, V3) if factors is None else c.xp.wrap(factors)
     ws = c.buffer(_core.workspace_size(_core.Op.apply_backward, s))
+    f = _factors(c, V3, ws) if factors is None else c.xp.wrap(factors)
     c.run("apply_backward", s, bool(transpose), V3, f, c.to3(c.arrays["out"], s.d, s.n),
           c.to3(c.arrays["grad"], s.d, s.n), dX, dV, ws)
     return c.out(dV, tuple(Vb.shape)), c.out(dX, (*c.batch, s.d, s.n))
@@ -251,8 +252,8 @@ def matrix_with_factors(V, thin: bool = False, *, block: int | None = None,
     out = c.alloc(s.batch, s.d, s.n)
     if dry_run:
         return c.out(out, (*c.batch, s.d, s.n)), c.buffer(_core.factors_size(s))
-    f = _factors(c, V3)
     ws = c.buffer(_core.workspace_size(_core.Op.matrix, s))
+    f = _factors(c, V3, ws)
     c.run("matrix", s, V3, f, out, ws)
     return c.out(out, (*c.batch, s.d, s.n)), c.out(f)
 
@@ -275,8 +276,8 @@ def matrix_backward(V, U, grad, thin: bool = False, *, factors: Any = None,
     dV = c.alloc(s.batch, s.d, s.k, like=c.arrays["V"])
     if dry_run:
         return c.out(dV, (*c.batch, s.d, s.k))
-    f = _factors(c, V3) if factors is None else c.xp.wrap(factors)
     ws = c.buffer(_core.workspace_size(_core.Op.matrix_backward, s))
+    f = _factors(c, V3, ws) if factors is None else c.xp.wrap(factors)
     c.run("matrix_backward", s, V3, f, c.to3(c.arrays["U"], s.d, s.n),
           c.to3(c.arrays["grad"], s.d, s.n), dV, ws)
     return c.out(dV, (*c.batch, s.d, s.k))

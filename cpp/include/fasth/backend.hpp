@@ -46,6 +46,10 @@ class Backend {
   //   tau_i = 2 / G_ii (0 when G_ii == 0), T_ii = tau_i,
   //   T[0:i, i] = -tau_i T[0:i, 0:i] G[0:i, i].
   virtual void larft(index_t count, index_t m, T* f) const = 0;
+  // The widest block larft handles well. The algorithm builds the T of wider blocks from
+  // leaves of at most this width, merged with gemm:
+  //   T = [[T_1, -T_1 (Y_1^T Y_2) T_2], [0, T_2]] for Y = [Y_1, Y_2].
+  virtual index_t larft_max() const { return INT64_MAX; }
 
   // A_b = striu(A_b) + striu(A_b)^T + diag(A_b): the upper triangle mirrored, m x m.
   virtual void mirror_upper(index_t m, T* a, index_t lda, index_t sa, index_t batch) const = 0;

@@ -46,6 +46,8 @@ class CpuBackend final : public Backend<T> {
   void set(index_t m, index_t n, T offdiag, T diag, T* a, index_t lda, index_t sa,
            index_t batch) const override;
   void larft(index_t count, index_t m, T* f) const override;
+  // larft is a scalar loop of m^3 / 3 steps: wider blocks merge leaves of 32 with gemm.
+  index_t larft_max() const override { return 32; }
   void mirror_upper(index_t m, T* a, index_t lda, index_t sa, index_t batch) const override;
   void gram(bool trans_a, index_t n, index_t k, const T* a, index_t lda, index_t sa, T* c,
             index_t ldc, index_t sc, index_t batch) const override;

@@ -62,12 +62,15 @@ enum class Op : int { factors, apply, apply_backward, matrix, matrix_backward };
 Shape resolve(Shape s, Device device);
 // Elements of T in the factors buffer: for each V-batch entry and block, T and the Gram Y^T Y.
 std::size_t factors_size(const Shape& s);
-// Elements of T of workspace that `op` needs.
+// Elements of T of workspace that `op` needs. Every op's workspace also serves factors() of
+// the same shape, so one buffer can go to both calls.
 std::size_t workspace_size(Op op, const Shape& s);
 
-// The T factors of every block, once per V. `factors` holds factors_size(s) elements.
+// The T factors of every block, once per V. `factors` holds factors_size(s) elements; the
+// workspace, workspace_size(Op::factors, s) (scratch for blocks wider than the backend's
+// larft_max()).
 template <class T>
-void factors(const Backend<T>& be, const Shape& s, Matrix<const T> V, T* factors);
+void factors(const Backend<T>& be, const Shape& s, Matrix<const T> V, T* factors, T* workspace);
 
 // out = U X, or U^T X. out may not overlap X.
 template <class T>
