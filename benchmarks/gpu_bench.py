@@ -6,6 +6,7 @@ against its baseline, interleaved: CUDA-event timings after a warm-up, the media
   n = 64 .. 256 (launch-bound): ratios eager and under CUDA-graph replay, launches per call
   forward + backward at d = 1024, n = 256 vs torch.linalg.householder_product(V, tau) @ X
   small-d matrix, d = 48: forward + backward time and launches
+  blocks of 256 (T from two leaves of 128 merged with gemm) against the default 128
 
 Prints a markdown table (GPU name first) and exits 0; the targets are in the last column.
 Run: python benchmarks/gpu_bench.py [--quick]
@@ -151,6 +152,18 @@ def forward_and_backward(table: Table, d: int, n: int, reps: int) -> None:
               target="<= 4x", met=t["fasth"] <= 4 * t["gemm"])
 
 
+def block_width(table: Table, d: int, n: int, reps: int) -> None:
+    """Blocks of 256 against the default 128 (ratio below 1: 256 is faster), to decide
+    choose_block's GPU rule."""
+    V, X = householder(d, d), torch.randn(d, n, device="cuda", requires_grad=True)
+    G = torch.randn(d, n, device="cuda")
+    with torch.no_grad():
+        t = time_us({m: (lambda m=m: ft.apply(V, X, block=m)) for m in (128, 256)}, reps)
+    table.add(f"apply fwd d={d} n={n}, blocks of 256", t[256], t[128], "blocks of 128")
+    t = time_us({m: (lambda m=m: ft.apply(V, X, block=m).backward(G)) for m in (128, 256)}, reps)
+    table.add(f"apply fwd+bwd d={d} n={n}, blocks of 256", t[256], t[128], "blocks of 128")
+
+
 def launch_bound(table: Table, d: int, n: int, reps: int) -> None:
     """Small n: eager and CUDA-graph ratios, GPU launches per call."""
     V, X = householder(d, d), torch.randn(d, n, device="cuda", requires_grad=True)
@@ -250,6 +263,8 @@ def main() -> int:
     big = [(1024, 2048)] if args.quick else [(1024, 2048), (1024, 4096), (4096, 2048), (4096, 4096)]
     for d, n in big:
         forward_and_backward(table, d, n, reps)
+    for d, n in big:
+        block_width(table, d, n, reps)
     for n in (64,) if args.quick else (64, 128, 256):
         launch_bound(table, 1024, n, reps)
     versus_householder_product(table, 3)

@@ -3,7 +3,8 @@
 # scikit-build-core, cmake and ninja already installed, and no internet, build fasth from this
 # checkout, run the whole test suite (CUDA cases included) and the GPU benchmarks.
 # Logs go under $OUT (default ./gpu-check-out): nvidia-smi.txt, build.log, tests.log,
-# bench.log, suite.log (+ suite/), glow.log, spectral.log (+ spectral/). About 7 minutes on an H100; exits non-zero if
+# bench.log, suite.log (+ suite/), glow.log, spectral.log (+ spectral/). About 7 minutes on an
+# H100; exits non-zero if
 # the build, a test or the GPU benchmark fails.
 #
 #   bash scripts/gpu_check.sh            # from the repository root
