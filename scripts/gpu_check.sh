@@ -4,8 +4,7 @@
 # checkout, run the whole test suite (CUDA cases included) and the GPU benchmarks.
 # Logs go under $OUT (default ./gpu-check-out): nvidia-smi.txt, build.log, tests.log,
 # bench.log, suite.log (+ suite/), glow.log, spectral.log (+ spectral/). About 7 minutes on an
-# H100; exits non-zero if
-# the build, a test or the GPU benchmark fails.
+# H100; exits non-zero if the build, a test or the GPU benchmark fails.
 #
 #   bash scripts/gpu_check.sh            # from the repository root
 #   CUDA_ARCH=90 PYTHON=python3 OUT=/tmp/out bash scripts/gpu_check.sh
