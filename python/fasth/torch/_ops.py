@@ -238,28 +238,22 @@ def _functorch() -> bool:
     return torch._C._are_functorch_transforms_active()
 
 
-class _ApplyFunction(torch.autograd.Function):
-    forward = staticmethod(_apply_impl)
-    setup_context = staticmethod(_apply_setup)
-
-    @staticmethod
-    @once_differentiable
+def _transformable(name: str, impl, setup, grad, vmap_rule) -> type[torch.autograd.Function]:
+    """An autograd.Function for one op: forward `impl`, `setup` as setup_context, backward
+    `grad` through the backward custom op, and the op's vmap rule over this Function."""
     def backward(ctx, grad_out, _grad_factors=None):
-        return _apply_grad(ctx, grad_out)
+        return grad(ctx, grad_out)
 
-    vmap = staticmethod(_vmap_apply(lambda *args: _ApplyFunction.apply(*args)))
+    cls = type(name, (torch.autograd.Function,), {
+        "forward": staticmethod(impl), "setup_context": staticmethod(setup),
+        "backward": staticmethod(once_differentiable(backward))})
+    cls.vmap = staticmethod(vmap_rule(cls.apply))
+    return cls
 
 
-class _MatrixFunction(torch.autograd.Function):
-    forward = staticmethod(_matrix_impl)
-    setup_context = staticmethod(_matrix_setup)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_U, _grad_factors=None):
-        return _matrix_grad(ctx, grad_U)
-
-    vmap = staticmethod(_vmap_matrix(lambda *args: _MatrixFunction.apply(*args)))
+_ApplyFunction = _transformable("_ApplyFunction", _apply_impl, _apply_setup, _apply_grad, _vmap_apply)
+_MatrixFunction = _transformable("_MatrixFunction", _matrix_impl, _matrix_setup, _matrix_grad,
+                                 _vmap_matrix)
 
 
 # public functions -----------------------------------------------------------------------
