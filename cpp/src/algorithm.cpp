@@ -268,7 +268,9 @@ index_t leaf_width(index_t m, index_t most) {
 }
 
 // T of the leaves [lo, hi) (each h wide) of every block from the T's of its two halves:
-// T[a:b, b:c] = -T[a:b, a:b] G[a:b, b:c] T[b:c, b:c]. `count` blocks, 2 m^2 apart in F.
+// T[a:b, b:c] = -T[a:b, a:b] G[a:b, b:c] T[b:c, b:c], the block form of T = S^{-1} for the
+// upper triangular S = striu(G) + diag(G) / 2 (MATH.md), whose off-diagonal block is G's.
+// `count` blocks, 2 m^2 apart in F.
 template <class T>
 void merge_t(const Backend<T>& be, index_t count, index_t m, index_t h, T* F, T* ws, index_t lo,
              index_t hi) {
