@@ -3,8 +3,8 @@
 # scikit-build-core, cmake and ninja already installed, and no internet, build fasth from this
 # checkout, run the whole test suite (CUDA cases included) and the GPU benchmarks.
 # Logs go under $OUT (default ./gpu-check-out): nvidia-smi.txt, build.log, tests.log,
-# bench.log, suite.log (+ suite/), glow.log, spectral.log (+ spectral/). About 7 minutes on an
-# H100; exits non-zero if the build, a test or the GPU benchmark fails.
+# bench.log, suite.log (+ suite/), glow.log, glow-per-step.log, spectral.log (+ spectral/).
+# About 8 minutes on an H100; exits non-zero if the build, a test or the GPU benchmark fails.
 #
 #   bash scripts/gpu_check.sh            # from the repository root
 #   CUDA_ARCH=90 PYTHON=python3 OUT=/tmp/out bash scripts/gpu_check.sh
@@ -59,6 +59,8 @@ stage() {  # name, timeout, command...
 [ "${SUITE:-1}" = 1 ] && stage suite "${SUITE_TIMEOUT:-150}" \
   "$PY" -m fasth bench --device cuda --quick --no-progress --out "$OUT/suite"
 [ "${GLOW:-1}" = 1 ] && stage glow "${GLOW_TIMEOUT:-150}" "$PY" -m fasth glow --bench --device cuda
+[ "${GLOW:-1}" = 1 ] && stage glow-per-step "${GLOW_TIMEOUT:-150}" \
+  "$PY" -m fasth glow --bench --device cuda --per-step
 [ "${SPECTRAL:-1}" = 1 ] && stage spectral "${SPECTRAL_TIMEOUT:-150}" \
   "$PY" -m fasth spectral --device cuda --no-progress --out "$OUT/spectral"
 exit $(( trc != 0 ? trc : brc ))

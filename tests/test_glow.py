@@ -115,6 +115,18 @@ def test_torch_conv_variants_agree_given_the_same_W():
         torch.testing.assert_close(lp, lps[0], atol=1e-3, rtol=1e-5)
 
 
+@pytest.mark.parametrize("per_step", [False, True])
+def test_bench_times_every_cell(per_step):
+    from fasth.demos.glow.bench import COLUMNS, run
+
+    args = parser().parse_args(["--bench", "--device", "cpu", "--levels", "2", "--steps", "2",
+                                "--width", "8", "--batch-size", "2", "--repeats", "1"]
+                               + (["--per-step"] if per_step else []))
+    assert run(args) == 0
+    cells = {(r, c, k) for r in ("model", "1x1 convs") for c in COLUMNS for k in tm.CONVS}
+    assert set(args.result) == cells and all(v > 0 for v in args.result.values())
+
+
 def test_nonfinite_output_is_located():
     from fasth.demos.glow.train import _locate_nonfinite
 

@@ -44,6 +44,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bench", action="store_true",
                    help="time forward / inverse / forward+backward of plain, lu, svd instead of training")
     p.add_argument("--repeats", type=int, default=None, help="--bench: timed repeats per cell")
+    p.add_argument("--per-step", action="store_true",
+                   help="--bench: build each step's 1x1-conv matrix on its own, as openai/glow "
+                        "does, instead of one batched call per level")
     return p
 
 

@@ -2,7 +2,7 @@
 backward of the torch Glow with the ``plain``, ``lu`` and ``svd`` 1x1 convolutions on
 CIFAR-10-shaped input, for the whole model and for its 1x1 convolutions alone (each run on
 the activations it sees inside the model, each level's matrices built in one batched call
-as the model does). All cells are measured in one run, the variants
+as the model does, or with ``--per-step`` one step at a time, as openai/glow does). All cells are measured in one run, the variants
 interleaved within every repeat; the table gives medians and the ratios to ``svd``."""
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ def run(args) -> int:
     x = torch.rand(n, *shape, device=device) - 0.5
     models = {}
     for kind in CONVS:
-        m = Glow(shape, args.levels, args.steps, args.width, kind, seed=args.seed).to(device)
+        m = Glow(shape, args.levels, args.steps, args.width, kind, seed=args.seed,
+                 batch_levels=not args.per_step).to(device)
         m.initialize(x)
         models[kind] = m
 
@@ -49,11 +50,12 @@ def run(args) -> int:
     conv_out = {k: [c(xi, xi.new_zeros(()))[0].detach() for c, xi in zip(convs[k], conv_in[k])]
                 for k in CONVS}
 
-    def by_level(k, acts):  # (level's convs, their activations)
+    def by_level(k, acts):  # (level's convs, their activations); one conv a time per step
         i = 0
         for level in levels[k]:
-            yield level, acts[i:i + len(level)]
-            i += len(level)
+            for part in ([[c] for c in level] if args.per_step else [level]):
+                yield part, acts[i:i + len(part)]
+                i += len(part)
 
     def sync():
         if device.type == "cuda":
@@ -98,8 +100,10 @@ def run(args) -> int:
 
     rows = {"model": (model_fwd, model_inv, model_fwdbwd), "1x1 convs": (conv_fwd, conv_inv, conv_fwdbwd)}
     times = {(r, col, k): [] for r in rows for col in COLUMNS for k in CONVS}
+    how = "one step at a time" if args.per_step else "one batched call per level"
     print(f"Glow bench on {device} ({torch.get_num_threads()} threads): batch {n}, 3x32x32, "
-          f"L={args.levels} K={args.steps} width={args.width}; {repeats} interleaved repeats, medians "
+          f"L={args.levels} K={args.steps} width={args.width}, 1x1-conv matrices {how}; "
+          f"{repeats} interleaved repeats, medians "
           f"({len(convs['svd'])} 1x1 convs of {sorted({c.c for c in convs['svd']})} channels)", flush=True)
     for rep in range(repeats + 1):  # the first round warms up and is dropped
         for r, fns in rows.items():

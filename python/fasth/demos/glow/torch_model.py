@@ -311,8 +311,10 @@ class Glow(nn.Module):
     log-determinant; ``inverse(zs)`` maps latents back; ``sample(n, temperature)`` draws."""
 
     def __init__(self, shape: tuple[int, int, int], levels: int = 2, steps: int = 8,
-                 width: int = 64, conv: str = "svd", *, seed: int = 0) -> None:
+                 width: int = 64, conv: str = "svd", *, seed: int = 0,
+                 batch_levels: bool = True) -> None:
         super().__init__()
+        self.batch_levels = batch_levels  # False: each step builds its own 1x1-conv matrix
         c, h, w = shape
         if h % (2 ** levels) or w % (2 ** levels):
             raise ValueError(f"Glow: image {h}x{w} must be divisible by 2^levels = {2 ** levels}")
@@ -343,9 +345,9 @@ class Glow(nn.Module):
         zs = []
         for i, steps in enumerate(self.flows):
             x = squeeze(x)
-            W, lad = level_weights(steps)
+            W, lad = level_weights(steps) if self.batch_levels else (None, None)
             for k, step in enumerate(steps):
-                x, logdet = step(x, logdet, (W[k], lad[k]))
+                x, logdet = step(x, logdet, None if W is None else (W[k], lad[k]))
             if i < self.levels - 1:
                 ca = x.shape[1] // 2
                 x, z = x[:, :ca], x[:, ca:]
@@ -388,9 +390,9 @@ class Glow(nn.Module):
                 mean, logs = self._split_prior(i, x)
                 z = draw(mean, logs) if zs is None else zs[i]
                 x = torch.cat([x, z], 1)
-            Winv = level_inverse_weights(self.flows[i])
+            Winv = level_inverse_weights(self.flows[i]) if self.batch_levels else None
             for k in reversed(range(len(self.flows[i]))):
-                x = self.flows[i][k].inverse(x, Winv[k])
+                x = self.flows[i][k].inverse(x, None if Winv is None else Winv[k])
             x = unsqueeze(x)
         return x
 
