@@ -103,11 +103,15 @@ def test_apply_block_sizes(xp, rng, dtype, block, transpose, strategy):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("block", [33, 40, 64, 37])  # 37: prime, leaves of one reflector
-def test_blocks_wider_than_larft(xp, rng, dtype, block):
+@pytest.mark.parametrize("d,k,block", [
+    (90, 80, 33), (90, 80, 40), (90, 80, 64),  # 80 = 2 * 33 + 14 = 2 * 40 = 64 + 16
+    (90, 80, 37),  # prime: leaves of one reflector
+    (210, 200, 160),  # wider than CUDA's larft too (leaves of 80 there, 32 on the CPU)
+])
+def test_blocks_wider_than_larft(xp, rng, dtype, d, k, block):
     """Blocks wider than the backend's larft (CPU: 32; CUDA: 128) get T from leaves merged
     with gemm: uneven leaf counts, a short last block and a batch of V included."""
-    d, k, n = 90, 80, 6  # 80 = 2 * 33 + 14, 2 * 37 + 6, 64 + 16, 2 * 40
+    n = 6
     V, X, G = random_v(rng, (2, d, k), dtype), randn(rng, (2, d, n), dtype), randn(rng, (2, d, n), dtype)
     for transpose in (False, True):
         out = fasth.apply(xp(V), xp(X), transpose, block=block, strategy="blockwise")
