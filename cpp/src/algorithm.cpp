@@ -279,7 +279,9 @@ void merge_t(const Backend<T>& be, index_t count, index_t m, index_t h, T* F, T*
   merge_t(be, count, m, h, F, ws, lo, mid);
   merge_t(be, count, m, h, F, ws, mid, hi);
   const index_t a = lo * h, b = mid * h, c = hi * h, p = b - a, q = c - b, bs = 2 * m * m;
-  auto at = [&](index_t r, index_t col, index_t off) { return View<T>{F + off + r + col * m, m, false, bs}; };
+  auto at = [&](index_t r, index_t col, index_t off) {  // off: 0 for T, m^2 for G
+    return View<T>{F + off + r + col * m, m, false, bs};
+  };
   View<T> w = buffer(ws, p, q);
   mm(be, count, p, q, q, T(1), in(at(a, b, m * m)), false, in(at(b, b, 0)), false, T(0), w);
   mm(be, count, p, q, p, T(-1), in(at(a, a, 0)), false, in(w), false, T(0), at(a, b, 0));

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .._bounds import MODES, check_bound
+from .._bounds import check_bound
 from .nn import SVDLinear
 
 
