@@ -263,7 +263,7 @@ def main() -> int:
     big = [(1024, 2048)] if args.quick else [(1024, 2048), (1024, 4096), (4096, 2048), (4096, 4096)]
     for d, n in big:
         forward_and_backward(table, d, n, reps)
-    for d, n in big:
+    for d, n in big + [(1024, 64), (1024, 256)]:  # also where launches dominate: half the steps
         block_width(table, d, n, reps)
     for n in (64,) if args.quick else (64, 128, 256):
         launch_bound(table, 1024, n, reps)
