@@ -124,6 +124,32 @@ def test_blocks_wider_than_larft(xp, rng, dtype, d, k, block):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("thin", [False, True])
+def test_core_matrix_backward_shared_v_sums_the_batch(rng, dtype, thin):
+    """The C++ API's matrix_backward with one V for a batch of (U, G) (the Python API never
+    shares V in matrix): dV is the sum over the batch, and nothing is written past the
+    workspace that workspace_size asks for."""
+    core = fasth._core
+    d, k, B = 20, 14, 3
+    n = k if thin else d
+    V, G = random_v(rng, (d, k), dtype), randn(rng, (B, d, n), dtype)
+    s = core.Shape()
+    s.batch, s.shared_v, s.d, s.k, s.n, s.block = B, True, d, k, n, 4
+    s.strategy = core.Strategy.materialize
+    s = core.resolve(s, core.Device.cpu)
+    size, guard = core.workspace_size(core.Op.matrix_backward, s), 64
+    ws = np.full(size + guard, np.nan, dtype)
+    f = np.empty(core.factors_size(s), dtype)
+    core.factors(s, V[None], f, ws[:size])
+    U = np.ascontiguousarray(np.broadcast_to(fasth.matrix(V, thin), (B, d, n)))
+    dV = np.empty((1, d, k), dtype)
+    core.matrix_backward(s, V[None], f, U, G, dV, ws[:size])
+    assert np.isnan(ws[size:]).all()
+    ref = sum(ref_matrix_grad(V, G[b], thin) for b in range(B))
+    assert_close(dV[0], ref, dtype, 2 * B * d)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("d,k", [(1, 1), (3, 2), (6, 6), (13, 5), (20, 20)])
 @pytest.mark.parametrize("thin", [False, True])
 @pytest.mark.parametrize("block", [None, 1, 3])

@@ -174,42 +174,65 @@ struct Blocks {
     return c.used;
   }
 
-  // From the output A and its gradient G, walking the blocks back to the input: A ends as
-  // the input X, G as dL/dX, and dV receives dL/dV (summed over the batch when shared).
-  void backward(View<T> A, View<T> G, View<T> dV, T* ws) const {
+  // From the output A and its gradient G, held side by side as AG = [A | G] (d x 2n per
+  // entry), walking the blocks back to the input: A ends as the input X, G as dL/dX, and dV
+  // receives dL/dV (summed over the batch when shared). With A and G adjacent, the products
+  // with Y and with R serve both at once: 3 products of the size of A per block, not 6.
+  void backward(View<T> AG, View<T> dV, T* ws) const {
     Carver<T> c{ws};
-    const index_t mn = batch * z.m * n;
-    View<T> W = buffer(c.take(mn), z.m, n), Q = buffer(c.take(mn), z.m, n),
-            dQ = buffer(c.take(mn), z.m, n), dZ = buffer(c.take(mn), z.m, n),
+    View<T> WdQ = buffer(c.take(batch * z.m * 2 * n), z.m, 2 * n),  // [W | Y^T G]
+            B2 = buffer(c.take(batch * z.m * 3 * n), z.m, 3 * n),   // [Q0 | dZ' | Q]
             Ms = buffer(c.take(batch * z.m * z.m), z.m, z.m);
+    View<T> W = WdQ, Q0 = B2, dZ = B2.cols(n), Q = B2.cols(2 * n);  // dZ' = -dZ
     for (index_t s = z.nb - 1; s >= 0; --s) {
       const index_t j = forward_block(s), w = z.width(j);
       const View<const T> y = Y(j), t = Tf(j);
       View<T> dY = dV.cols(j * z.m);
-      mm(be, batch, w, n, z.d, T(1), y, true, in(A), false, T(0), W);       // W = Y^T A
-      mm(be, batch, w, n, w, T(1), t, !transpose, in(W), false, T(0), Q);   // Q0 = R^T W
-      mm(be, batch, z.d, n, w, T(-1), y, false, in(Q), false, T(1), A);     // A_in = A - Y Q0
-      mm(be, batch, w, n, w, T(-1), Gram(j), false, in(Q), false, T(1), W); // Z = Y^T A_in
-      mm(be, batch, w, n, w, T(1), t, transpose, in(W), false, T(0), Q);    // Q = R Z
-      mm(be, batch, w, n, z.d, T(-1), y, true, in(G), false, T(0), dQ);     // dQ = -Y^T G
-      mm(be, batch, w, n, w, T(1), t, !transpose, in(dQ), false, T(0), dZ); // dZ = R^T dQ
-      // dS = -dZ Q^T for R = T; its transpose for R = T^T. M + M^T mirrors its upper part.
-      if (!transpose) mm(be, batch, w, w, n, T(-1), in(dZ), false, in(Q), true, T(0), Ms);
-      else mm(be, batch, w, w, n, T(-1), in(Q), false, in(dZ), true, T(0), Ms);
+      mm(be, batch, w, 2 * n, z.d, T(1), y, true, in(AG), false, T(0), WdQ);  // Y^T [A | G]
+      mm(be, batch, w, 2 * n, w, T(1), t, !transpose, in(WdQ), false, T(0), B2);  // R^T (..)
+      mm(be, batch, w, n, w, T(-1), Gram(j), false, in(Q0), false, T(1), W);  // Z = Y^T A_in
+      mm(be, batch, w, n, w, T(1), t, transpose, in(W), false, T(0), Q);      // Q = R Z
+      // dS = -dZ Q^T for R = T, its transpose for R = T^T; M + M^T mirrors its upper part.
+      if (!transpose) mm(be, batch, w, w, n, T(1), in(dZ), false, in(Q), true, T(0), Ms);
+      else mm(be, batch, w, w, n, T(1), in(Q), false, in(dZ), true, T(0), Ms);
       be.mirror_upper(w, Ms.p, Ms.ld, Ms.bs, batch);
-      mm(be, batch, z.d, w, n, T(-1), in(G), false, in(Q), true, T(0), dY);  // dY = -G Q^T
-      mm(be, batch, z.d, w, n, T(1), in(A), false, in(dZ), true, T(1), dY);  //    + A_in dZ^T
-      mm(be, batch, z.d, w, w, T(1), y, false, in(Ms), false, T(1), dY);     //    + Y (M + M^T)
-      mm(be, batch, z.d, n, w, T(1), y, false, in(dZ), false, T(1), G);      // G = P^T G
+      // dY = -G Q^T + A_in dZ^T + Y (M + M^T) with A_in = A - Y Q0:
+      //    = -[A | G] [dZ' | Q]^T + Y (M + M^T + Q0 dZ'^T)
+      mm(be, batch, w, w, n, T(1), in(Q0), false, in(dZ), true, T(1), Ms);
+      mm(be, batch, z.d, w, 2 * n, T(-1), in(AG), false, in(dZ), true, T(0), dY);
+      mm(be, batch, z.d, w, w, T(1), y, false, in(Ms), false, T(1), dY);
+      // [A | G] -= Y [Q0 | dZ']: A_in = A - Y Q0, and G = P^T G = G + Y dZ.
+      mm(be, batch, z.d, 2 * n, w, T(-1), y, false, in(B2), false, T(1), AG);
     }
   }
   static std::size_t backward_ws(index_t batch, index_t m, index_t n) {
     Carver<T> c{nullptr};
-    for (int i = 0; i < 4; ++i) c.take(batch * m * n);
-    c.take(batch * m * m);
+    c.take(batch * m * 2 * n), c.take(batch * m * 3 * n), c.take(batch * m * m);
     return c.used;
   }
 };
+
+// Workspace for a backward walk over `batch` entries of d x n: [A | G] side by side, and its
+// A and G halves as batches. A shared V (fold) takes the whole batch as one wide problem,
+// d x 2Bn: no reduction over the batch for dV.
+template <class T>
+struct Walk {
+  View<T> ag, a, g;
+  index_t batch, n;
+  static std::size_t size(index_t batch, index_t d, index_t n, index_t m, bool fold) {
+    const std::size_t own = static_cast<std::size_t>(2 * batch * d * n) + 16;
+    return own + (fold ? Blocks<T>::backward_ws(1, m, batch * n)
+                       : Blocks<T>::backward_ws(batch, m, n));
+  }
+};
+
+template <class T>
+Walk<T> walk(Carver<T>& c, index_t batch, index_t d, index_t n, bool fold) {
+  T* p = c.take(2 * batch * d * n);
+  const index_t ld = std::max<index_t>(d, 1), dn = d * n;
+  if (fold) return {{p, ld, false, 0}, {p, ld, false, dn}, {p + batch * dn, ld, false, dn}, 1, batch * n};
+  return {{p, ld, false, 2 * dn}, {p, ld, false, 2 * dn}, {p + dn, ld, false, 2 * dn}, batch, n};
+}
 
 void check_shape(const Shape& s) {
   if (s.d < 0 || s.k < 0 || s.n < 0 || s.batch < 0)
@@ -363,15 +386,15 @@ std::size_t op_workspace(Op op, const Shape& s) {
   const std::size_t dd = static_cast<std::size_t>(z.bv * z.d * z.d);
   auto fw = [&](index_t batch, index_t n) { return Blocks<double>::forward_ws(batch, z.m, n); };
   auto bw = [&](index_t batch, index_t n) { return Blocks<double>::backward_ws(batch, z.m, n); };
+  auto walk = [&](index_t batch, index_t n) { return Walk<double>::size(batch, z.d, n, z.m, s.shared_v); };
   const bool mat = materialized(s);
   switch (op) {
     case Op::factors: break;
     case Op::matrix: return fw(z.bv, z.n);
-    case Op::matrix_backward: return 2 * static_cast<std::size_t>(z.bv * z.d * z.n) + 32 + bw(z.bv, z.n);
+    case Op::matrix_backward: return walk(z.B, z.n);
     case Op::apply: return mat ? dd + 16 + fw(z.bv, z.d) : fw(z.B, z.n);
     case Op::apply_backward:
-      return mat ? 3 * (dd + 16) + std::max(fw(z.bv, z.d), bw(z.bv, z.d))
-                 : static_cast<std::size_t>(z.B * z.d * z.n) + 16 + bw(z.B, z.n);
+      return mat ? 3 * (dd + 16) + std::max(fw(z.bv, z.d), bw(z.bv, z.d)) : walk(z.B, z.n);
   }
   return 0;
 }
@@ -462,8 +485,8 @@ void apply_backward(const Backend<T>& be, const Shape& s, bool transpose, Matrix
   Carver<T> c{ws};
   if (materialized(s)) {
     const index_t d = s.d, dd = z.bv * d * d;
-    View<T> u = buffer(c.take(dd), d, d), w1 = buffer(c.take(dd), d, d),
-            du = buffer(c.take(dd), d, d);
+    View<T> ud = buffer(c.take(2 * dd), d, 2 * d), w1 = buffer(c.take(dd), d, d);
+    View<T> u{ud.p, ud.ld, false, 2 * d * d}, du{ud.p + d * d, ud.ld, false, 2 * d * d};
     if (s.shared_v) u.bs = w1.bs = du.bs = 0;
     T* rest = ws + c.used;
     build_u(b, u, rest);
@@ -474,19 +497,17 @@ void apply_backward(const Backend<T>& be, const Shape& s, bool transpose, Matrix
     if (small(be, d, s.k, d))
       return be.small_matrix_backward(z.bv, d, s.k, d, strided(b.V), strided(in(u)),
                                       strided(in(du)), strided(dv));
-    Blocks<T> mb = b;  // dV from dU, as matrix_backward with U consumed in place
+    Blocks<T> mb = b;  // dV from dU, as matrix_backward with [U | dU] consumed in place
     mb.transpose = false, mb.batch = z.bv, mb.n = d;
-    mb.backward(u, du, dv, rest);
+    mb.backward(ud, dv, rest);
     return;
   }
-  View<T> a = buffer(c.take(s.batch * s.d * s.n), s.d, s.n);
-  copy(be, s.batch, s.d, s.n, o, a);
-  copy(be, s.batch, s.d, s.n, g, dx);
-  if (s.shared_v && s.batch > 1 && side_by_side(dx, s.n, s.batch)) {
-    b.batch = 1, b.n = s.batch * s.n;
-    a.bs = dx.bs = 0;
-  }
-  b.backward(a, dx, dv, ws + c.used);
+  const Walk<T> wk = walk(c, s.batch, s.d, s.n, s.shared_v);
+  copy(be, s.batch, s.d, s.n, o, wk.a);
+  copy(be, s.batch, s.d, s.n, g, wk.g);
+  b.batch = wk.batch, b.n = wk.n;
+  b.backward(wk.ag, dv, ws + c.used);
+  copy(be, s.batch, s.d, s.n, in(wk.g), dx);
 }
 
 template <class T>
@@ -522,11 +543,11 @@ void matrix_backward(const Backend<T>& be, const Shape& s, Matrix<const T> V, co
                                     strided(view(out, "out")), strided(view(grad, "grad")),
                                     strided(dv));
   Carver<T> c{ws};
-  View<T> a = buffer(c.take(s.batch * s.d * s.n), s.d, s.n),
-          g = buffer(c.take(s.batch * s.d * s.n), s.d, s.n);
-  copy(be, s.batch, s.d, s.n, view(out, "out"), a);
-  copy(be, s.batch, s.d, s.n, view(grad, "grad"), g);
-  b.backward(a, g, dv, ws + c.used);
+  const Walk<T> wk = walk(c, s.batch, s.d, s.n, s.shared_v);
+  copy(be, s.batch, s.d, s.n, view(out, "out"), wk.a);
+  copy(be, s.batch, s.d, s.n, view(grad, "grad"), wk.g);
+  b.batch = wk.batch, b.n = wk.n;
+  b.backward(wk.ag, dv, ws + c.used);
 }
 
 #define FASTH_INSTANTIATE(T)                                                                  \
