@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -106,6 +108,91 @@ def certified(margins: np.ndarray, correct: np.ndarray, lipschitz: float) -> dic
     """Fraction correct and certified at each radius: ``margin / (sqrt(2) L) > radius``."""
     radius = margins / (np.sqrt(2.0) * lipschitz)
     return {str(r): float(np.mean(correct & (radius > r))) for r in RADII}
+
+
+def train_loop(batch, step, n: int, args, bar, order, norms, *, skip_first: bool = False,
+               log_every: int = 5) -> tuple[float, dict]:
+    """Both frameworks' training loop: ``args.epochs`` epochs of ``args.batch`` rows in the
+    order ``order()`` gives (a permutation of ``range(n)``); ``batch(idx)`` gathers a batch,
+    ``step(*batch)`` runs one synchronised optimiser step (timed); ``norms()`` gives the
+    (true, claimed) norms of the spectral layers, logged every ``log_every`` steps. Returns
+    the median ms per step (the first, compiling step left out with ``skip_first``) and the
+    norm history."""
+    hist: dict[str, list] = {"step": [], "true": [], "claimed": []}
+    times: list[float] = []
+    count = 0
+
+    def log() -> None:
+        true, claimed = norms()
+        hist["step"].append(count)
+        hist["true"].append(true)
+        hist["claimed"].append(claimed)
+
+    log()
+    for _ in range(args.epochs):
+        perm = order()
+        for i in range(0, n - args.batch + 1, args.batch):
+            b = batch(perm[i:i + args.batch])
+            t0 = time.perf_counter()
+            step(*b)
+            times.append(time.perf_counter() - t0)
+            count += 1
+            if bar is not None:
+                bar.update(1)
+            if count % log_every == 0:
+                log()
+    if hist["step"][-1] != count:
+        log()
+    timed = times[1:] if skip_first else times
+    return 1e3 * float(np.median(timed or times)), hist
+
+
+def median_step_ms(step, steps: int, warmup: int = 3) -> float:
+    """Median ms of ``steps`` synchronised calls of ``step()`` after ``warmup`` untimed ones."""
+    times = []
+    for i in range(steps + warmup):
+        t0 = time.perf_counter()
+        step()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times))
+
+
+def fixed_point(update, x, change, tol: float = 1e-5, max_iter: int = 200):
+    """Iterates ``x = update(x)`` until ``change(new, old)`` (a float: the largest row move
+    relative to the row's scale) falls below ``tol``; ``(x, iterations, converged)``."""
+    for it in range(1, max_iter + 1):
+        nx = update(x)
+        step = change(nx, x)
+        x = nx
+        if not math.isfinite(step):
+            return x, it, False
+        if step < tol:
+            return x, it, True
+    return x, max_iter, False
+
+
+def classifier_result(logits: np.ndarray, labels: np.ndarray, norms: list[float],
+                      claimed: list[float], ms: float, hist: dict) -> dict:
+    """The classifier's metrics from its test logits (float64) and its layers' norms: the
+    Lipschitz bound is the product of the true norms, certified at margin / (sqrt(2) L)."""
+    top2 = np.sort(logits, axis=-1)[:, -2:]
+    margins = top2[:, 1] - top2[:, 0]
+    correct = logits.argmax(-1) == labels
+    L = math.prod(norms)
+    return {"acc": float(correct.mean()), "true_norms": norms, "claimed": claimed,
+            "lipschitz": L, "lipschitz_claimed": math.prod(claimed),
+            "certified": certified(margins, correct, L), "ms_per_step": ms, "history": hist}
+
+
+def iresnet_result(acc: float, norms: list[float], iters: list[int], err: float, ok: bool,
+                   ms: float, hist: dict, blocks: int, d: int, hidden: int) -> tuple[dict, str]:
+    """The i-ResNet's metrics (each block's Lipschitz bound: the product of its two layers'
+    true norms) and its description."""
+    block_lip = [norms[2 * i] * norms[2 * i + 1] for i in range(blocks)]
+    return {"acc": acc, "block_lip": block_lip, "true_norms": norms, "iters": iters,
+            "recon_err": err, "converged": bool(ok), "ms_per_step": ms, "history": hist}, \
+        f"{blocks} blocks {d}->{hidden}->{d}"
 
 
 def _fmt_norms(xs) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import math
-import time
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +14,8 @@ import optax
 from flax import nnx
 
 from ...jax_spectral import SpectralDense
-from . import BOUND_IRESNET, METHODS, certified, collect
+from . import (BOUND_IRESNET, METHODS, classifier_result, collect, fixed_point, iresnet_result,
+               median_step_ms, train_loop)
 
 
 
@@ -146,36 +146,14 @@ def _step(model, opt, x, y, temperature):
     return loss
 
 
-def _train(model, X, y, args, bar, temperature: float, log_every: int = 5):
+def _train(model, X, y, args, bar, temperature: float):
     opt = nnx.Optimizer(model, optax.adam(args.lr), wrt=nnx.Param)
     rng = np.random.default_rng(args.seed)
-    n = X.shape[0]
-    hist = {"step": [], "true": [], "claimed": []}
-    times, step = [], 0
-
-    def log():
-        hist["step"].append(step)
-        hist["true"].append(true_norms(model))
-        hist["claimed"].append([l.claimed_norm() for l in model.spectral_layers()])
-
-    log()
-    for _ in range(args.epochs):
-        perm = rng.permutation(n)
-        for i in range(0, n - args.batch + 1, args.batch):
-            idx = perm[i:i + args.batch]
-            xb, yb = X[idx], y[idx]
-            t0 = time.perf_counter()
-            _step(model, opt, xb, yb, temperature).block_until_ready()
-            times.append(time.perf_counter() - t0)
-            step += 1
-            if bar is not None:
-                bar.update(1)
-            if step % log_every == 0:
-                log()
-    if hist["step"][-1] != step:
-        log()
-    # The first step compiles: leave it out of the timing.
-    return 1e3 * float(np.median(times[1:] or times)), hist
+    return train_loop(lambda idx: (X[idx], y[idx]),
+                      lambda xb, yb: _step(model, opt, xb, yb, temperature).block_until_ready(),
+                      X.shape[0], args, bar, lambda: rng.permutation(X.shape[0]),
+                      lambda: (true_norms(model), [l.claimed_norm() for l in model.spectral_layers()]),
+                      skip_first=True)  # the first step compiles
 
 
 def run_classifier(method, data, args, bar):
@@ -184,15 +162,8 @@ def run_classifier(method, data, args, bar):
     model = MLP(method, dims, rngs=nnx.Rngs(args.seed))
     ms, hist = _train(model, Xtr, ytr, args, bar, temperature=16.0)
     logits = np.asarray(nnx.jit(lambda m, x: m(x))(model, Xte), np.float64)
-    top2 = np.sort(logits, axis=-1)[:, -2:]
-    margins = top2[:, 1] - top2[:, 0]
-    correct = logits.argmax(-1) == yte
-    norms = true_norms(model)
-    claimed = [l.claimed_norm() for l in model.spectral_layers()]
-    L = math.prod(norms)
-    return {"acc": float(correct.mean()), "true_norms": norms, "claimed": claimed,
-            "lipschitz": L, "lipschitz_claimed": math.prod(claimed),
-            "certified": certified(margins, correct, L), "ms_per_step": ms, "history": hist}, dims, model
+    return classifier_result(logits, yte, true_norms(model),
+                             [l.claimed_norm() for l in model.spectral_layers()], ms, hist), dims, model
 
 
 @nnx.jit
@@ -201,17 +172,10 @@ def _fixed_point_step(block, x, y):
 
 
 def _invert(block, y, tol: float = 1e-5, max_iter: int = 200):
-    x = y
     scale = np.maximum(np.linalg.norm(np.asarray(y), axis=-1), 1e-12)
-    for it in range(1, max_iter + 1):
-        nx = _fixed_point_step(block, x, y)
-        step = float(np.max(np.linalg.norm(np.asarray(nx - x), axis=-1) / scale))
-        x = nx
-        if not np.isfinite(step):
-            return x, it, False
-        if step < tol:
-            return x, it, True
-    return x, max_iter, False
+    return fixed_point(lambda x: _fixed_point_step(block, x, y), y,
+                       lambda a, b: float(np.max(np.linalg.norm(np.asarray(a - b), axis=-1) / scale)),
+                       tol, max_iter)
 
 
 def run_iresnet(method, data, args, bar):
@@ -229,11 +193,8 @@ def run_iresnet(method, data, args, bar):
     iters.reverse()
     X = np.asarray(Xte)
     err = float(np.max(np.linalg.norm(np.asarray(z) - X, axis=-1) / np.maximum(np.linalg.norm(X, axis=-1), 1e-12)))
-    norms = true_norms(model)
-    block_lip = [norms[2 * i] * norms[2 * i + 1] for i in range(args.blocks)]
-    return {"acc": acc, "block_lip": block_lip, "true_norms": norms, "iters": iters,
-            "recon_err": err, "converged": bool(ok), "ms_per_step": ms, "history": hist}, \
-        f"{args.blocks} blocks {d}->{hidden}->{d}", model
+    res, arch = iresnet_result(acc, true_norms(model), iters, err, ok, ms, hist, args.blocks, d, hidden)
+    return res, arch, model
 
 
 def time_steps(method: str, d: int, n: int, steps: int, seed: int) -> float:
@@ -248,13 +209,7 @@ def time_steps(method: str, d: int, n: int, steps: int, seed: int) -> float:
         opt.update(model, grads)
         return loss
 
-    times = []
-    for i in range(steps + 3):
-        t0 = time.perf_counter()
-        step(model, opt, X).block_until_ready()
-        if i >= 3:
-            times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times))
+    return median_step_ms(lambda: step(model, opt, X).block_until_ready(), steps)
 
 
 def run(args, data) -> dict:

@@ -4,16 +4,14 @@
 
 from __future__ import annotations
 
-import math
-import time
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
 
 from ...torch.spectral import SpectralLinear
-from . import BOUND_IRESNET, METHODS, certified, collect
+from . import (BOUND_IRESNET, METHODS, classifier_result, collect, fixed_point, iresnet_result,
+               median_step_ms, train_loop)
 
 
 
@@ -108,17 +106,9 @@ class Block(nn.Module):
     @torch.no_grad()
     def inverse(self, y: Tensor, tol: float = 1e-5, max_iter: int = 200) -> tuple[Tensor, int, bool]:
         """Fixed point ``x = y - g(x)``; stops when every row moved by < tol * |y|."""
-        x = y.clone()
         scale = y.norm(dim=-1).clamp_min(1e-12)
-        for it in range(1, max_iter + 1):
-            nx = y - self.g(x)
-            step = ((nx - x).norm(dim=-1) / scale).max()
-            x = nx
-            if not torch.isfinite(step):
-                return x, it, False
-            if step < tol:
-                return x, it, True
-        return x, max_iter, False
+        return fixed_point(lambda x: y - self.g(x), y.clone(),
+                           lambda a, b: float(((a - b).norm(dim=-1) / scale).max()), tol, max_iter)
 
 
 class IResNet(nn.Module):
@@ -136,40 +126,23 @@ class IResNet(nn.Module):
         return self.head(self.features(x))
 
 
-def _train(model, X, y, args, bar, temperature: float, log_every: int = 5):
+def _train(model, X, y, args, bar, temperature: float):
     """Adam on cross-entropy of ``temperature * logits``; returns ms/step and the norm history."""
     gen = torch.Generator().manual_seed(args.seed)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    n = X.shape[0]
-    hist = {"step": [], "true": [], "claimed": []}
-    times, step = [], 0
 
-    def log():
-        hist["step"].append(step)
-        hist["true"].append(true_norms(model))
-        hist["claimed"].append([claimed_norm(l) for l in spectral_layers(model)])
+    def step(xb, yb):
+        loss = nn.functional.cross_entropy(temperature * model(xb), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
 
-    log()
     model.train()
-    for _ in range(args.epochs):
-        perm = torch.randperm(n, generator=gen)
-        for i in range(0, n - args.batch + 1, args.batch):
-            idx = perm[i:i + args.batch]
-            t0 = time.perf_counter()
-            loss = nn.functional.cross_entropy(temperature * model(X[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            times.append(time.perf_counter() - t0)
-            step += 1
-            if bar is not None:
-                bar.update(1)
-            if step % log_every == 0:
-                log()
-    if hist["step"][-1] != step:
-        log()
+    out = train_loop(lambda idx: (X[idx], y[idx]), step, X.shape[0], args, bar,
+                     lambda: torch.randperm(X.shape[0], generator=gen),
+                     lambda: (true_norms(model), [claimed_norm(l) for l in spectral_layers(model)]))
     model.eval()
-    return 1e3 * float(np.median(times)), hist
+    return out
 
 
 def run_classifier(method, data, args, bar):
@@ -179,16 +152,9 @@ def run_classifier(method, data, args, bar):
     model = MLP(method, dims).to(args.device)
     ms, hist = _train(model, Xtr, ytr, args, bar, temperature=16.0)
     with torch.no_grad():
-        logits = model(Xte).double()
-    top2 = logits.topk(2, dim=-1).values
-    margins = (top2[:, 0] - top2[:, 1]).cpu().numpy()
-    correct = (logits.argmax(-1) == yte).cpu().numpy()
-    norms = true_norms(model)
-    claimed = [claimed_norm(l) for l in spectral_layers(model)]
-    L = math.prod(norms)
-    return {"acc": float(correct.mean()), "true_norms": norms, "claimed": claimed,
-            "lipschitz": L, "lipschitz_claimed": math.prod(claimed),
-            "certified": certified(margins, correct, L), "ms_per_step": ms, "history": hist}, dims, model
+        logits = model(Xte).double().cpu().numpy()
+    return classifier_result(logits, yte.cpu().numpy(), true_norms(model),
+                             [claimed_norm(l) for l in spectral_layers(model)], ms, hist), dims, model
 
 
 def run_iresnet(method, data, args, bar):
@@ -208,11 +174,8 @@ def run_iresnet(method, data, args, bar):
             ok &= conv
         iters.reverse()
         err = float(((z - Xte).norm(dim=-1) / Xte.norm(dim=-1).clamp_min(1e-12)).max())
-    norms = true_norms(model)
-    block_lip = [norms[2 * i] * norms[2 * i + 1] for i in range(args.blocks)]
-    return {"acc": acc, "block_lip": block_lip, "true_norms": norms, "iters": iters,
-            "recon_err": err, "converged": bool(ok), "ms_per_step": ms, "history": hist}, \
-        f"{args.blocks} blocks {d}->{hidden}->{d}", model
+    res, arch = iresnet_result(acc, true_norms(model), iters, err, ok, ms, hist, args.blocks, d, hidden)
+    return res, arch, model
 
 
 def time_steps(method: str, d: int, n: int, steps: int, device: str, seed: int) -> float:
@@ -221,16 +184,14 @@ def time_steps(method: str, d: int, n: int, steps: int, device: str, seed: int) 
     model = MLP(method, [d, d, d, d]).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     X = torch.randn(n, d, device=device)
-    times = []
-    for i in range(steps + 3):
-        t0 = time.perf_counter()
+
+    def step():
         loss = model(X).square().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if i >= 3:
-            times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times))
+
+    return median_step_ms(step, steps)
 
 
 def run(args, data) -> dict:
