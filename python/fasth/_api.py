@@ -121,8 +121,19 @@ def validate(fn: str, tf32: bool = False, **arrays: Any) -> Call:
                 f"{fn}: {name} is a {other.name} array but {names[0]} is a {xp.name} array"
             )
     wrapped = {name: xp.wrap(a) for name, a in arrays.items()}
+    dtype = check_dtypes(fn, xp, wrapped)
+    devices = {name: xp.device(a) for name, a in wrapped.items()}
+    if len(set(devices.values())) > 1:
+        desc = ", ".join(f"{n} is on {d[0]}:{d[1]}" for n, d in devices.items())
+        raise ValueError(f"{fn}: arrays must be on one device ({desc})")
+    return Call(fn, xp, dtype, devices[names[0]], wrapped, tf32=tf32, like=arrays[names[0]])
+
+
+def check_dtypes(fn: str, xp: _arrays.Namespace, arrays: dict[str, Any]) -> str:
+    """Each array float32 or float64 with at least two dimensions, all of one dtype: that
+    dtype (fasth.jax checks its arrays here too)."""
     dtypes = {}
-    for name, a in wrapped.items():
+    for name, a in arrays.items():
         dt = xp.dtype(a)
         if dt not in _arrays.FLOAT_DTYPES:
             raise TypeError(f"{fn}: {name} has dtype {dt}; expected float32 or float64")
@@ -134,12 +145,7 @@ def validate(fn: str, tf32: bool = False, **arrays: Any) -> Call:
     if len(set(dtypes.values())) > 1:
         desc = ", ".join(f"{n} is {d}" for n, d in dtypes.items())
         raise TypeError(f"{fn}: arrays must share one dtype ({desc})")
-    devices = {name: xp.device(a) for name, a in wrapped.items()}
-    if len(set(devices.values())) > 1:
-        desc = ", ".join(f"{n} is on {d[0]}:{d[1]}" for n, d in devices.items())
-        raise ValueError(f"{fn}: arrays must be on one device ({desc})")
-    return Call(fn, xp, dtypes[names[0]], devices[names[0]], wrapped, tf32=tf32,
-                like=arrays[names[0]])
+    return next(iter(dtypes.values()))
 
 
 def _shape(c: Call, batch: int, shared: bool, d: int, k: int, n: int, block: int | None,

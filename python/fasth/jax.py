@@ -107,19 +107,7 @@ def _validate(fn: str, tf32: bool, **arrays: Any) -> _api.Call:
         if not hasattr(a, "shape") or not hasattr(a, "dtype"):
             raise TypeError(f"{fn}: {name} must be a JAX array, got {type(a).__name__}")
     arrays = {n: jnp.asarray(a) for n, a in arrays.items()}
-    dtypes = {}
-    for name, a in arrays.items():
-        dt = np.dtype(a.dtype).name
-        if dt not in _arrays.FLOAT_DTYPES:
-            raise TypeError(f"{fn}: {name} has dtype {dt}; expected float32 or float64")
-        if a.ndim < 2:
-            raise ValueError(
-                f"{fn}: {name} must have at least 2 dimensions, got shape {tuple(a.shape)}")
-        dtypes[name] = dt
-    if len(set(dtypes.values())) > 1:
-        desc = ", ".join(f"{n} is {d}" for n, d in dtypes.items())
-        raise TypeError(f"{fn}: arrays must share one dtype ({desc})")
-    return _api.Call(fn, _JNP, next(iter(dtypes.values())), _device(), arrays, tf32=tf32)
+    return _api.Call(fn, _JNP, _api.check_dtypes(fn, _JNP, arrays), _device(), arrays, tf32=tf32)
 
 
 def _sizes(op: Any, shape: Any) -> tuple[int, int]:
