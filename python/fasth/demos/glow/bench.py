@@ -18,7 +18,7 @@ COLUMNS = ("forward", "inverse", "fwd+bwd")
 def run(args) -> int:
     import torch
 
-    from .torch_model import CONVS, Glow, InvConv
+    from .torch_model import CONVS, Glow, InvConv, conv_inverse_weights, conv_weights
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     sizes = GPU_SIZES if device.type == "cuda" else CPU_SIZES
@@ -77,21 +77,21 @@ def run(args) -> int:
     def conv_fwd(k):
         with torch.no_grad():
             for level, xs in by_level(k, conv_in[k]):
-                W, lad = type(level[0]).weights(level)
+                W, lad = conv_weights(level)
                 for j, (c, xi) in enumerate(zip(level, xs)):
                     c(xi, xi.new_zeros(()), (W[j], lad[j]))
 
     def conv_inv(k):
         with torch.no_grad():
             for level, ys in by_level(k, conv_out[k]):
-                Winv = type(level[0]).inverse_weights(level)
+                Winv = conv_inverse_weights(level)
                 for j, (c, yi) in enumerate(zip(level, ys)):
                     c.inverse(yi, Winv[j])
 
     def conv_fwdbwd(k):
         loss = 0
         for level, xs in by_level(k, conv_in[k]):
-            W, lad = type(level[0]).weights(level)
+            W, lad = conv_weights(level)
             for j, (c, xi) in enumerate(zip(level, xs)):
                 xi = xi.requires_grad_()
                 y, ld = c(xi, xi.new_zeros(()), (W[j], lad[j]))

@@ -293,14 +293,13 @@ class FlowStep(nn.Module):
         return self.actnorm.inverse(self.conv.inverse(self.coupling.inverse(y), conv_inverse_weight))
 
 
-def level_weights(steps: nn.ModuleList) -> tuple[Tensor, Tensor]:
-    """The 1x1-conv matrices and log-determinants of a level's steps, in one batched call."""
-    convs = [step.conv for step in steps]
+def conv_weights(convs: list[InvConv]) -> tuple[Tensor, Tensor]:
+    """The matrices and log-determinants of a list of one variant's 1x1 convolutions (a
+    level's), in one batched call."""
     return type(convs[0]).weights(convs)
 
 
-def level_inverse_weights(steps: nn.ModuleList) -> Tensor:
-    convs = [step.conv for step in steps]
+def conv_inverse_weights(convs: list[InvConv]) -> Tensor:
     return type(convs[0]).inverse_weights(convs)
 
 
@@ -345,7 +344,7 @@ class Glow(nn.Module):
         zs = []
         for i, steps in enumerate(self.flows):
             x = squeeze(x)
-            W, lad = level_weights(steps) if self.batch_levels else (None, None)
+            W, lad = conv_weights([step.conv for step in steps]) if self.batch_levels else (None, None)
             for k, step in enumerate(steps):
                 x, logdet = step(x, logdet, None if W is None else (W[k], lad[k]))
             if i < self.levels - 1:
@@ -390,7 +389,7 @@ class Glow(nn.Module):
                 mean, logs = self._split_prior(i, x)
                 z = draw(mean, logs) if zs is None else zs[i]
                 x = torch.cat([x, z], 1)
-            Winv = level_inverse_weights(self.flows[i]) if self.batch_levels else None
+            Winv = conv_inverse_weights([step.conv for step in self.flows[i]]) if self.batch_levels else None
             for k in reversed(range(len(self.flows[i]))):
                 x = self.flows[i][k].inverse(x, None if Winv is None else Winv[k])
             x = unsqueeze(x)
