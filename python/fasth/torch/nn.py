@@ -119,8 +119,10 @@ class SVDLinear(nn.Module):
 
     def weight(self) -> Tensor:
         """The dense ``W`` (``out x in``)."""
-        Ur = matrix(self.U, thin=True)
-        Vr = matrix(self.V, thin=True)
+        if self.square:  # both frames in one batched call: half the calls and launches
+            Ur, Vr = matrix(torch.stack([self.U, self.V]), thin=True)
+        else:
+            Ur, Vr = matrix(self.U, thin=True), matrix(self.V, thin=True)
         return (Ur * self.S) @ Vr.T
 
     def forward(self, x: Tensor) -> Tensor:
