@@ -1,5 +1,6 @@
 #include "fasth/cpu.hpp"
 
+#include <algorithm>
 #include <climits>
 #include <stdexcept>
 
@@ -11,6 +12,11 @@ Blas g_blas;
 int to_int(index_t v) {
   if (v > INT_MAX) throw std::invalid_argument("fasth: a dimension exceeds the 32-bit BLAS range");
   return static_cast<int>(v);
+}
+
+template <class T>
+gemm_batch_fn<T>* gemm_batch_of() {
+  if constexpr (sizeof(T) == 4) return blas().sgemm_batch; else return blas().dgemm_batch;
 }
 
 template <class T>
@@ -62,9 +68,29 @@ void CpuBackend<T>::gemm(bool ta, bool tb, index_t m, index_t n, index_t k, T al
   const char ca = ta ? 'T' : 'N', cb = tb ? 'T' : 'N';
   const int im = to_int(m), in = to_int(n), ik = to_int(k);
   const int ia = to_int(lda), ib = to_int(ldb), ic = to_int(ldc);
-  const SerialIfSmall serial(2.0 * double(m) * double(n) * double(k));
-  for (index_t i = 0; i < batch; ++i)
-    f(&ca, &cb, &im, &in, &ik, &alpha, a + i * sa, &ia, b + i * sb, &ib, &beta, c + i * sc, &ic);
+  const double flops = 2.0 * double(m) * double(n) * double(k);
+  auto* fb = gemm_batch_of<T>();
+  if (batch == 1 || !fb) {
+    const SerialIfSmall serial(flops);
+    for (index_t i = 0; i < batch; ++i)
+      f(&ca, &cb, &im, &in, &ik, &alpha, a + i * sa, &ia, b + i * sb, &ib, &beta, c + i * sc,
+        &ic);
+    return;
+  }
+  // One call per chunk of entries, their addresses in arrays on the stack.
+  constexpr index_t kChunk = 64;
+  const T* pa[kChunk];
+  const T* pb[kChunk];
+  T* pc[kChunk];
+  const int groups = 1;
+  for (index_t i0 = 0; i0 < batch; i0 += kChunk) {
+    const index_t len = std::min(kChunk, batch - i0);
+    for (index_t i = 0; i < len; ++i)
+      pa[i] = a + (i0 + i) * sa, pb[i] = b + (i0 + i) * sb, pc[i] = c + (i0 + i) * sc;
+    const int size = static_cast<int>(len);
+    const SerialIfSmall serial(flops * double(len));
+    fb(&ca, &cb, &im, &in, &ik, &alpha, pa, &ia, pb, &ib, &beta, pc, &ic, &groups, &size);
+  }
 }
 
 template <class T>

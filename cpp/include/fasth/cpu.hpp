@@ -20,6 +20,14 @@ using syrk_fn = void(const char* uplo, const char* trans, const int* n, const in
                      const T* alpha, const T* a, const int* lda, const T* beta, T* c,
                      const int* ldc);
 
+// MKL's ?gemm_batch (Fortran ABI, group interface): group_count groups of group_size
+// products, each group with one set of the scalar arguments.
+template <class T>
+using gemm_batch_fn = void(const char* transa, const char* transb, const int* m, const int* n,
+                           const int* k, const T* alpha, const T** a, const int* lda,
+                           const T** b, const int* ldb, const T* beta, T** c, const int* ldc,
+                           const int* group_count, const int* group_size);
+
 struct Blas {
   gemm_fn<float>* sgemm = nullptr;
   gemm_fn<double>* dgemm = nullptr;
@@ -30,6 +38,10 @@ struct Blas {
   // on 2 cores MKL spent 4-10x longer on the 12..64-sized products of a small U than with
   // one thread. BLAS libraries that keep small calls serial themselves need none.
   int (*set_threads_local)(int) = nullptr;
+  // Optional: a batch in one call, which MKL spreads over its threads by entry. On 2 cores
+  // the thin products of two d = 256 frames ran 1.3-1.6x faster so than one after the other.
+  gemm_batch_fn<float>* sgemm_batch = nullptr;
+  gemm_batch_fn<double>* dgemm_batch = nullptr;
 };
 
 void set_blas(const Blas& blas);

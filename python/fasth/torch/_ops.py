@@ -17,14 +17,14 @@ from torch.autograd.function import once_differentiable
 from .. import _api, _core
 
 
-def _use_torch_blas() -> None:
+def _use_torch_blas(gemm_batch: bool = True) -> None:
     """fasth's CPU products through the BLAS inside libtorch (MKL, or OpenBLAS, 32-bit
     integers in the official builds), which shares torch's threads. SciPy's OpenBLAS, with
     threads of its own, fought torch's OpenMP threads: in a torch process on 2 cores,
     fasth.apply at d = 1024, n = 64 took 19x a GEMM instead of 3x. Builds that do not export
     the Fortran symbols keep SciPy's BLAS. With MKL, small products run on one thread
     (``MKL_Set_Num_Threads_Local``): waking MKL's threads cost more than they gave below
-    about a 64^3 product."""
+    about a 64^3 product, and a batch of products goes to MKL's ``?gemm_batch`` in one call."""
     path = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
     if not os.path.exists(path) or "BLAS_INFO=" not in torch.__config__.show():
         return
@@ -33,9 +33,15 @@ def _use_torch_blas() -> None:
         sgemm, dgemm = (ctypes.cast(getattr(lib, f), ctypes.c_void_p).value for f in ("sgemm_", "dgemm_"))
     except (OSError, AttributeError):
         return
-    threads = getattr(lib, "MKL_Set_Num_Threads_Local", None)  # by value (lowercase: Fortran)
+
+    def address(name: str) -> int:  # 0 where absent
+        f = getattr(lib, name, None)
+        return ctypes.cast(f, ctypes.c_void_p).value if f else 0
+
     _core.use_blas(sgemm, dgemm,
-                   set_threads_local=ctypes.cast(threads, ctypes.c_void_p).value if threads else 0)
+                   set_threads_local=address("MKL_Set_Num_Threads_Local"),  # by value (lowercase: Fortran)
+                   sgemm_batch=address("sgemm_batch_") if gemm_batch else 0,
+                   dgemm_batch=address("dgemm_batch_") if gemm_batch else 0)
 
 
 _use_torch_blas()
