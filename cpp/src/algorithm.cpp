@@ -338,13 +338,15 @@ index_t choose_block(index_t d, index_t k, index_t n, Device device) {
   // has an m x n output that must fill the GPU: blocks of 128 (at 64, d = 1024, n = 2048 took
   // 7.4x U @ X on an H200). 256 lost when the T kernel fell back to global memory; wider
   // blocks now merge T's of 128 with gemm instead, which is still to be measured.
-  // CPU: m near n / 2 for small n (skinny products); from n = 256 the T work (about m / 2n of
-  // the flops) allows n / 8, up to 128: measured up to 2x faster at d = n = 1024 than 32. A
-  // multiple of 16 there, so that T is built from even leaves (see build_t).
+  // CPU: each block step costs several BLAS calls, and thin products run far below the
+  // BLAS's speed, so even at small n wide blocks win although their T work (about m / 4n of
+  // the flops) grows. Forward + backward of apply with libtorch's MKL on 2 cores, d = 1024:
+  // n = 8, blocks of 4 / 32: 88 / 16 ms; n = 64, 32 / 64: 24 / 21 ms; n = 1024, 64 / 128:
+  // 273 / 242 ms, where at k = 512, 64 won (56 / 61 ms).
   (void)d;  // part of the rule's signature; the measured rules need only n and k so far
   const index_t m = device == Device::cuda ? index_t{128}
-                    : n < 256              ? std::clamp<index_t>(n / 2, 4, 32)
-                                           : std::min<index_t>(n / 8, 128) / 16 * 16;
+                    : n >= 1024 && k >= 1024 ? index_t{128}
+                                             : index_t{64};
   return std::max<index_t>(1, std::min(m, k));
 }
 
