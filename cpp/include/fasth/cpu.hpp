@@ -39,7 +39,7 @@ struct Blas {
   // one thread. BLAS libraries that keep small calls serial themselves need none.
   int (*set_threads_local)(int) = nullptr;
   // Optional: a batch in one call, which MKL spreads over its threads by entry. On 2 cores
-  // the thin products of two d = 256 frames ran 1.3-1.6x faster so than one after the other.
+  // the thin products of two d = 256 frames ran 1.3-1.6x faster that way than in turn.
   gemm_batch_fn<float>* sgemm_batch = nullptr;
   gemm_batch_fn<double>* dgemm_batch = nullptr;
 };
