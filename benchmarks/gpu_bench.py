@@ -7,6 +7,7 @@ against its baseline, interleaved: CUDA-event timings after a warm-up, the media
   forward + backward at d = 1024, n = 256 vs torch.linalg.householder_product(V, tau) @ X
   small-d matrix, d = 48: forward + backward time and launches
   blocks of 256 (T from two leaves of 128 merged with gemm) against the default 128
+  materialize against blockwise around choose_strategy's crossover
 
 Prints a markdown table (GPU name first) and exits 0; the targets are in the last column.
 Run: python benchmarks/gpu_bench.py [--quick]
@@ -164,6 +165,20 @@ def block_width(table: Table, d: int, n: int, reps: int) -> None:
     table.add(f"apply fwd+bwd d={d} n={n}, blocks of 256", t[256], t[128], "blocks of 128")
 
 
+def strategies(table: Table, d: int, n: int, reps: int) -> None:
+    """materialize against blockwise (ratio below 1: materialize is faster), to check
+    choose_strategy's crossover (materialize from n = 1.57 d when k = d) on the GPU."""
+    V, X = householder(d, d), torch.randn(d, n, device="cuda", requires_grad=True)
+    G = torch.randn(d, n, device="cuda")
+    kinds = ("materialize", "blockwise")
+    with torch.no_grad():
+        t = time_us({s: (lambda s=s: ft.apply(V, X, strategy=s)) for s in kinds}, reps)
+    table.add(f"apply fwd d={d} n={n}, materialize", t["materialize"], t["blockwise"], "blockwise")
+    t = time_us({s: (lambda s=s: ft.apply(V, X, strategy=s).backward(G)) for s in kinds}, reps)
+    table.add(f"apply fwd+bwd d={d} n={n}, materialize", t["materialize"], t["blockwise"],
+              "blockwise")
+
+
 def launch_bound(table: Table, d: int, n: int, reps: int) -> None:
     """Small n: eager and CUDA-graph ratios, GPU launches per call."""
     V, X = householder(d, d), torch.randn(d, n, device="cuda", requires_grad=True)
@@ -265,6 +280,8 @@ def main() -> int:
         forward_and_backward(table, d, n, reps)
     for d, n in big + [(1024, 64), (1024, 256)]:  # also where launches dominate: half the steps
         block_width(table, d, n, reps)
+    for d, n in [(1024, 1024), (1024, 2048), (4096, 4096)]:  # around the crossover
+        strategies(table, d, n, reps)
     for n in (64,) if args.quick else (64, 128, 256):
         launch_bound(table, 1024, n, reps)
     versus_householder_product(table, 3)

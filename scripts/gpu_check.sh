@@ -67,7 +67,7 @@ stage tests.log tests-cuda "${TEST_TIMEOUT:-240}" "$PY" -m pytest \
   -q -rs --maxfail=20 $par -p no:cacheprovider
 trc=$?
 
-stage bench.log gpu-bench "${BENCH_TIMEOUT:-150}" "$PY" benchmarks/gpu_bench.py
+stage bench.log gpu-bench "${BENCH_TIMEOUT:-180}" "$PY" benchmarks/gpu_bench.py
 brc=$?
 
 # The Glow table and the spectral demo on the GPU (issues 6, 7), the benchmark suite (5);
