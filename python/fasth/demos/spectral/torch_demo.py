@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
@@ -13,6 +12,11 @@ from ...torch.spectral import SpectralLinear
 from . import (BOUND_IRESNET, METHODS, classifier_result, collect, fixed_point, iresnet_result,
                median_step_ms, train_loop)
 
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for the device: a CUDA step is timed when it has run, not when it was queued."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class PowerLinear(nn.Module):
@@ -136,6 +140,7 @@ def _train(model, X, y, args, bar, temperature: float):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        _synchronize(X.device)
 
     model.train()
     out = train_loop(lambda idx: (X[idx], y[idx]), step, X.shape[0], args, bar,
@@ -190,6 +195,7 @@ def time_steps(method: str, d: int, n: int, steps: int, device: str, seed: int) 
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        _synchronize(X.device)
 
     return median_step_ms(step, steps)
 
