@@ -97,11 +97,12 @@ def test_torch_conv_variants_agree_given_the_same_W():
     # A level builds its convolutions' matrices in one batched call: the same as one by one.
     for kind in tm.CONVS:
         convs = [tm.make_conv(kind, _W0(6, seed)) for seed in range(3)]
-        W, lad = type(convs[0]).weights(convs)
+        W, lad = tm.conv_weights(convs)
         for j, c in enumerate(convs):
-            torch.testing.assert_close(W[j], c.weight()[0], atol=1e-6, rtol=1e-6)
-            torch.testing.assert_close(lad[j], c.weight()[1], atol=1e-6, rtol=1e-6)
-        torch.testing.assert_close(type(convs[0]).inverse_weights(convs) @ W,
+            Wj, ladj = c.weight()
+            torch.testing.assert_close(W[j], Wj, atol=1e-6, rtol=1e-6)
+            torch.testing.assert_close(lad[j], ladj, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(tm.conv_inverse_weights(convs) @ W,
                                    torch.eye(6).expand(3, 6, 6), atol=1e-5, rtol=0)
     # Whole models built with one seed start from the same W and give the same density.
     x = torch.rand(8, 1, 8, 8) - 0.5

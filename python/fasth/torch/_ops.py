@@ -264,7 +264,6 @@ _MatrixFunction = _transformable("_MatrixFunction", _matrix_impl, _matrix_setup,
 
 # public functions -----------------------------------------------------------------------
 
-
 def apply(V: Tensor, X: Tensor, transpose: bool = False, *, block: int | None = None,
           strategy: _api.StrategyName = "auto") -> Tensor:
     """``U X`` (``U^T X`` with ``transpose``), differentiable in ``V`` and ``X``.

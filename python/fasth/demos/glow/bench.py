@@ -2,8 +2,9 @@
 backward of the torch Glow with the ``plain``, ``lu`` and ``svd`` 1x1 convolutions on
 CIFAR-10-shaped input, for the whole model and for its 1x1 convolutions alone (each run on
 the activations it sees inside the model, each level's matrices built in one batched call
-as the model does, or with ``--per-step`` one step at a time, as openai/glow does). All cells are measured in one run, the variants
-interleaved within every repeat; the table gives medians and the ratios to ``svd``."""
+as the model does, or with ``--per-step`` one step at a time, as openai/glow does). All
+cells are measured in one run, the variants interleaved within every repeat; the table gives
+medians and the ratios to ``svd``."""
 
 from __future__ import annotations
 
