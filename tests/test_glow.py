@@ -4,10 +4,13 @@ W, a short run lowers bits/dim (torch and JAX, through --resume), two-process DD
 
 from __future__ import annotations
 
+import gzip
 import math
 import os
+import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,6 +163,50 @@ def test_missing_data_names_the_path(tmp_path):
         load("fashion-mnist", str(tmp_path))
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         load("cifar10", str(tmp_path))
+
+
+def _idx(path, a: np.ndarray) -> None:
+    """``a`` (uint8) as an IDX file, gzipped when the name ends in .gz."""
+    raw = bytes([0, 0, 8, a.ndim]) + np.asarray(a.shape, ">u4").tobytes() + a.tobytes()
+    (gzip.open if str(path).endswith(".gz") else open)(path, "wb").write(raw)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_fashion_mnist_reads_idx_files(tmp_path, gz):
+    rng = np.random.default_rng(0)
+    imgs = {s: rng.integers(0, 256, (n, 28, 28), dtype=np.uint8) for s, n in (("train", 5), ("t10k", 3))}
+    (tmp_path / "sub").mkdir()
+    for s, a in imgs.items():
+        _idx(tmp_path / "sub" / (f"{s}-images-idx3-ubyte" + (".gz" if gz else "")), a)
+        _idx(tmp_path / "sub" / f"{s}-labels-idx1-ubyte", np.zeros(len(a), np.uint8))
+    d = load("fashion-mnist", str(tmp_path))
+    assert (d.levels, d.shape, len(d.train), len(d.test)) == (256, (1, 32, 32), 5, 3)
+    np.testing.assert_array_equal(d.train[:, 0, 2:30, 2:30], imgs["train"])  # padded by 2
+    assert d.train[:, :, :2].max() == 0 and d.test[:, :, :, 30:].max() == 0
+    np.testing.assert_array_equal(d.test[:, 0, 2:30, 2:30], imgs["t10k"])
+    assert load("fashion-mnist", str(tmp_path), n_bits=5).train.max() < 32
+
+
+def test_cifar10_reads_the_torchvision_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    batches = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batches[name] = rng.integers(0, 256, (2, 3072), dtype=np.uint8)
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": batches[name], b"labels": [0, 1]}, f)
+    d = load("cifar10", str(tmp_path))
+    assert (d.levels, d.shape, len(d.train), len(d.test)) == (256, (3, 32, 32), 10, 2)
+    np.testing.assert_array_equal(d.train[2], batches["data_batch_2"][0].reshape(3, 32, 32))
+    np.testing.assert_array_equal(d.test.reshape(2, -1), batches["test_batch"])
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                    reason="the Debian package dataset-fashion-mnist is not installed")
+def test_fashion_mnist_from_the_debian_package():
+    d = load("fashion-mnist")  # the default path: where the package puts its files
+    assert (d.shape, len(d.train), len(d.test)) == ((1, 32, 32), 60000, 10000)
 
 
 def _args(tmp_path, framework, epochs, resume=False, conv="svd"):

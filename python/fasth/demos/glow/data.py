@@ -1,8 +1,9 @@
 """Data sets as integer images ``(N, C, H, W)`` (uint8) with their number of levels.
 
 - ``digits``: scikit-learn's bundled 8x8 digits (values 0..16: 17 levels, no download).
-- ``fashion-mnist``: the IDX files of the Debian package ``dataset-fashion-mnist`` read
-  directly (gzipped or not), padded from 28x28 to 32x32.
+- ``fashion-mnist``: the IDX files of the Debian package ``dataset-fashion-mnist`` (which
+  puts them in ``/usr/share/datasets/fashion-mnist``) read directly (gzipped or not), padded
+  from 28x28 to 32x32.
 - ``cifar10``: a local torchvision-format folder (``cifar-10-batches-py``).
 
 Missing data raises ``FileNotFoundError`` naming the path searched; nothing is downloaded and
@@ -19,7 +20,7 @@ import numpy as np
 
 DATASETS = ("digits", "fashion-mnist", "cifar10")
 DEFAULT_DIRS = {
-    "fashion-mnist": "/usr/share/dataset-fashion-mnist",
+    "fashion-mnist": "/usr/share/datasets/fashion-mnist",  # where the Debian package puts it
     "cifar10": "./data",
 }
 
