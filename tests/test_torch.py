@@ -174,6 +174,35 @@ def test_compile_training_step(device):
     assert torch.isfinite(V.grad).all()
 
 
+@pytest.mark.parametrize("low", [torch.bfloat16, torch.float16])
+def test_autocast_computes_in_float32(device, low):
+    torch.manual_seed(0)
+    V = torch.randn(8, 8, device=device, requires_grad=True)
+    xl = torch.randn(8, 5, device=device).to(low).requires_grad_()
+    with torch.autocast(device, dtype=low):
+        y = ft.apply(V, xl)
+        U = ft.matrix(V.to(low))
+        y_op = torch.ops.fasth.apply(V, xl, False, 0, "auto")[0]  # the custom op's own rule
+        y_compiled = torch.compile(lambda V, X: ft.apply(V, X), fullgraph=True)(V, xl)
+    assert y.dtype == U.dtype == y_op.dtype == y_compiled.dtype == torch.float32
+    want = ft.apply(V, xl.float())
+    for got in (y, y_op, y_compiled):
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(U, ft.matrix(V.to(low).float()))
+    y.sum().backward()
+    assert xl.grad.dtype == low and V.grad.dtype == torch.float32
+    with pytest.raises(TypeError, match="X has dtype"):  # outside autocast: refused, as matmul does
+        ft.apply(V, xl)
+
+    # Layers behind a low-precision activation, forward and backward.
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), ft.Orthogonal(8), ft.SVDLinear(8, 4)).to(device)
+    with torch.autocast(device, dtype=low):
+        out = model(torch.randn(3, 8, device=device))
+    out.float().square().sum().backward()
+    for p in model.parameters():
+        assert p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+
+
 @pytest.mark.parametrize("shape", [(5, 5), (7, 4), (3, 6)])
 def test_svdlinear_matches_dense(device, shape):
     in_f, out_f = shape

@@ -262,6 +262,23 @@ _MatrixFunction = _transformable("_MatrixFunction", _matrix_impl, _matrix_setup,
                                  _vmap_matrix)
 
 
+# autocast -------------------------------------------------------------------------------
+# Under torch.autocast fasth runs in float32, as torch's float32-list ops (linalg among them)
+# do: float16 and bfloat16 inputs are cast up, float64 is left alone, and the result is
+# float32. The custom ops carry the same rule for callers of torch.ops.fasth.* directly.
+
+def _autocast(*tensors: Tensor) -> tuple[Tensor, ...]:
+    dev = tensors[0].device.type
+    if not (torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev)):
+        return tensors
+    return tuple(t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors)
+
+
+for _op in (_apply, _apply_backward, _matrix, _matrix_backward):
+    for _dev in ("cpu", "cuda"):
+        _op.register_autocast(_dev, torch.float32)
+
+
 # public functions -----------------------------------------------------------------------
 
 def apply(V: Tensor, X: Tensor, transpose: bool = False, *, block: int | None = None,
@@ -270,8 +287,9 @@ def apply(V: Tensor, X: Tensor, transpose: bool = False, *, block: int | None = 
 
     ``V``: ``(..., d, k)``, Householder vectors in columns; ``X``: ``(..., d, n)``; ``V``
     unbatched is shared by a batch of ``X``. ``strategy``: ``"blockwise"``, ``"materialize"``
-    (build ``U`` once, then one GEMM) or ``"auto"`` (by flop count)."""
-    args = (V, X, transpose, block or 0, strategy)
+    (build ``U`` once, then one GEMM) or ``"auto"`` (by flop count). Under ``torch.autocast``
+    float16/bfloat16 inputs are computed in float32."""
+    args = (*_autocast(V, X), transpose, block or 0, strategy)
     if torch.compiler.is_compiling():
         return _apply(*args)[0]
     if _functorch():
@@ -281,7 +299,7 @@ def apply(V: Tensor, X: Tensor, transpose: bool = False, *, block: int | None = 
 
 def matrix(V: Tensor, thin: bool = False, *, block: int | None = None) -> Tensor:
     """``U`` (``d x d``), or with ``thin`` its first ``k`` columns, differentiable in ``V``."""
-    args = (V, thin, block or 0)
+    args = (*_autocast(V), thin, block or 0)
     if torch.compiler.is_compiling():
         return _matrix(*args)[0]
     if _functorch():
