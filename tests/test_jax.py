@@ -213,6 +213,28 @@ def test_lowered_hlo_has_our_custom_calls():
     assert "fasth_matrix" in hlo and "fasth_matrix_backward" in hlo
 
 
+def test_layers_promote_input_and_parameters_as_flax_does():
+    nnx = pytest.importorskip("flax.nnx")
+    x, img = jnp.asarray(randn(3, 8, dtype="float32")), jnp.asarray(randn(2, 5, 5, 4, dtype="float32"))
+    layers = [(fj.Orthogonal(8, rngs=nnx.Rngs(0)), x), (fj.SVDDense(8, rngs=nnx.Rngs(1)), x),
+              (fj.SpectralDense(8, 6, rngs=nnx.Rngs(2)), x),
+              (fj.SpectralDense(8, 6, rngs=nnx.Rngs(3)), jnp.tile(x, (10, 1))),  # materialised W
+              (fj.SpectralConv1x1(4, 6, rngs=nnx.Rngs(4)), img),
+              (fj.SpectralConv(4, 6, 3, rngs=nnx.Rngs(5)), img)]
+    for layer, a in layers:
+        low = a.astype(jnp.bfloat16)  # float32 parameters: computed and returned in float32
+        y = layer(low)
+        assert y.dtype == jnp.float32
+        np.testing.assert_array_equal(y, layer(low.astype(jnp.float32)))
+        g = nnx.grad(lambda m: jnp.sum(m(low) ** 2))(layer)
+        assert all(bool(jnp.isfinite(v).all()) for v in jax.tree.leaves(g))
+        assert layer(a.astype(jnp.float64)).dtype == jnp.float64  # float64 input: float64
+    svd = layers[1][0]
+    y = svd(x.astype(jnp.bfloat16))
+    np.testing.assert_allclose(svd.inverse(y.astype(jnp.bfloat16)), x, atol=0.05)
+    assert fj.Orthogonal(8, rngs=nnx.Rngs(0), param_dtype=jnp.float64)(x).dtype == jnp.float64
+
+
 def test_bad_input_names_the_argument():
     V, X = jnp.ones((6, 4)), jnp.ones((6, 3))
     with pytest.raises(TypeError, match="X has dtype int32"):

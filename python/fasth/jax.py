@@ -344,6 +344,14 @@ def _rows(Y: jax.Array, like: jax.Array) -> jax.Array:
     return jnp.reshape(Y.T, like.shape)
 
 
+def _promote(x: jax.Array, *params: jax.Array) -> tuple[Any, Any]:
+    """A layer's (compute, result) dtypes: its input and parameters promoted together, as
+    flax's layers do (a bfloat16 input to float32 parameters gives float32), computed in at
+    least float32, the precision fasth works in."""
+    dt = jnp.result_type(x, *params)
+    return jnp.promote_types(dt, jnp.float32), dt
+
+
 try:
     from flax import nnx
 except ImportError:  # the functions above work without flax
@@ -367,10 +375,15 @@ if nnx is not None:
             self.V = _vectors(rngs, self.features, reflectors, param_dtype)
 
         def __call__(self, x: jax.Array) -> jax.Array:
-            return _rows(apply(self.V[...], _cols(x, self.features)), x)
+            return self._apply(x, False)
 
         def inverse(self, y: jax.Array) -> jax.Array:
-            return _rows(apply(self.V[...], _cols(y, self.features), True), y)
+            return self._apply(y, True)
+
+        def _apply(self, x: jax.Array, transpose: bool) -> jax.Array:
+            ct, rt = _promote(x, self.V[...])
+            Y = apply(self.V[...].astype(ct), _cols(x.astype(ct), self.features), transpose)
+            return _rows(Y, x).astype(rt)
 
         def matrix(self) -> jax.Array:
             return matrix(self.V[...])
@@ -388,16 +401,25 @@ if nnx is not None:
             self.s = nnx.Param(jnp.ones((self.features,), param_dtype))
             self.b = nnx.Param(jnp.zeros((self.features,), param_dtype)) if use_bias else None
 
+        def _params(self, x: jax.Array) -> tuple[Any, ...]:
+            """(x, U, Vt, s, b, result dtype), promoted together (``_promote``)."""
+            ps = [p[...] for p in (self.U, self.Vt, self.s, self.b) if p is not None]
+            ct, rt = _promote(x, *ps)
+            x, U, Vt, s, *b = (a.astype(ct) for a in (x, *ps))
+            return x, U, Vt, s, (b[0] if b else None), rt
+
         def __call__(self, x: jax.Array) -> jax.Array:
-            Z = apply(self.Vt[...], _cols(x, self.features), True)
-            y = _rows(apply(self.U[...], self.s[...][:, None] * Z), x)
-            return y if self.b is None else y + self.b[...]
+            x, U, Vt, s, b, rt = self._params(x)
+            Z = apply(Vt, _cols(x, self.features), True)
+            y = _rows(apply(U, s[:, None] * Z), x)
+            return (y if b is None else y + b).astype(rt)
 
         def inverse(self, y: jax.Array) -> jax.Array:
-            if self.b is not None:
-                y = y - self.b[...]
-            Z = apply(self.U[...], _cols(y, self.features), True)
-            return _rows(apply(self.Vt[...], Z / self.s[...][:, None]), y)
+            y, U, Vt, s, b, rt = self._params(y)
+            if b is not None:
+                y = y - b
+            Z = apply(U, _cols(y, self.features), True)
+            return _rows(apply(Vt, Z / s[:, None]), y).astype(rt)
 
         def logabsdet(self) -> jax.Array:
             return jnp.sum(jnp.log(jnp.abs(self.s[...])))

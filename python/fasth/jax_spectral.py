@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ._bounds import MODES, check_bound as _check
-from .jax import apply, matrix
+from .jax import _promote, apply, matrix
 
 
 def bounded_singular_values(raw: jax.Array, bound: float = 1.0, mode: str = "normalize",
@@ -81,30 +81,32 @@ class SpectralDense(nnx.Module):
         """``||W||_2 = max |s|``, exact."""
         return jnp.max(jnp.abs(self.singular_values()))
 
-    def _matrix(self, s: jax.Array) -> jax.Array:
-        return (matrix(self.U[...], thin=True) * s) @ matrix(self.Vt[...], thin=True).T
+    def _matrix(self, U: jax.Array, Vt: jax.Array, s: jax.Array) -> jax.Array:
+        return (matrix(U, thin=True) * s) @ matrix(Vt, thin=True).T
 
     def matrix(self) -> jax.Array:
         """The dense ``W`` (``out x in``)."""
-        return self._matrix(self.singular_values())
+        return self._matrix(self.U[...], self.Vt[...], self.singular_values())
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"{type(self).__name__}: expected {self.in_features} features in the "
                              f"last dimension, got shape {x.shape}")
-        s = self.singular_values()
+        ps = [self.U[...], self.Vt[...], self.singular_values()] + ([] if self.b is None else [self.b[...]])
+        ct, rt = _promote(x, *ps)  # as flax's layers promote input and parameters
+        x, U, Vt, s, *b = (a.astype(ct) for a in (x, *ps))
         lead = x.shape[:-1]
         X = jnp.reshape(x, (-1, self.in_features))
         n, r = X.shape[0], s.shape[0]
         if n >= 2 * max(self.in_features, self.out_features):
-            Y = X @ self._matrix(s).T
+            Y = X @ self._matrix(U, Vt, s).T
         else:
-            Z = apply(self.Vt[...], X.T, True)[:r] * s[:, None]            # diag(s) V^T x
+            Z = apply(Vt, X.T, True)[:r] * s[:, None]            # diag(s) V^T x
             if self.out_features > r:
                 Z = jnp.concatenate([Z, jnp.zeros((self.out_features - r, n), Z.dtype)])
-            Y = apply(self.U[...], Z).T
+            Y = apply(U, Z).T
         Y = jnp.reshape(Y, (*lead, self.out_features))
-        return Y if self.b is None else Y + self.b[...]
+        return (Y if not b else Y + b[0]).astype(rt)
 
 
 class SpectralConv1x1(SpectralDense):
@@ -134,9 +136,11 @@ class SpectralConv(nnx.Module):
         return jnp.transpose(K, (1, 2, 3, 0))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = jax.lax.conv_general_dilated(x, self.kernel(), self.strides, self.padding,
+        K = self.kernel()
+        _, rt = _promote(x, K)
+        y = jax.lax.conv_general_dilated(x.astype(rt), K.astype(rt), self.strides, self.padding,
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return y if self.svd.b is None else y + self.svd.b[...]
+        return y if self.svd.b is None else y + self.svd.b[...].astype(rt)
 
     def reshaped_norm(self) -> jax.Array:
         """``||K||_2``, exact."""
