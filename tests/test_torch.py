@@ -43,6 +43,38 @@ def test_matrix_gradcheck(device, thin):
         assert torch.autograd.gradcheck(lambda V: ft.matrix(V, thin, block=3), (V,))
 
 
+@pytest.mark.parametrize("transpose", [False, True])
+def test_gradient_of_input_gradient(device, transpose):
+    # A gradient penalty differentiates dL/dX, in V and X: gradcheck the map (V, X) -> dL/dX.
+    def input_grad(V, X):
+        y = ft.apply(V, X, transpose, block=2)
+        (dX,) = torch.autograd.grad(torch.tanh(y).sum(), X, create_graph=True)
+        return dX
+
+    for V, X in sample_inputs(device)[:4]:
+        V.requires_grad_(), X.requires_grad_()
+        assert torch.autograd.gradcheck(input_grad, (V, X))
+        (once,) = torch.autograd.grad(torch.tanh(ft.apply(V, X, transpose, block=2)).sum(), X)
+        torch.testing.assert_close(input_grad(V, X), once)  # the same dX as without the graph
+    # A layer's gradient penalty equals that of its dense weight (whose route is matrix's
+    # first-order backward), in every parameter.
+    torch.manual_seed(0)
+    layer = ft.SVDLinear(6, 6).double().to(device)
+    x = torch.randn(3, 6, dtype=torch.float64, device=device, requires_grad=True)
+
+    def penalty(f):
+        (g,) = torch.autograd.grad(torch.tanh(f(x)).sum(), x, create_graph=True)
+        return torch.autograd.grad(g.square().sum(), list(layer.parameters()))
+
+    for got, want in zip(penalty(layer), penalty(lambda x: x @ layer.weight().T + layer.bias)):
+        torch.testing.assert_close(got, want)
+    # dV has no second derivative: differentiating it again says so.
+    V, X = (t.requires_grad_() for t in sample_inputs(device)[0])
+    (dV,) = torch.autograd.grad(ft.apply(V, X).square().sum(), V, create_graph=True)
+    with pytest.raises(RuntimeError, match="gradient of V cannot be differentiated again"):
+        dV.sum().backward()
+
+
 def test_apply_matches_reference(device):
     for V, X in sample_inputs(device, torch.float32):
         for transpose in (False, True):

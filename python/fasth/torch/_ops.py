@@ -97,8 +97,30 @@ def _apply_grad(ctx, grad_out, _grad_factors=None, backward=_apply_backward):
     if grad_out is None:
         return None, None, None, None, None
     V, factors, out = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: a gradient of this gradient follows
+        transpose, block, strategy = ctx.args
+        dX = apply(V, grad_out, not transpose, block=_block(block), strategy=strategy)
+        return _ApplyGradV.apply(backward, V, factors, out, grad_out, *ctx.args), dX, None, None, None
     dV, dX = backward(V, factors, out, grad_out, *ctx.args)
     return dV, dX, None, None, None
+
+
+class _ApplyGradV(torch.autograd.Function):
+    """Under ``create_graph``, apply's backward gives ``dX = U^T grad`` (``U grad`` when
+    transposed) through ``apply`` itself, so that it is differentiable in ``V`` and ``grad``:
+    what gradient penalties and Jacobian terms on the input need. ``dV`` comes from the
+    backward op as usual, and says so if it is differentiated again: fasth has no second
+    derivative for it (Hessian-vector products in ``V``)."""
+
+    @staticmethod
+    def forward(ctx, backward, V, factors, out, grad, *args):
+        return backward(V, factors, out, grad, *args)[0]
+
+    @staticmethod
+    def backward(ctx, _):
+        raise RuntimeError(
+            "fasth.apply: the gradient of V cannot be differentiated again (fasth has no second "
+            "derivative for it); gradients of the input gradient (gradient penalties) are supported")
 
 
 _apply.register_autograd(_apply_grad, setup_context=_apply_setup)
@@ -217,8 +239,7 @@ class _ApplyEager(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out):  # differentiable in dX under create_graph (_ApplyGradV)
         return _apply_grad(ctx, grad_out, backward=_apply_backward_impl)
 
 
