@@ -144,6 +144,36 @@ def test_vmap_grads(dev):
     check_grads(jax.vmap(lambda V: fj.matrix(V, True)), (Vs,), order=1, modes=["rev"])
 
 
+@pytest.mark.parametrize("transpose", [False, True])
+def test_gradient_of_input_gradient(dev, transpose):
+    # A gradient penalty differentiates dL/dX, in V and X: check_grads of (V, X) -> dL/dX.
+    def input_grad(V, X):
+        return jax.grad(lambda X: jnp.tanh(fj.apply(V, X, transpose, block=2)).sum())(X)
+
+    V, X = put(randn(6, 4), dev), put(randn(6, 3, seed=1), dev)
+    check_grads(input_grad, (V, X), order=1, modes=["rev"])
+    check_grads(jax.vmap(input_grad, (None, 0)), (V, put(randn(2, 6, 3, seed=2), dev)), order=1,
+                modes=["rev"])
+
+    # A layer's penalty equals that of its dense weight, in every parameter.
+    nnx = pytest.importorskip("flax.nnx")
+    layer = fj.SVDDense(6, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
+    x = put(randn(3, 6, seed=3), dev)
+
+    def penalty(m, dense):
+        f = (lambda x: x @ m.matrix().T + m.b[...]) if dense else m
+        return jnp.sum(jax.grad(lambda x: jnp.tanh(f(x)).sum())(x) ** 2)
+
+    for got, want in zip(jax.tree.leaves(nnx.grad(penalty)(layer, False)),
+                         jax.tree.leaves(nnx.grad(penalty)(layer, True))):
+        close(got, want, "float64", 6)
+
+    # dV has no second derivative: differentiating it again says so.
+    for op in (lambda V: fj.apply(V, X), fj.matrix):
+        with pytest.raises(NotImplementedError, match="gradient of V cannot be differentiated"):
+            jax.grad(lambda V: jnp.sum(jax.grad(lambda V: jnp.sum(op(V) ** 3))(V) ** 2))(V)
+
+
 def test_checkpoint_and_training_step(dev):
     nnx = pytest.importorskip("flax.nnx")
     d, N = 8, 16

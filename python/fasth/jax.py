@@ -50,6 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.custom_batching import custom_vmap
+from jax.custom_derivatives import SymbolicZero
 
 from . import _api, _arrays, _core
 
@@ -267,42 +268,101 @@ def _varying(x: Any, *likes: Any) -> Any:
     return x
 
 
+# Second derivatives (gradient penalties: the gradient with respect to the input,
+# differentiated again). JAX then differentiates the fwd and bwd rules themselves, so they
+# call these custom_vjp functions rather than the custom calls: the forward rules call their
+# own function, and a backward is a function whose derivative is known where it exists.
+# dX = U^T g (U g when transposed) is apply again, so its derivative is apply's backward; dV
+# has none, and differentiating it raises instead of returning a wrong zero.
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _apply3(V, X, st):
-    return _varying(_ops(*st)[0](V, X)[0], V, X)
+    """(U X or U^T X, the T factors of V, which the backward reuses)."""
+    out, f = _ops(*st)[0](V, X)
+    return _varying(out, V, X), _varying(f, V)
 
 
 def _apply3_fwd(V, X, st):
-    out, f = _ops(*st)[0](V, X)
-    out, f = _varying(out, V, X), _varying(f, V)
-    return out, (V, f, out, jnp.reshape(X, (-1,))[:0])  # the last: X's type, for dX
+    out, f = _apply3(V, X, st)
+    return (out, f), (V, f, out, jnp.reshape(X, (-1,))[:0])  # the last: X's type, for dX
 
 
-def _apply3_bwd(st, res, g):
+def _apply3_bwd(st, res, cts):
     V, f, out, x = res
-    dV, dX = _ops(*st)[1](V, f, out, g)
+    dV, dX = _apply3_grad(V, f, out, cts[0], st)  # the factors' cotangent is zero
     return _varying(dV, V), _varying(dX, x)
 
 
 _apply3.defvjp(_apply3_fwd, _apply3_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _apply3_grad(V, f, out, g, st):
+    """(dV, dX) of apply, from its output ``out`` and cotangent ``g``."""
+    return _ops(*st)[1](V, f, out, g)
+
+
+def _apply3_grad_fwd(V, f, out, g, st):
+    V, f, out, g = (a.value for a in (V, f, out, g))
+    dV, dX = _apply3_grad(V, f, out, g, st)
+    return (dV, dX), (V, f, dX, g)
+
+
+def _apply3_grad_bwd(st, res, cts):
+    _first_order_only(cts[0], "fasth.jax.apply")
+    V, f, dX, g = res
+    if isinstance(cts[1], SymbolicZero):
+        return None, None, None, None
+    # dX = apply(V, g, not transpose); its backward at the cotangent of dX.
+    ddV, dg = _apply3_grad(V, f, dX, cts[1], (not st[0], *st[1:]))
+    return _varying(ddV, V), None, None, _varying(dg, g)
+
+
+_apply3_grad.defvjp(_apply3_grad_fwd, _apply3_grad_bwd, symbolic_zeros=True)
+
+
+def _first_order_only(ct: Any, fn: str) -> None:
+    if not isinstance(ct, SymbolicZero):
+        raise NotImplementedError(
+            f"{fn}: the gradient of V cannot be differentiated again (fasth has no second "
+            "derivative for it); gradients of the input gradient (gradient penalties) are supported")
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _matrix3(V, st):
-    return _varying(_ops(*st)[2](V)[0], V)
+    """(U, the T factors of V)."""
+    U, f = _ops(*st)[2](V)
+    return _varying(U, V), _varying(f, V)
 
 
 def _matrix3_fwd(V, st):
-    U, f = _ops(*st)[2](V)
-    return _varying(U, V), (V, _varying(f, V), _varying(U, V))
+    U, f = _matrix3(V, st)
+    return (U, f), (V, f, U)
 
 
-def _matrix3_bwd(st, res, g):
-    V, f, U = res
-    return (_varying(_ops(*st)[3](V, f, U, g), V),)
+def _matrix3_bwd(st, res, cts):
+    return (_varying(_matrix3_grad(*res, cts[0], st), res[0]),)
 
 
 _matrix3.defvjp(_matrix3_fwd, _matrix3_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _matrix3_grad(V, f, U, g, st):
+    return _ops(*st)[3](V, f, U, g)
+
+
+def _matrix3_grad_fwd(V, f, U, g, st):
+    return _matrix3_grad(*(a.value for a in (V, f, U, g)), st), None
+
+
+def _matrix3_grad_bwd(st, res, ct):
+    _first_order_only(ct, "fasth.jax.matrix")
+    return None, None, None, None
+
+
+_matrix3_grad.defvjp(_matrix3_grad_fwd, _matrix3_grad_bwd, symbolic_zeros=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,7 +379,7 @@ def apply(V, X, transpose: bool = False, *, block: int | None = None,
     V3, s = _api._prepare_apply(c, "X", block, strategy)
     X3 = c.to3(c.arrays["X"], s.d, s.n)
     st = (bool(transpose), False, int(s.block), int(s.strategy.value), bool(tf32))
-    return jnp.reshape(_apply3(V3, X3, st), (*c.batch, s.d, s.n))
+    return jnp.reshape(_apply3(V3, X3, st)[0], (*c.batch, s.d, s.n))
 
 
 def matrix(V, thin: bool = False, *, block: int | None = None, tf32: bool = False) -> jax.Array:
@@ -328,7 +388,7 @@ def matrix(V, thin: bool = False, *, block: int | None = None, tf32: bool = Fals
     c = _validate("fasth.jax.matrix", tf32, V=V)
     V3, s = _api._prepare_matrix(c, thin, block)
     st = (False, bool(thin), int(s.block), int(s.strategy.value), bool(tf32))
-    return jnp.reshape(_matrix3(V3, st), (*c.batch, s.d, s.n))
+    return jnp.reshape(_matrix3(V3, st)[0], (*c.batch, s.d, s.n))
 
 
 # ---------------------------------------------------------------------------------------------
