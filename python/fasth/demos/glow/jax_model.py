@@ -1,7 +1,9 @@
 """Glow in JAX with Flax NNX (the layer library ``fasth.jax`` builds on), images NHWC: the
-same architecture and training as the torch model (``torch_model.py``). The ``svd`` 1x1
-convolution materialises ``U`` and ``V`` with one batched ``fasth.jax.matrix``; its
-log-determinant and inverse come from the singular values.
+same architecture and training as the torch model (``torch_model.py``). As there, each level
+builds the 1x1-conv matrices of its ``K`` steps at once (``weights(convs)`` /
+``inverse_weights(convs)`` per variant): for ``svd`` one batched ``fasth.jax.matrix`` gives
+every ``U`` and ``V`` of the level; its log-determinant and inverse come from the singular
+values.
 
 ``model = Glow(cfg, seed=...)``, ``model.initialize(x)`` (data-dependent actnorm, eager), then
 ``model.encode(x)`` gives ``(zs, logdet, logpz)``, ``model.decode(zs)`` inverts it and
@@ -66,19 +68,39 @@ class ActNorm(nnx.Module):
         return y * jnp.exp(-self.logs[...]) - self.b[...]
 
 
-class PlainConv(nnx.Module):
-    def __init__(self, W0: np.ndarray):
-        self.W = nnx.Param(_f32(W0))
+def _stack(convs, name):
+    return jnp.stack([getattr(c, name)[...] for c in convs])
+
+
+class InvConv(nnx.Module):
+    """A 1x1 convolution's matrix. ``weights(convs)`` gives ``W`` (``(K, c, c)``) and
+    ``log|det W|`` (``(K,)``) of a list of convolutions of one variant, ``inverse_weights``
+    their ``W^{-1}``; one convolution is the case ``K = 1``."""
 
     def weight(self):
         """``(W, log|det W|)``."""
-        return self.W[...], jnp.linalg.slogdet(self.W[...])[1]
+        W, lad = self.weights([self])
+        return W[0], lad[0]
 
     def inverse_weight(self):
-        return jnp.linalg.inv(self.W[...])
+        return self.inverse_weights([self])[0]
 
 
-class LUConv(nnx.Module):
+class PlainConv(InvConv):
+    def __init__(self, W0: np.ndarray):
+        self.W = nnx.Param(_f32(W0))
+
+    @staticmethod
+    def weights(convs):
+        W = _stack(convs, "W")
+        return W, jnp.linalg.slogdet(W)[1]
+
+    @staticmethod
+    def inverse_weights(convs):
+        return jnp.linalg.inv(_stack(convs, "W"))
+
+
+class LUConv(InvConv):
     """``W = P L (U + diag(sign(s) e^{log|s|}))``; ``P`` and ``sign(s)`` are fixed (plain
     ``nnx.Variable``, so the optimiser leaves them alone)."""
 
@@ -93,25 +115,30 @@ class LUConv(nnx.Module):
         self.U = nnx.Param(_f32(np.triu(U, 1)))
         self.log_s = nnx.Param(_f32(np.log(np.abs(s))))
 
-    def _factors(self):
-        c = self.L.shape[0]
-        L = jnp.tril(self.L[...], -1) + jnp.eye(c)
-        U = jnp.triu(self.U[...], 1) + jnp.diag(self.sign_s[...] * jnp.exp(self.log_s[...]))
-        return L, U
+    @staticmethod
+    def _factors(convs):
+        c = convs[0].L.shape[0]
+        L = jnp.tril(_stack(convs, "L"), -1) + jnp.eye(c)
+        s = _stack(convs, "sign_s") * jnp.exp(_stack(convs, "log_s"))
+        U = jnp.triu(_stack(convs, "U"), 1) + s[:, :, None] * jnp.eye(c)
+        return _stack(convs, "P"), L, U
 
-    def weight(self):
-        L, U = self._factors()
-        return self.P[...] @ (L @ U), self.log_s[...].sum()
+    @staticmethod
+    def weights(convs):
+        P, L, U = LUConv._factors(convs)
+        return P @ (L @ U), _stack(convs, "log_s").sum(-1)
 
-    def inverse_weight(self):
-        L, U = self._factors()
-        Linv_Pt = jax.scipy.linalg.solve_triangular(L, self.P[...].T, lower=True, unit_diagonal=True)
+    @staticmethod
+    def inverse_weights(convs):
+        P, L, U = LUConv._factors(convs)
+        Linv_Pt = jax.scipy.linalg.solve_triangular(L, jnp.swapaxes(P, -1, -2), lower=True,
+                                                    unit_diagonal=True)
         return jax.scipy.linalg.solve_triangular(U, Linv_Pt, lower=False)
 
 
-class SVDConv(nnx.Module):
+class SVDConv(InvConv):
     """``W = U diag(e^{log s}) V^T`` with the Householder vectors of ``U`` and ``V`` in one
-    ``(2, c, c)`` parameter, materialised by a single ``fasth.jax.matrix``."""
+    ``(2, c, c)`` parameter; a level's frames come from a single ``fasth.jax.matrix``."""
 
     def __init__(self, W0: np.ndarray):
         import torch
@@ -129,19 +156,22 @@ class SVDConv(nnx.Module):
         self.UV = nnx.Param(_f32(np.stack([hv(u), hv(v)])))
         self.log_s = nnx.Param(_f32(np.log(s)))
 
-    def _frames(self):
+    @staticmethod
+    def _frames(convs):
         import fasth.jax as fj
 
-        UV = fj.matrix(self.UV[...])
-        return UV[0], UV[1]
+        UV = fj.matrix(_stack(convs, "UV"))  # (K, 2, c, c): one call for all frames
+        return UV[:, 0], UV[:, 1], _stack(convs, "log_s")
 
-    def weight(self):
-        U, V = self._frames()
-        return (U * jnp.exp(self.log_s[...])) @ V.T, self.log_s[...].sum()
+    @staticmethod
+    def weights(convs):
+        U, V, log_s = SVDConv._frames(convs)
+        return (U * jnp.exp(log_s)[:, None, :]) @ jnp.swapaxes(V, -1, -2), log_s.sum(-1)
 
-    def inverse_weight(self):
-        U, V = self._frames()
-        return (V * jnp.exp(-self.log_s[...])) @ U.T
+    @staticmethod
+    def inverse_weights(convs):
+        U, V, log_s = SVDConv._frames(convs)
+        return (V * jnp.exp(-log_s)[:, None, :]) @ jnp.swapaxes(U, -1, -2)
 
 
 def make_conv(kind: str, W0: np.ndarray) -> nnx.Module:
@@ -205,12 +235,13 @@ class FlowStep(nnx.Module):
         self.conv = make_conv(kind, W0)
         self.coupling = Coupling(c, width, rngs)
 
-    def __call__(self, x, logdet, init: bool = False, check=None, where: str = ""):
+    def __call__(self, x, logdet, init: bool = False, check=None, where: str = "", weight=None):
         """``check``: an empty list (eager calls only) that receives ``where`` + the name of
-        the first layer whose output is not finite."""
+        the first layer whose output is not finite. ``weight``: the 1x1 conv's ``(W,
+        log|det W|)`` when the level built it."""
         x, logdet = self.actnorm(x, logdet, init)
         _check(check, where + "actnorm", x)
-        W, lad = self.conv.weight()
+        W, lad = self.conv.weight() if weight is None else weight
         x = jnp.einsum("bhwc,dc->bhwd", x, W)
         logdet = logdet + x.shape[1] * x.shape[2] * lad
         _check(check, where + "conv", x)
@@ -218,9 +249,21 @@ class FlowStep(nnx.Module):
         _check(check, where + "coupling", x)
         return x, logdet
 
-    def inverse(self, y):
-        y = jnp.einsum("bhwc,dc->bhwd", self.coupling.inverse(y), self.conv.inverse_weight())
+    def inverse(self, y, inverse_weight=None):
+        Winv = self.conv.inverse_weight() if inverse_weight is None else inverse_weight
+        y = jnp.einsum("bhwc,dc->bhwd", self.coupling.inverse(y), Winv)
         return self.actnorm.inverse(y)
+
+
+def conv_weights(steps):
+    """``(W, log|det W|)`` of the 1x1 convolutions of a level's steps, in one batched call."""
+    convs = [s.conv for s in steps]
+    return type(convs[0]).weights(convs)
+
+
+def conv_inverse_weights(steps):
+    convs = [s.conv for s in steps]
+    return type(convs[0]).inverse_weights(convs)
 
 
 def _check(check, name, x):
@@ -273,8 +316,9 @@ class Glow(nnx.Module):
         logdet, logpz, zs = jnp.zeros(n), jnp.zeros(n), []
         for i, steps in enumerate(self.levels):
             x = squeeze(x)
+            W, lad = conv_weights(steps)
             for k, step in enumerate(steps):
-                x, logdet = step(x, logdet, init, check, f"level {i} step {k} ")
+                x, logdet = step(x, logdet, init, check, f"level {i} step {k} ", (W[k], lad[k]))
             if i < self.cfg.levels - 1:
                 ca = x.shape[-1] // 2
                 x, z = x[..., :ca], x[..., ca:]
@@ -312,8 +356,9 @@ class Glow(nnx.Module):
                 else:
                     z = zs[i]
                 x = jnp.concatenate([x, z], -1)
-            for step in reversed(self.levels[i]):
-                x = step.inverse(x)
+            Winv = conv_inverse_weights(self.levels[i])
+            for k in reversed(range(len(self.levels[i]))):
+                x = self.levels[i][k].inverse(x, Winv[k])
             x = unsqueeze(x)
         return x
 
