@@ -46,7 +46,7 @@ def _module(device: tuple[str, int]) -> Any:
     raise ValueError(f"fasth: arrays on device '{device[0]}' are not supported (cpu or cuda)")
 
 
-@dataclass
+@dataclass(slots=True)
 class Call:
     """One validated call: the arrays' library, dtype, device and the core's Shape."""
 
@@ -59,6 +59,10 @@ class Call:
     batch: tuple[int, ...] = ()
     tf32: bool = False
     like: Any = None  # the caller's first array, whose library results are handed back in
+    first: Any = None  # the first array as the library sees it: where outputs are allocated
+
+    def __post_init__(self) -> None:
+        self.first = next(iter(self.arrays.values()))
 
     @property
     def module(self) -> Any:
@@ -67,8 +71,8 @@ class Call:
     def run(self, op: str, *args: Any) -> None:
         """The device module's `op` on `args` (the Shape, flags and arrays), on the arrays'
         stream."""
-        first = next(iter(self.arrays.values()))
-        getattr(self.module, op)(*map(self.xp.arg, args), stream=self.xp.stream(first),
+        arg = self.xp.arg
+        getattr(self.module, op)(*[arg(a) for a in args], stream=self.xp.stream(self.first),
                                  tf32=self.tf32)
 
     def fail(self, cls: type[Exception], msg: str) -> Exception:
@@ -87,46 +91,45 @@ class Call:
     def alloc(self, batch: int, rows: int, cols: int, like: Any | None = None) -> Any:
         """A new (batch, rows, cols) array, column-major when `like` is (so features-last
         activations keep their layout)."""
-        xp, first = self.xp, next(iter(self.arrays.values()))
+        xp = self.xp
         if like is not None and rows > 1 and cols > 1:
             st = xp.strides(like)
             if st[-2] == 1 and st[-1] != 1:
-                return xp.transpose_last(xp.empty((batch, cols, rows), self.dtype, first))
-        return xp.empty((batch, rows, cols), self.dtype, first)
+                return xp.transpose_last(xp.empty((batch, cols, rows), self.dtype, self.first))
+        return xp.empty((batch, rows, cols), self.dtype, self.first)
 
     def buffer(self, size: int) -> Any:
-        return self.xp.empty((max(int(size), 1),), self.dtype, next(iter(self.arrays.values())))
+        return self.xp.empty((max(int(size), 1),), self.dtype, self.first)
 
     def out(self, a: Any, shape: tuple[int, ...] | None = None) -> Any:
         """A result in the caller's library, with its batch dimensions restored."""
-        if shape is not None:
+        if shape is not None and tuple(a.shape) != shape:
             a = self.xp.reshape(a, shape)
         return self.xp.unwrap(a, self.like)
 
 
 def validate(fn: str, tf32: bool = False, **arrays: Any) -> Call:
     """Same library, float dtype, device; at least two dimensions each."""
-    names = list(arrays)
-    spaces = {}
+    xp = first_name = None
+    wrapped = {}
     for name, a in arrays.items():
         try:
-            spaces[name] = _arrays.namespace(a)
+            space = _arrays.namespace(a)
         except TypeError as e:
             raise TypeError(f"{fn}: {name}: {e}") from None
-    xp = spaces[names[0]]
-    for name in names[1:]:
-        other = spaces[name]
-        if other is not xp:
+        if xp is None:
+            xp, first_name = space, name
+        elif space is not xp:
             raise TypeError(
-                f"{fn}: {name} is a {other.name} array but {names[0]} is a {xp.name} array"
+                f"{fn}: {name} is a {space.name} array but {first_name} is a {xp.name} array"
             )
-    wrapped = {name: xp.wrap(a) for name, a in arrays.items()}
+        wrapped[name] = xp.wrap(a)
     dtype = check_dtypes(fn, xp, wrapped)
-    devices = {name: xp.device(a) for name, a in wrapped.items()}
-    if len(set(devices.values())) > 1:
-        desc = ", ".join(f"{n} is on {d[0]}:{d[1]}" for n, d in devices.items())
+    devices = [xp.device(a) for a in wrapped.values()]
+    if any(d != devices[0] for d in devices):
+        desc = ", ".join(f"{n} is on {d[0]}:{d[1]}" for n, d in zip(wrapped, devices))
         raise ValueError(f"{fn}: arrays must be on one device ({desc})")
-    return Call(fn, xp, dtype, devices[names[0]], wrapped, tf32=tf32, like=arrays[names[0]])
+    return Call(fn, xp, dtype, devices[0], wrapped, tf32=tf32, like=arrays[first_name])
 
 
 def check_dtypes(fn: str, xp: _arrays.Namespace, arrays: dict[str, Any]) -> str:
@@ -156,14 +159,21 @@ def _shape(c: Call, batch: int, shared: bool, d: int, k: int, n: int, block: int
         raise c.fail(ValueError, f"block must be a positive integer, got {block}")
     if strategy not in _STRATEGIES:
         raise c.fail(ValueError, f"strategy must be one of {list(_STRATEGIES)}, got {strategy!r}")
-    s = _core.Shape()
     # int()/bool() also specialise symbolic sizes (torch.compile with dynamic shapes): the
     # block size and the factors' size depend on them.
-    s.batch, s.shared_v, s.d, s.k, s.n = int(batch), bool(shared), int(d), int(k), int(n)
-    s.block = int(block or 0)
+    return _resolved(int(batch), bool(shared), int(d), int(k), int(n), int(block or 0), strategy,
+                     c.device[0] == "cuda")
+
+
+@functools.lru_cache(maxsize=1024)
+def _resolved(batch: int, shared: bool, d: int, k: int, n: int, block: int, strategy: str,
+              cuda: bool) -> Any:
+    """The core's resolved Shape (block size and strategy chosen), once per distinct call:
+    layers call with the same sizes step after step. Callers only read it."""
+    s = _core.Shape()
+    s.batch, s.shared_v, s.d, s.k, s.n, s.block = batch, shared, d, k, n, block
     s.strategy = _STRATEGIES[strategy]
-    dev = _core.Device.cuda if c.device[0] == "cuda" else _core.Device.cpu
-    return _core.resolve(s, dev)
+    return _core.resolve(s, _core.Device.cuda if cuda else _core.Device.cpu)
 
 
 def _prepare_apply(c: Call, X_name: str, block, strategy) -> tuple[Any, Any]:
