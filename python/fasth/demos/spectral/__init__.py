@@ -12,8 +12,8 @@ power-iteration spectral norm (one iteration per step, as
    fixed-point iteration, iterations and reconstruction error, each block's true Lipschitz
    bound.
 
-Then a time-per-step comparison on one network at ``n = 4d``, ``16d`` and ``d/4``. Prints a
-table, writes ``spectral.png`` (claimed vs true norm per layer over training) and
+Then a time-per-step comparison on one network at ``n = 4d``, ``16d``, ``32d`` and ``d/4``.
+Prints a table, writes ``spectral.png`` (claimed vs true norm per layer over training) and
 ``spectral.json`` to ``--out``."""
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ def steps_per_run(args, n_train: int) -> int:
 def collect(framework: str, device: str, data, args, run_classifier, run_iresnet,
             time_steps) -> dict:
     """The demo's three parts for one framework: the classifier and the i-ResNet trained with
-    each method, then the time per step at n = 4d, 16d and d/4 (`time_steps(method, d, n)`)."""
+    each method, then the time per step at n = 4d, 16d, 32d and d/4 (`time_steps(method, d, n)`)."""
     from tqdm.auto import tqdm
 
     d = args.timing_width
-    shapes = [(d, 4 * d), (d, 16 * d), (d, d // 4)]
+    shapes = [(d, 4 * d), (d, 16 * d), (d, 32 * d), (d, d // 4)]
     total = 4 * steps_per_run(args, data[0].shape[0]) + 2 * len(shapes)
     bar = None if args.no_progress else tqdm(total=total, desc=f"spectral ({framework})", unit="step")
     res = {"framework": framework, "device": device, "classifier": {}, "iresnet": {}, "timing": []}
