@@ -99,8 +99,10 @@ def _apply_grad(ctx, grad_out, _grad_factors=None, backward=_apply_backward):
     V, factors, out = ctx.saved_tensors
     if torch.is_grad_enabled():  # create_graph=True: a gradient of this gradient follows
         transpose, block, strategy = ctx.args
-        dX = apply(V, grad_out, not transpose, block=_block(block), strategy=strategy)
-        return _ApplyGradV.apply(backward, V, factors, out, grad_out, *ctx.args), dX, None, None, None
+        need_V, need_X = ctx.needs_input_grad[:2]
+        dX = apply(V, grad_out, not transpose, block=_block(block), strategy=strategy) if need_X else None
+        dV = _ApplyGradV.apply(backward, V, factors, out, grad_out, *ctx.args) if need_V else None
+        return dV, dX, None, None, None
     dV, dX = backward(V, factors, out, grad_out, *ctx.args)
     return dV, dX, None, None, None
 
