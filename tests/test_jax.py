@@ -265,6 +265,24 @@ def test_layers_promote_input_and_parameters_as_flax_does():
     assert fj.Orthogonal(8, rngs=nnx.Rngs(0), param_dtype=jnp.float64)(x).dtype == jnp.float64
 
 
+def test_layers_without_flax_say_what_is_missing():
+    script = textwrap.dedent("""
+        import sys
+        sys.modules["flax"] = None  # as if flax were not installed
+        import jax.numpy as jnp
+        import fasth.jax as fj
+        assert fj.apply(jnp.eye(3) + 1, jnp.ones((3, 2))).shape == (3, 2)  # the functions work
+        for name in ("SVDDense", "SpectralDense"):
+            try:
+                getattr(fj, name)
+            except AttributeError as e:
+                print(e)
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("flax is not installed") == 2, r.stdout
+
+
 def test_bad_input_names_the_argument():
     V, X = jnp.ones((6, 4)), jnp.ones((6, 3))
     with pytest.raises(TypeError, match="X has dtype int32"):

@@ -497,6 +497,9 @@ __all__ += list(_SPECTRAL)
 
 def __getattr__(name: str) -> Any:
     """The spectral-norm layers of fasth.jax_spectral (built on apply and matrix above)."""
+    if nnx is None and (name in _SPECTRAL or name in ("Orthogonal", "SVDDense")):
+        raise AttributeError(f"fasth.jax.{name} is a Flax NNX layer and flax is not installed "
+                             "(pip install 'fasth[jax]')")
     if name in _SPECTRAL:
         from . import jax_spectral
 
