@@ -235,7 +235,7 @@ def test_autocast_computes_in_float32(device, low):
         assert p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
 
 
-@pytest.mark.parametrize("shape", [(5, 5), (7, 4), (3, 6)])
+@pytest.mark.parametrize("shape", [(5, 5), (7, 4), (3, 6), (70, 70), (72, 66), (65, 80)])
 def test_svdlinear_matches_dense(device, shape):
     in_f, out_f = shape
     torch.manual_seed(0)
@@ -243,7 +243,7 @@ def test_svdlinear_matches_dense(device, shape):
     with torch.no_grad():
         layer.S.uniform_(0.5, 2.0), layer.bias.normal_()
     W = layer.weight()
-    for rows in (3, 4 * max(shape)):  # applied blockwise, and with the materialised weight
+    for rows in (3, 4 * max(shape)):  # above 64 features, applied at 3 rows; else materialised
         x = torch.randn(rows, in_f, dtype=torch.float64, device=device)
         torch.testing.assert_close(layer(x), x @ W.T + layer.bias)
     assert layer.spectral_norm().item() == pytest.approx(torch.linalg.matrix_norm(W, 2).item())

@@ -21,7 +21,9 @@ maths and the convolution bound).
 
 Rectangular layers compose ``fasth.jax.apply`` / ``fasth.jax.matrix`` as
 ``fasth.jax.SVDDense`` does for square ones; the forward materialises ``W`` once when the
-batch has at least ``2 * max(in, out)`` rows (as ``fasth.torch.SVDLinear``)."""
+batch has at least ``2 * max(in, out)`` rows, where that became cheaper under ``jit``
+(``fasth.torch.SVDLinear`` also materialises layers of up to 64 features, whose eager calls
+cost more than their flops)."""
 
 from __future__ import annotations
 

@@ -127,11 +127,11 @@ class SVDLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         xt, lead = _features_first(x, self.in_features, "SVDLinear")
-        n, r = xt.shape[1], self.S.shape[0]
-        if n >= 2 * max(self.in_features, self.out_features):
-            # Many rows: one GEMM with the materialised weight is cheaper.
-            y = nn.functional.linear(x, self.weight(), self.bias)
-            return y
+        n, r, m = xt.shape[1], self.S.shape[0], max(self.in_features, self.out_features)
+        if n >= 2 * m or m <= 64:
+            # Many rows, or a small layer (whose cost is the fixed cost of each fasth call, two
+            # each way when applied): one GEMM with the materialised weight is cheaper.
+            return nn.functional.linear(x, self.weight(), self.bias)
         z = apply(self.V, xt, transpose=True)[:r] * self.S[:, None]   # diag(s) V^T x
         if self.out_features > r:
             z = torch.cat([z, z.new_zeros(self.out_features - r, n)])
