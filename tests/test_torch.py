@@ -56,11 +56,11 @@ def test_gradient_of_input_gradient(device, transpose):
         assert torch.autograd.gradcheck(input_grad, (V, X))
         (once,) = torch.autograd.grad(torch.tanh(ft.apply(V, X, transpose, block=2)).sum(), X)
         torch.testing.assert_close(input_grad(V, X), once)  # the same dX as without the graph
-    # A layer's gradient penalty equals that of its dense weight (whose route is matrix's
-    # first-order backward), in every parameter.
+    # A layer's gradient penalty (applied: 66 features, 3 rows) equals that of its dense
+    # weight (whose route is matrix's first-order backward), in every parameter.
     torch.manual_seed(0)
-    layer = ft.SVDLinear(6, 6).double().to(device)
-    x = torch.randn(3, 6, dtype=torch.float64, device=device, requires_grad=True)
+    layer = ft.SVDLinear(66, 66).double().to(device)
+    x = torch.randn(3, 66, dtype=torch.float64, device=device, requires_grad=True)
 
     def penalty(f):
         (g,) = torch.autograd.grad(torch.tanh(f(x)).sum(), x, create_graph=True)
