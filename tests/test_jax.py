@@ -226,7 +226,9 @@ def test_layers(dev):
     svd.s[...] = jnp.linspace(0.5, 3.0, d)
     svd.b[...] = jnp.arange(d, dtype=jnp.float64)
     W = np.asarray(svd.matrix())
-    close(svd(x), np.asarray(x) @ W.T + np.arange(d), "float64", d)
+    close(svd(x), np.asarray(x) @ W.T + np.arange(d), "float64", d)  # applied (10 rows)
+    xb = put(randn(4 * d, d, seed=5), dev)  # many rows: the materialised W
+    close(svd(xb), np.asarray(xb) @ W.T + np.arange(d), "float64", d)
     close(svd.inverse(svd(x)), x, "float64", d)
     close(svd.logabsdet(), np.linalg.slogdet(W)[1], "float64", d)
     close(svd.spectral_norm(), np.linalg.norm(W, 2), "float64", d)

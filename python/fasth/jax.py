@@ -470,8 +470,11 @@ if nnx is not None:
 
         def __call__(self, x: jax.Array) -> jax.Array:
             x, U, Vt, s, b, rt = self._params(x)
-            Z = apply(Vt, _cols(x, self.features), True)
-            y = _rows(apply(U, s[:, None] * Z), x)
+            X = _cols(x, self.features)
+            if X.shape[1] >= 2 * self.features:  # many rows: one GEMM with W, as SpectralDense
+                y = _rows(((matrix(U) * s) @ matrix(Vt).T) @ X, x)
+            else:
+                y = _rows(apply(U, s[:, None] * apply(Vt, X, True)), x)
             return (y if b is None else y + b).astype(rt)
 
         def inverse(self, y: jax.Array) -> jax.Array:
