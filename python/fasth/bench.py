@@ -28,6 +28,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ._cli import check_device
+
 OPS = {"apply": "forward U X", "fwd+bwd": "forward + backward of U X", "matrix": "materialise U"}
 
 
@@ -598,8 +600,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, Config]:
                     "SciPy use, XLA); default: each library's own default")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
-    if a.device == "cuda" and not torch.cuda.is_available():
-        ap.error("--device cuda: torch sees no CUDA device")
+    check_device(ap, a.device)
     dtypes = (a.dtype or ("float32" if a.quick or a.device == "cuda" else "float32,float64")).split(",")
     for t in dtypes:
         if t not in ("float32", "float64"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from fasth._cli import check_device
 from .data import DATASETS
 
 SIZES = {  # per data set: levels, steps, width, batch size, epochs
@@ -51,7 +52,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    p = parser()
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    check_device(p, args.device)
     if args.bench:
         from .bench import run
 

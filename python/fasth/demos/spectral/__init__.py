@@ -27,6 +27,8 @@ import time
 
 import numpy as np
 
+from fasth._cli import check_device
+
 RADII = (0.1, 0.25, 0.5)
 BOUND_IRESNET = 0.9
 
@@ -272,7 +274,9 @@ def plot(res: dict, path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    check_device(p, args.device, args.framework)
     data = load_digits(args.seed)
     if args.framework == "torch":
         from . import torch_demo as demo
