@@ -31,6 +31,7 @@ def test_unknown_jax_backend_is_a_usage_error(capsys):
         pytest.skip("this machine has a JAX CUDA backend")
     except RuntimeError:
         pass
-    with pytest.raises(SystemExit):
-        spectral.main(["--framework", "jax", "--device", "cuda"])
-    assert "JAX has no such backend" in capsys.readouterr().err
+    for main in (spectral.main, glow.main):
+        with pytest.raises(SystemExit):
+            main(["--framework", "jax", "--device", "cuda"])
+        assert "JAX has no such backend" in capsys.readouterr().err

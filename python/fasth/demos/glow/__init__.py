@@ -26,7 +26,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--framework", choices=("torch", "jax"), default="torch")
     p.add_argument("--conv", choices=("plain", "lu", "svd"), default="svd",
                    help="invertible 1x1 convolution (default svd: fasth)")
-    p.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")
+    p.add_argument("--device", default=None,
+                   help="torch device or JAX backend (default: cuda if available, else cpu)")
     p.add_argument("--data", choices=DATASETS, default="digits")
     p.add_argument("--data-dir", default=None, help="where fashion-mnist / cifar10 live")
     p.add_argument("--n-bits", type=int, default=None, help="reduce 8-bit data to this many bits")
@@ -54,7 +55,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    check_device(p, args.device)
+    check_device(p, args.device, args.framework)
     if args.bench:
         from .bench import run
 
@@ -80,9 +81,12 @@ def main(argv: list[str] | None = None) -> int:
             from .train import train_torch
 
             return train_torch(args, data)
+        import jax
+
         from .jax_model import train_jax
 
-        return train_jax(args, data)
+        with jax.default_device(jax.devices(args.device)[0] if args.device else None):
+            return train_jax(args, data)
     except NonFiniteLoss as e:
         print(f"fasth glow: training stopped: {e}", file=sys.stderr)
         return 1
