@@ -6,7 +6,7 @@ device and stream."""
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from . import _arrays
@@ -59,7 +59,7 @@ class Call:
     batch: tuple[int, ...] = ()
     tf32: bool = False
     like: Any = None  # the caller's first array, whose library results are handed back in
-    first: Any = None  # the first array as the library sees it: where outputs are allocated
+    first: Any = field(init=False)  # the first array as the library sees it: outputs go there
 
     def __post_init__(self) -> None:
         self.first = next(iter(self.arrays.values()))

@@ -24,6 +24,6 @@ def check_device(parser: argparse.ArgumentParser, device: str | None, framework:
         dev = torch.device(device)
     except RuntimeError as e:
         parser.error(f"--device {device}: {e}")
-    if dev.type == "cuda" and (dev.index or 0) >= (torch.cuda.device_count() if torch.cuda.is_available() else 0):
-        parser.error(f"--device {device}: torch sees no such CUDA device "
-                     f"({torch.cuda.device_count() if torch.cuda.is_available() else 0} available)")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if dev.type == "cuda" and (dev.index or 0) >= count:
+        parser.error(f"--device {device}: torch sees no such CUDA device ({count} available)")

@@ -404,12 +404,13 @@ def _rows(Y: jax.Array, like: jax.Array) -> jax.Array:
     return jnp.reshape(Y.T, like.shape)
 
 
-def _promote(x: jax.Array, *params: jax.Array) -> tuple[Any, Any]:
-    """A layer's (compute, result) dtypes: its input and parameters promoted together, as
-    flax's layers do (a bfloat16 input to float32 parameters gives float32), computed in at
-    least float32, the precision fasth works in."""
-    dt = jnp.result_type(x, *params)
-    return jnp.promote_types(dt, jnp.float32), dt
+def _promote(*arrays: jax.Array) -> tuple[list, Any]:
+    """A layer's input and parameters in one dtype, as flax's layers promote them (a bfloat16
+    input to float32 parameters gives float32), at least float32, the precision fasth works
+    in; and the dtype of the result (the promoted one)."""
+    dt = jnp.result_type(*arrays)
+    ct = jnp.promote_types(dt, jnp.float32)
+    return [a.astype(ct) for a in arrays], dt
 
 
 try:
@@ -441,9 +442,8 @@ if nnx is not None:
             return self._apply(y, True)
 
         def _apply(self, x: jax.Array, transpose: bool) -> jax.Array:
-            ct, rt = _promote(x, self.V[...])
-            Y = apply(self.V[...].astype(ct), _cols(x.astype(ct), self.features), transpose)
-            return _rows(Y, x).astype(rt)
+            (x, V), rt = _promote(x, self.V[...])
+            return _rows(apply(V, _cols(x, self.features), transpose), x).astype(rt)
 
         def matrix(self) -> jax.Array:
             return matrix(self.V[...])
@@ -463,9 +463,8 @@ if nnx is not None:
 
         def _params(self, x: jax.Array) -> tuple[Any, ...]:
             """(x, U, Vt, s, b, result dtype), promoted together (``_promote``)."""
-            ps = [p[...] for p in (self.U, self.Vt, self.s, self.b) if p is not None]
-            ct, rt = _promote(x, *ps)
-            x, U, Vt, s, *b = (a.astype(ct) for a in (x, *ps))
+            (x, U, Vt, s, *b), rt = _promote(x, *(p[...] for p in (self.U, self.Vt, self.s, self.b)
+                                                  if p is not None))
             return x, U, Vt, s, (b[0] if b else None), rt
 
         def __call__(self, x: jax.Array) -> jax.Array:

@@ -94,9 +94,8 @@ class SpectralDense(nnx.Module):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"{type(self).__name__}: expected {self.in_features} features in the "
                              f"last dimension, got shape {x.shape}")
-        ps = [self.U[...], self.Vt[...], self.singular_values()] + ([] if self.b is None else [self.b[...]])
-        ct, rt = _promote(x, *ps)  # as flax's layers promote input and parameters
-        x, U, Vt, s, *b = (a.astype(ct) for a in (x, *ps))
+        bias = [] if self.b is None else [self.b[...]]
+        (x, U, Vt, s, *b), rt = _promote(x, self.U[...], self.Vt[...], self.singular_values(), *bias)
         lead = x.shape[:-1]
         X = jnp.reshape(x, (-1, self.in_features))
         n, r = X.shape[0], s.shape[0]
@@ -139,7 +138,7 @@ class SpectralConv(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         K = self.kernel()
-        _, rt = _promote(x, K)
+        rt = jnp.result_type(x, K)  # as flax's Conv promotes input and kernel
         y = jax.lax.conv_general_dilated(x.astype(rt), K.astype(rt), self.strides, self.padding,
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return y if self.svd.b is None else y + self.svd.b[...].astype(rt)

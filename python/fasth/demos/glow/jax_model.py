@@ -255,14 +255,13 @@ class FlowStep(nnx.Module):
         return self.actnorm.inverse(y)
 
 
-def conv_weights(steps):
-    """``(W, log|det W|)`` of the 1x1 convolutions of a level's steps, in one batched call."""
-    convs = [s.conv for s in steps]
+def conv_weights(convs):
+    """``(W, log|det W|)`` of a list of one variant's 1x1 convolutions (a level's), in one
+    batched call."""
     return type(convs[0]).weights(convs)
 
 
-def conv_inverse_weights(steps):
-    convs = [s.conv for s in steps]
+def conv_inverse_weights(convs):
     return type(convs[0]).inverse_weights(convs)
 
 
@@ -316,7 +315,7 @@ class Glow(nnx.Module):
         logdet, logpz, zs = jnp.zeros(n), jnp.zeros(n), []
         for i, steps in enumerate(self.levels):
             x = squeeze(x)
-            W, lad = conv_weights(steps)
+            W, lad = conv_weights([step.conv for step in steps])
             for k, step in enumerate(steps):
                 x, logdet = step(x, logdet, init, check, f"level {i} step {k} ", (W[k], lad[k]))
             if i < self.cfg.levels - 1:
@@ -356,7 +355,7 @@ class Glow(nnx.Module):
                 else:
                     z = zs[i]
                 x = jnp.concatenate([x, z], -1)
-            Winv = conv_inverse_weights(self.levels[i])
+            Winv = conv_inverse_weights([step.conv for step in self.levels[i]])
             for k in reversed(range(len(self.levels[i]))):
                 x = self.levels[i][k].inverse(x, Winv[k])
             x = unsqueeze(x)
