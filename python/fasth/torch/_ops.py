@@ -12,7 +12,6 @@ import os
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from .. import _api, _core
 
@@ -101,28 +100,33 @@ def _apply_grad(ctx, grad_out, _grad_factors=None, backward=_apply_backward):
         transpose, block, strategy = ctx.args
         need_V, need_X = ctx.needs_input_grad[:2]
         dX = apply(V, grad_out, not transpose, block=_block(block), strategy=strategy) if need_X else None
-        dV = _ApplyGradV.apply(backward, V, factors, out, grad_out, *ctx.args) if need_V else None
+        dV = _ApplyGradV.apply(lambda *a: backward(*a)[0], V, factors, out, grad_out,
+                               *ctx.args) if need_V else None
         return dV, dX, None, None, None
     dV, dX = backward(V, factors, out, grad_out, *ctx.args)
     return dV, dX, None, None, None
 
 
-class _ApplyGradV(torch.autograd.Function):
-    """Under ``create_graph``, apply's backward gives ``dX = U^T grad`` (``U grad`` when
-    transposed) through ``apply`` itself, so that it is differentiable in ``V`` and ``grad``:
-    what gradient penalties and Jacobian terms on the input need. ``dV`` comes from the
-    backward op as usual, and says so if it is differentiated again: fasth has no second
-    derivative for it (Hessian-vector products in ``V``)."""
-
-    @staticmethod
-    def forward(ctx, backward, V, factors, out, grad, *args):
-        return backward(V, factors, out, grad, *args)[0]
-
-    @staticmethod
-    def backward(ctx, _):
+def _first_order_only(fn: str) -> type[torch.autograd.Function]:
+    """A Function that returns a gradient of V computed by a backward op and says so if that
+    gradient is differentiated again: fasth has no second derivative in V (Hessian-vector
+    products in V), while gradients of the input gradient (gradient penalties) are supported.
+    In setup_context form with a generated vmap rule, so that it also works under torch.func."""
+    def forward(backward, *args):
+        return backward(*args)
+    def setup_context(ctx, inputs, output):
+        pass
+    def backward(ctx, *_):
         raise RuntimeError(
-            "fasth.apply: the gradient of V cannot be differentiated again (fasth has no second "
+            f"{fn}: the gradient of V cannot be differentiated again (fasth has no second "
             "derivative for it); gradients of the input gradient (gradient penalties) are supported")
+    return type("_FirstOrderOnly", (torch.autograd.Function,), {
+        "generate_vmap_rule": True, "forward": staticmethod(forward),
+        "setup_context": staticmethod(setup_context), "backward": staticmethod(backward)})
+
+
+_ApplyGradV = _first_order_only("fasth.apply")
+_MatrixGradV = _first_order_only("fasth.matrix")
 
 
 _apply.register_autograd(_apply_grad, setup_context=_apply_setup)
@@ -168,6 +172,8 @@ def _matrix_grad(ctx, grad_U, _grad_factors=None, backward=_matrix_backward):
     if grad_U is None:
         return None, None, None
     V, factors, U = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: the gradient of dV raises
+        return _MatrixGradV.apply(backward, V, factors, U, grad_U, *ctx.args), None, None
     return backward(V, factors, U, grad_U, *ctx.args), None, None
 
 
@@ -253,8 +259,7 @@ class _MatrixEager(torch.autograd.Function):
         return U
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_U):
+    def backward(ctx, grad_U):  # differentiating dV again raises (_MatrixGradV)
         return _matrix_grad(ctx, grad_U, backward=_matrix_backward_impl)
 
 
@@ -275,7 +280,7 @@ def _transformable(name: str, impl, setup, grad, vmap_rule) -> type[torch.autogr
 
     cls = type(name, (torch.autograd.Function,), {
         "forward": staticmethod(impl), "setup_context": staticmethod(setup),
-        "backward": staticmethod(once_differentiable(backward))})
+        "backward": staticmethod(backward)})
     cls.vmap = staticmethod(vmap_rule(cls.apply))
     return cls
 
