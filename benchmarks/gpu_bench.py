@@ -107,9 +107,7 @@ def orthogonal(d: int) -> torch.Tensor:
 
 
 def strategy_of(d: int, k: int, n: int) -> str:
-    s = api._core.Shape()
-    s.d, s.k, s.n = d, k, n
-    return str(api._core.resolve(s, api._core.Device.cuda).strategy).split(".")[-1]
+    return str(api._core.choose_strategy(d, k, n)).split(".")[-1]
 
 
 @dataclass

@@ -1,58 +1,104 @@
-// fasth._core: the CPU module. Fills the core's BLAS table from SciPy's BLAS at import (the
-// capsules of scipy.linalg.cython_blas, as jaxlib does), so nothing is linked at build time.
+// fasth._core: the CPU module, and the home of the Plan type that every module shares. The
+// CPU backend's BLAS is a property of each call: tables registered here (SciPy's, from the
+// capsules of scipy.linalg.cython_blas as jaxlib does, and any other by its addresses) are
+// immutable once registered, and a call names the one it uses.
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
+
+#include <atomic>
+#include <stdexcept>
 
 #include "fasth/cpu.hpp"
 #include "jax_ffi.hpp"
 #include "ops.hpp"
-#include "shape.hpp"
+#include "plan.hpp"
 
 namespace nb = nanobind;
 
 namespace {
 
-template <class T>
-struct MakeCpu {
-  static fasth::cpu::CpuBackend<T> make(int, std::uintptr_t, bool) { return {}; }
-};
+// Registered BLAS tables: written once each, then only read (no lock on the read path).
+constexpr int kMaxBlas = 16;
+fasth::cpu::Blas g_tables[kMaxBlas];
+std::atomic<int> g_count{0};
+std::atomic_flag g_writing = ATOMIC_FLAG_INIT;
 
-void load_scipy_blas() {
-  nb::dict capi = nb::module_::import_("scipy.linalg.cython_blas").attr("__pyx_capi__");
-  auto fn = [&](const char* name) { return nb::cast<nb::capsule>(capi[name]).data(); };
-  fasth::cpu::set_blas({reinterpret_cast<fasth::cpu::gemm_fn<float>*>(fn("sgemm")),
-                        reinterpret_cast<fasth::cpu::gemm_fn<double>*>(fn("dgemm")),
-                        reinterpret_cast<fasth::cpu::syrk_fn<float>*>(fn("ssyrk")),
-                        reinterpret_cast<fasth::cpu::syrk_fn<double>*>(fn("dsyrk"))});
+int add_blas(const fasth::cpu::Blas& b) {
+  if (!b.sgemm || !b.dgemm) throw std::invalid_argument("fasth: a BLAS needs sgemm and dgemm");
+  while (g_writing.test_and_set(std::memory_order_acquire)) {
+  }
+  const int id = g_count.load();
+  if (id == kMaxBlas) {
+    g_writing.clear(std::memory_order_release);
+    throw std::runtime_error("fasth: too many BLAS tables registered");
+  }
+  g_tables[id] = b;
+  g_count.store(id + 1, std::memory_order_release);
+  g_writing.clear(std::memory_order_release);
+  return id;
 }
 
-// A BLAS given by the addresses of its Fortran entry points (0: absent; all but the gemms
-// are optional).
-void use_blas(std::uintptr_t sgemm, std::uintptr_t dgemm, std::uintptr_t ssyrk,
-              std::uintptr_t dsyrk, std::uintptr_t set_threads_local,
-              std::uintptr_t sgemm_batch, std::uintptr_t dgemm_batch) {
-  fasth::cpu::set_blas({reinterpret_cast<fasth::cpu::gemm_fn<float>*>(sgemm),
-                        reinterpret_cast<fasth::cpu::gemm_fn<double>*>(dgemm),
-                        reinterpret_cast<fasth::cpu::syrk_fn<float>*>(ssyrk),
-                        reinterpret_cast<fasth::cpu::syrk_fn<double>*>(dsyrk),
-                        reinterpret_cast<int (*)(int)>(set_threads_local),
-                        reinterpret_cast<fasth::cpu::gemm_batch_fn<float>*>(sgemm_batch),
-                        reinterpret_cast<fasth::cpu::gemm_batch_fn<double>*>(dgemm_batch)});
+const fasth::cpu::Blas& blas_table(int id) {
+  if (id < 0 || id >= g_count.load(std::memory_order_acquire))
+    throw std::invalid_argument("fasth: no BLAS registered with id " + std::to_string(id));
+  return g_tables[id];
+}
+
+template <class T>
+struct MakeCpu {
+  static fasth::cpu::CpuBackend<T> make(int, std::uintptr_t, bool, int blas) {
+    return fasth::cpu::CpuBackend<T>(blas_table(blas));
+  }
+};
+
+template <class F>
+F* as(std::uintptr_t a) {
+  return reinterpret_cast<F*>(a);
+}
+
+int scipy_blas() {
+  nb::dict capi = nb::module_::import_("scipy.linalg.cython_blas").attr("__pyx_capi__");
+  auto fn = [&](const char* name) { return reinterpret_cast<std::uintptr_t>(nb::cast<nb::capsule>(capi[name]).data()); };
+  fasth::cpu::Blas b;
+  b.sgemm = as<fasth::cpu::gemm_fn<float>>(fn("sgemm"));
+  b.dgemm = as<fasth::cpu::gemm_fn<double>>(fn("dgemm"));
+  b.ssyrk = as<fasth::cpu::syrk_fn<float>>(fn("ssyrk"));
+  b.dsyrk = as<fasth::cpu::syrk_fn<double>>(fn("dsyrk"));
+  b.strmm = as<fasth::cpu::trmm_fn<float>>(fn("strmm"));
+  b.dtrmm = as<fasth::cpu::trmm_fn<double>>(fn("dtrmm"));
+  return add_blas(b);
+}
+
+int register_blas(std::uintptr_t sgemm, std::uintptr_t dgemm, std::uintptr_t ssyrk,
+                  std::uintptr_t dsyrk, std::uintptr_t strmm, std::uintptr_t dtrmm,
+                  std::uintptr_t set_threads_local, std::uintptr_t sgemm_batch,
+                  std::uintptr_t dgemm_batch) {
+  fasth::cpu::Blas b;
+  b.sgemm = as<fasth::cpu::gemm_fn<float>>(sgemm);
+  b.dgemm = as<fasth::cpu::gemm_fn<double>>(dgemm);
+  b.ssyrk = as<fasth::cpu::syrk_fn<float>>(ssyrk);
+  b.dsyrk = as<fasth::cpu::syrk_fn<double>>(dsyrk);
+  b.strmm = as<fasth::cpu::trmm_fn<float>>(strmm);
+  b.dtrmm = as<fasth::cpu::trmm_fn<double>>(dtrmm);
+  b.set_threads_local = as<int(int)>(set_threads_local);
+  b.sgemm_batch = as<fasth::cpu::gemm_batch_fn<float>>(sgemm_batch);
+  b.dgemm_batch = as<fasth::cpu::gemm_batch_fn<double>>(dgemm_batch);
+  return add_blas(b);
 }
 
 }  // namespace
 
 NB_MODULE(_core, m) {
-  m.doc() = "fasth core on CPU arrays (BLAS from SciPy)";
-  fasth::bindings::def_shape(m);
-  fasth::bindings::def_ops<float, nb::device::cpu, MakeCpu>(m);
-  fasth::bindings::def_ops<double, nb::device::cpu, MakeCpu>(m);
+  m.doc() = "fasth core on CPU arrays";
+  fasth::bindings::def_plan(m);
+  fasth::bindings::def_runs<MakeCpu, nb::device::cpu::value>(m);
   fasth::bindings::def_jax_ffi<fasth::Device::cpu, MakeCpu>(m);
-  m.def("use_blas", &use_blas, nb::arg("sgemm"), nb::arg("dgemm"), nb::arg("ssyrk") = 0,
-        nb::arg("dsyrk") = 0, nb::arg("set_threads_local") = 0, nb::arg("sgemm_batch") = 0,
-        nb::arg("dgemm_batch") = 0,
-        "Use the BLAS at these addresses (Fortran ABI, 32-bit integers; set_threads_local: "
-        "MKL's MKL_Set_Num_Threads_Local, to run small products on one thread; ?gemm_batch: "
-        "MKL's group interface, for batches).");
-  m.def("load_scipy_blas", &load_scipy_blas, "Fill the BLAS table from SciPy (done by `import fasth`).");
+  m.def("scipy_blas", &scipy_blas,
+        "Registers SciPy's BLAS (scipy.linalg.cython_blas) and returns its id.");
+  m.def("register_blas", &register_blas, nb::arg("sgemm"), nb::arg("dgemm"), nb::arg("ssyrk") = 0,
+        nb::arg("dsyrk") = 0, nb::arg("strmm") = 0, nb::arg("dtrmm") = 0,
+        nb::arg("set_threads_local") = 0, nb::arg("sgemm_batch") = 0, nb::arg("dgemm_batch") = 0,
+        "Registers the BLAS at these addresses (Fortran ABI, 32-bit integers; 0: absent, all "
+        "but the gemms optional; set_threads_local: MKL's MKL_Set_Num_Threads_Local, to run "
+        "small products on one thread; ?gemm_batch: MKL's group interface) and returns its id.");
 }

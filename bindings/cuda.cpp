@@ -1,14 +1,13 @@
-// fasth._cuda: the CUDA module, the same ops as fasth._core over CUDA arrays (DLPack device
-// kCUDA). Imported lazily by fasth._api.cuda_module(); importing it touches neither the driver
-// nor a GPU (the CUDA runtime loads libcuda on its first call), so it imports on machines
-// without either and unavailable_reason() says why it cannot run there.
+// fasth._cuda: the CUDA module, the same runs as fasth._core over CUDA memory, with the Plan
+// type fasth._core defines. Imported lazily by fasth._api.cuda_module(); importing it touches
+// neither the driver nor a GPU (the CUDA runtime loads libcuda on its first call), so it
+// imports on machines without either and unavailable_reason() says why it cannot run there.
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
 
-#include "cuda_backend.hpp"
+#include "fasth/cuda.hpp"
 #include "jax_ffi.hpp"
 #include "ops.hpp"
-#include "shape.hpp"
 
 namespace nb = nanobind;
 
@@ -19,7 +18,7 @@ namespace {
 // legacy default stream).
 template <class T>
 struct MakeCuda {
-  static fasth::cuda::CudaBackend<T> make(int device, std::uintptr_t stream, bool tf32) {
+  static fasth::cuda::CudaBackend<T> make(int device, std::uintptr_t stream, bool tf32, int) {
     return fasth::cuda::CudaBackend<T>(device, reinterpret_cast<cudaStream_t>(stream), tf32);
   }
 };
@@ -28,18 +27,11 @@ struct MakeCuda {
 
 NB_MODULE(_cuda, m) {
   m.doc() = "fasth core on CUDA arrays (cuBLAS and fasth's kernels, on the caller's stream)";
-  // fasth._core (imported first by the package) has registered the shared types; registering
-  // a C++ type again would only warn, so reuse them. Alone (stub generation), define them.
-  if (nb::type<fasth::Shape>().is_valid()) {
-    nb::module_ core = nb::module_::import_("fasth._core");
-    for (const char* name : {"Strategy", "Device", "Op", "Shape", "resolve", "factors_size",
-                             "workspace_size", "addressable"})
-      m.attr(name) = core.attr(name);
-  } else {
-    fasth::bindings::def_shape(m);
+  try {
+    nb::module_::import_("fasth._core");  // the Plan type (absent only for stub generation)
+  } catch (const nb::python_error&) {
   }
-  fasth::bindings::def_ops<float, nb::device::cuda, MakeCuda>(m);
-  fasth::bindings::def_ops<double, nb::device::cuda, MakeCuda>(m);
+  fasth::bindings::def_runs<MakeCuda, nb::device::cuda::value>(m);
   fasth::bindings::def_jax_ffi<fasth::Device::cuda, MakeCuda>(m);
   m.def("unavailable_reason", &fasth::cuda::unavailable_reason,
         nb::call_guard<nb::gil_scoped_release>(),

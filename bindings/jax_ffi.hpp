@@ -1,16 +1,18 @@
 // XLA FFI handlers for fasth.jax, written once for every device module: fasth._core registers
 // them for XLA's CPU platform, fasth._cuda for CUDA, each with its own backend factory (the
-// Make<T>::make(device, stream, tf32) of ops.hpp). `jax_registrations()` returns the handlers
-// as capsules for jax.ffi.register_ffi_target; built only where the XLA FFI headers (from
-// jax.ffi.include_dir()) were found, else it returns an empty dict.
+// Make<T>::make(device, stream, tf32, blas) of ops.hpp). `jax_registrations()` returns the
+// handlers as capsules for jax.ffi.register_ffi_target; built only where the XLA FFI headers
+// (from jax.ffi.include_dir()) were found, else it returns an empty dict.
 //
-// Buffers are row-major (batch, rows, cols) arrays, one dtype per call (float32 or float64,
-// dispatched once). V has batch 1 (shared by every batch entry: its gradient is summed) or
-// the batch of X. Outputs include the T factors (saved for the backward) and the workspace:
-// XLA allocates both with the call's other buffers, so the handlers allocate nothing, never
-// synchronise, and enqueue on XLA's stream: safe to capture in command buffers (CUDA graphs).
-// Shapes, strategy and block are resolved here by the core; fasth.jax sizes the factors and
-// workspace outputs for any device (the largest), and they are checked here.
+// Two custom calls, each a Plan's run on row-major arrays of any rank (the plan is made
+// from the buffers' dimensions each call: cheap, and the one home of the shape rules):
+//   fasth_forward   args V, [tau], [X]                 rets out, factors, workspace
+//   fasth_backward  args V, [tau], [S], factors, grad  rets dV, [dtau], [dX], workspace
+// with tau for LAPACK reflectors, X and S (the saved output, or the input for LAPACK
+// reflectors) for apply. One dtype per call (float32 or float64, dispatched once). The
+// factors and the workspace are outputs: XLA allocates them with the call's other buffers,
+// so the handlers allocate nothing, never synchronise, and enqueue on XLA's stream (safe to
+// capture in command buffers). fasth.jax sizes them for any device (the largest).
 #pragma once
 
 #include <nanobind/nanobind.h>
@@ -18,7 +20,6 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
-#include <utility>
 
 #include "fasth/fasth.hpp"
 
@@ -34,86 +35,78 @@ namespace jax_ffi {
 
 namespace ffi = xla::ffi;
 using Buf = ffi::AnyBuffer;
-using Ret = ffi::Result<ffi::AnyBuffer>;
 
-struct Dims {
-  index_t batch, rows, cols;
-};
-
-inline Dims dims_of(const Buf& b, const char* name) {
-  auto d = b.dimensions();
-  if (d.size() != 3)
-    throw std::invalid_argument(std::string("fasth: ") + name + " must be a (batch, rows, cols) buffer");
-  return {d[0], d[1], d[2]};
+inline Array row_major(const Buf& b) {
+  const auto dims = b.dimensions();
+  if (dims.size() > static_cast<std::size_t>(kMaxRank))
+    throw std::invalid_argument("fasth: more than 8 dimensions");
+  Array a;
+  a.rank = static_cast<int>(dims.size());
+  index_t s = 1;
+  for (int i = a.rank - 1; i >= 0; --i) a.shape[i] = dims[i], a.strides[i] = s, s *= std::max<index_t>(dims[i], 1);
+  return a;
 }
 
-template <class T, class B>
-Matrix<T> mat(B& b, const Dims& s) {
-  return {reinterpret_cast<T*>(b.untyped_data()), s.rows, s.cols, s.cols, 1,
-          s.batch > 1 ? s.rows * s.cols : 0};
+inline Buf arg(const ffi::RemainingArgs& args, std::size_t i) {
+  auto b = args.get<Buf>(i);
+  if (!b.has_value()) throw std::invalid_argument("fasth: a custom call argument is missing");
+  return *b;
 }
 
-inline void check_size(std::size_t have, std::size_t need, const char* name) {
-  if (have < need)
-    throw std::invalid_argument(std::string("fasth: ") + name + " holds " + std::to_string(have) +
-                                " elements, needs " + std::to_string(need));
+inline ffi::Result<Buf> ret(const ffi::RemainingRets& rets, std::size_t i) {
+  auto b = rets.get<Buf>(i);
+  if (!b.has_value()) throw std::invalid_argument("fasth: a custom call result is missing");
+  return *b;
 }
 
-// A buffer of at least `need` elements: an output, or an input (the saved factors).
 template <class T>
-T* buffer(Ret& b, std::size_t need, const char* name) {
-  check_size(b->element_count(), need, name);
+T* data(const Buf& b) {
+  return reinterpret_cast<T*>(b.untyped_data());
+}
+template <class T>
+T* data(ffi::Result<Buf>& b, std::size_t need, const char* name) {
+  if (b->element_count() < need)
+    throw std::invalid_argument(std::string("fasth: ") + name + " holds " +
+                                std::to_string(b->element_count()) + " elements, needs " +
+                                std::to_string(need));
   return reinterpret_cast<T*>(b->untyped_data());
 }
-template <class T>
-const T* buffer(const Buf& b, std::size_t need, const char* name) {
-  check_size(b.element_count(), need, name);
-  return reinterpret_cast<const T*>(b.untyped_data());
-}
 
-// The core's Shape for V (bv, d, k) against a (batch, d, n) operand.
-inline Shape shape_of(const Dims& v, const Dims& x, const char* x_name, int64_t block,
-                      int64_t strategy, Device dev) {
-  if (x.rows != v.rows)
-    throw std::invalid_argument(std::string("fasth: ") + x_name + " has " +
-                                std::to_string(x.rows) + " rows but V has d = " +
-                                std::to_string(v.rows));
-  if (v.batch != 1 && v.batch != x.batch)
-    throw std::invalid_argument("fasth: V has batch " + std::to_string(v.batch) +
-                                ", expected 1 or " + std::to_string(x.batch));
-  Shape s;
-  s.batch = x.batch;
-  s.shared_v = v.batch != x.batch || x.batch == 1;  // an empty batch shares nothing
-  s.d = v.rows;
-  s.k = v.cols;
-  s.n = x.cols;
-  s.block = block;
-  s.strategy = static_cast<Strategy>(strategy);
-  return resolve(s, dev);
-}
-
-template <class T>
-struct Tag {
-  using type = T;
-};
-
-// Runs body(Tag<T>{}) for the call's dtype; C++ exceptions become FFI errors.
+// Runs body(T{}) for the call's dtype; C++ exceptions become FFI errors.
 template <class Body>
 ffi::Error dispatch(ffi::DataType dtype, Body&& body) {
   try {
-    if (dtype == ffi::DataType::F32) return body(Tag<float>{}), ffi::Error::Success();
-    if (dtype == ffi::DataType::F64) return body(Tag<double>{}), ffi::Error::Success();
+    if (dtype == ffi::DataType::F32) return body(float{}), ffi::Error::Success();
+    if (dtype == ffi::DataType::F64) return body(double{}), ffi::Error::Success();
     return ffi::Error::InvalidArgument("fasth: expected float32 or float64 buffers");
   } catch (const std::exception& e) {
     return ffi::Error::InvalidArgument(e.what());
   }
 }
 
-// The bindings' common parts: the context first, the attributes every op takes last.
-inline auto bind() { return ffi::Ffi::Bind().Ctx<ffi::Context>(); }
+struct Attrs {
+  int64_t op, kind, block, strategy;
+  bool transpose, thin, tf32;
+};
+
+inline Problem problem(const Attrs& at) {
+  Problem p;
+  p.op = static_cast<Op>(at.op), p.kind = static_cast<Kind>(at.kind);
+  p.transpose = at.transpose, p.thin = at.thin, p.block = at.block;
+  p.strategy = static_cast<Strategy>(at.strategy);
+  return p;
+}
+
 template <class B>
 auto attrs(B b) {
-  return std::move(b).template Attr<int64_t>("block").template Attr<int64_t>("strategy").template Attr<bool>("tf32");
+  return std::move(b)
+      .template Attr<int64_t>("op")
+      .template Attr<int64_t>("kind")
+      .template Attr<int64_t>("block")
+      .template Attr<int64_t>("strategy")
+      .template Attr<bool>("transpose")
+      .template Attr<bool>("thin")
+      .template Attr<bool>("tf32");
 }
 
 template <Device D, template <class> class Make>
@@ -131,91 +124,76 @@ struct Handlers {
       stream = reinterpret_cast<std::uintptr_t>(*s);
       device = *o;
     }
-    return Make<T>::make(device, stream, tf32);
+    return Make<T>::make(device, stream, tf32, 0);
   }
 
-  static ffi::Error apply(ffi::Context ctx, Buf V, Buf X, Ret out, Ret f, Ret ws, bool transpose,
-                          int64_t block, int64_t strategy, bool tf32) {
+  static ffi::Error forward(ffi::Context ctx, ffi::RemainingArgs args, ffi::RemainingRets rets,
+                            int64_t op, int64_t kind, int64_t block, int64_t strategy,
+                            bool transpose, bool thin, bool tf32) {
+    const Attrs at{op, kind, block, strategy, transpose, thin, tf32};
+    Buf V = arg(args, 0);
     return dispatch(V.element_type(), [&](auto tag) {
-      using T = typename decltype(tag)::type;
-      const Dims v = dims_of(V, "V"), x = dims_of(X, "X");
-      const Shape s = shape_of(v, x, "X", block, strategy, D);
-      T* fp = buffer<T>(f, factors_size(s), "factors");
-      T* wp = buffer<T>(ws, workspace_size(Op::apply, s), "workspace");
-      auto be = backend<T>(ctx, tf32);
-      fasth::factors<T>(be, s, mat<const T>(V, v), fp, wp);
-      fasth::apply<T>(be, s, transpose, mat<const T>(V, v), fp, mat<const T>(X, x),
-                      mat<T>(*out, x), wp);
+      using T = decltype(tag);
+      Problem p = problem(at);
+      std::size_t i = 0;
+      Forward<T> a;
+      p.V = row_major(arg(args, i)), a.V = data<const T>(arg(args, i++));
+      if (p.kind == Kind::lapack) p.tau = row_major(arg(args, i)), a.tau = data<const T>(arg(args, i++));
+      if (p.op == Op::apply) p.X = row_major(arg(args, i)), a.X = data<const T>(arg(args, i++));
+      const Plan plan(p, D);
+      auto out = ret(rets, 0), f = ret(rets, 1), ws = ret(rets, 2);
+      a.out = data<T>(out, 0, "out");
+      a.factors = data<T>(f, plan.factors_size(), "factors");
+      a.workspace = data<T>(ws, plan.workspace_size(Pass::forward), "workspace");
+      plan.forward(backend<T>(ctx, tf32), a);
     });
   }
 
-  static ffi::Error apply_backward(ffi::Context ctx, Buf V, Buf f, Buf out, Buf grad, Ret dX,
-                                   Ret dV, Ret ws, bool transpose, int64_t block,
-                                   int64_t strategy, bool tf32) {
+  static ffi::Error backward(ffi::Context ctx, ffi::RemainingArgs args, ffi::RemainingRets rets,
+                             int64_t op, int64_t kind, int64_t block, int64_t strategy,
+                             bool transpose, bool thin, bool tf32) {
+    const Attrs at{op, kind, block, strategy, transpose, thin, tf32};
+    Buf V = arg(args, 0);
     return dispatch(V.element_type(), [&](auto tag) {
-      using T = typename decltype(tag)::type;
-      const Dims v = dims_of(V, "V"), o = dims_of(out, "out");
-      const Shape s = shape_of(v, o, "out", block, strategy, D);
-      auto be = backend<T>(ctx, tf32);
-      fasth::apply_backward<T>(be, s, transpose, mat<const T>(V, v),
-                               buffer<T>(f, factors_size(s), "factors"), mat<const T>(out, o),
-                               mat<const T>(grad, dims_of(grad, "grad")), mat<T>(*dX, o),
-                               mat<T>(*dV, v),
-                               buffer<T>(ws, workspace_size(Op::apply_backward, s), "workspace"));
-    });
-  }
-
-  static ffi::Error matrix(ffi::Context ctx, Buf V, Ret out, Ret f, Ret ws, int64_t block,
-                           int64_t strategy, bool tf32) {
-    return dispatch(V.element_type(), [&](auto tag) {
-      using T = typename decltype(tag)::type;
-      const Dims v = dims_of(V, "V"), u = dims_of(*out, "out");
-      const Shape s = shape_of(v, u, "out", block, strategy, D);
-      T* fp = buffer<T>(f, factors_size(s), "factors");
-      T* wp = buffer<T>(ws, workspace_size(Op::matrix, s), "workspace");
-      auto be = backend<T>(ctx, tf32);
-      fasth::factors<T>(be, s, mat<const T>(V, v), fp, wp);
-      fasth::matrix<T>(be, s, mat<const T>(V, v), fp, mat<T>(*out, u), wp);
-    });
-  }
-
-  static ffi::Error matrix_backward(ffi::Context ctx, Buf V, Buf f, Buf U, Buf grad, Ret dV,
-                                    Ret ws, int64_t block, int64_t strategy, bool tf32) {
-    return dispatch(V.element_type(), [&](auto tag) {
-      using T = typename decltype(tag)::type;
-      const Dims v = dims_of(V, "V"), u = dims_of(U, "U");
-      const Shape s = shape_of(v, u, "U", block, strategy, D);
-      auto be = backend<T>(ctx, tf32);
-      fasth::matrix_backward<T>(be, s, mat<const T>(V, v),
-                                buffer<T>(f, factors_size(s), "factors"), mat<const T>(U, u),
-                                mat<const T>(grad, dims_of(grad, "grad")), mat<T>(*dV, v),
-                                buffer<T>(ws, workspace_size(Op::matrix_backward, s), "workspace"));
+      using T = decltype(tag);
+      Problem p = problem(at);
+      std::size_t i = 1, r = 1;
+      Backward<T> a;
+      p.V = row_major(V);
+      if (p.kind == Kind::lapack) p.tau = row_major(arg(args, i++));
+      if (p.op == Op::apply) {
+        p.X = a.saved_layout = row_major(arg(args, i));
+        a.saved = data<const T>(arg(args, i++));
+      }
+      a.factors = data<const T>(arg(args, i++));
+      const Buf grad = arg(args, i++);
+      a.grad = data<const T>(grad), a.grad_layout = row_major(grad);
+      const Plan plan(p, D);
+      auto dV = ret(rets, 0);
+      a.dV = data<T>(dV, 0, "dV");
+      if (p.kind == Kind::lapack) {
+        auto dtau = ret(rets, r++);
+        a.dtau = data<T>(dtau, 0, "dtau");
+      }
+      if (p.op == Op::apply) {
+        auto dX = ret(rets, r++);
+        a.dX = data<T>(dX, 0, "dX");
+      }
+      auto ws = ret(rets, r++);
+      a.workspace = data<T>(ws, plan.workspace_size(Pass::backward), "workspace");
+      plan.backward(backend<T>(ctx, tf32), a);
     });
   }
 
   // The C entry points XLA calls; each binds its handler once.
-
-  static XLA_FFI_Error* apply_entry(XLA_FFI_CallFrame* frame) {
-    static const auto h = attrs(bind().Arg<Buf>().Arg<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>()
-                                    .Attr<bool>("transpose"))
-                              .To(apply, {ffi::Traits::kCmdBufferCompatible});
+  static XLA_FFI_Error* forward_entry(XLA_FFI_CallFrame* frame) {
+    static const auto h = attrs(ffi::Ffi::Bind().Ctx<ffi::Context>().RemainingArgs().RemainingRets())
+                              .To(forward, {ffi::Traits::kCmdBufferCompatible});
     return h->Call(frame);
   }
-  static XLA_FFI_Error* apply_backward_entry(XLA_FFI_CallFrame* frame) {
-    static const auto h = attrs(bind().Arg<Buf>().Arg<Buf>().Arg<Buf>().Arg<Buf>().Ret<Buf>()
-                                    .Ret<Buf>().Ret<Buf>().Attr<bool>("transpose"))
-                              .To(apply_backward, {ffi::Traits::kCmdBufferCompatible});
-    return h->Call(frame);
-  }
-  static XLA_FFI_Error* matrix_entry(XLA_FFI_CallFrame* frame) {
-    static const auto h = attrs(bind().Arg<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>())
-                              .To(matrix, {ffi::Traits::kCmdBufferCompatible});
-    return h->Call(frame);
-  }
-  static XLA_FFI_Error* matrix_backward_entry(XLA_FFI_CallFrame* frame) {
-    static const auto h = attrs(bind().Arg<Buf>().Arg<Buf>().Arg<Buf>().Arg<Buf>().Ret<Buf>()
-                                    .Ret<Buf>())
-                              .To(matrix_backward, {ffi::Traits::kCmdBufferCompatible});
+  static XLA_FFI_Error* backward_entry(XLA_FFI_CallFrame* frame) {
+    static const auto h = attrs(ffi::Ffi::Bind().Ctx<ffi::Context>().RemainingArgs().RemainingRets())
+                              .To(backward, {ffi::Traits::kCmdBufferCompatible});
     return h->Call(frame);
   }
 };
@@ -236,10 +214,8 @@ void def_jax_ffi(nanobind::module_& m) {
         auto cap = [](XLA_FFI_Error* (*fn)(XLA_FFI_CallFrame*)) {
           return nb::capsule(reinterpret_cast<void*>(fn));
         };
-        d["fasth_apply"] = cap(&H::apply_entry);
-        d["fasth_apply_backward"] = cap(&H::apply_backward_entry);
-        d["fasth_matrix"] = cap(&H::matrix_entry);
-        d["fasth_matrix_backward"] = cap(&H::matrix_backward_entry);
+        d["fasth_forward"] = cap(&H::forward_entry);
+        d["fasth_backward"] = cap(&H::backward_entry);
 #endif
         return d;
       },

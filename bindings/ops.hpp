@@ -1,132 +1,141 @@
-// The array-facing ops, written once for every device module: fasth._core registers them for
-// CPU arrays, fasth._cuda for CUDA arrays. Arrays arrive over DLPack without a copy; their
-// contract (dtype, rank, device) sits in the nb::ndarray types, so misuse is a TypeError.
-// Each op releases the GIL and runs the core on a backend made for the array's device and
-// the caller's stream.
+// The runs of a Plan, written once for every device module: fasth._core registers them for
+// CPU memory, fasth._cuda for CUDA memory. Each is one call: the factors and the op, on a
+// backend made for the call's device and stream (Make<T>::make(device, stream, tf32, blas)),
+// dispatched on the dtype once, with the GIL released.
+//
+// An array argument is an address (an int: the adapters pass their own tensors' data
+// pointers, laid out as the plan says, which is fastest), None (absent), or any array
+// nanobind takes (numpy, DLPack), whose dtype, device and size are checked.
 #pragma once
 
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/vector.h>
 
 #include <cstdint>
+#include <string>
 
 #include "fasth/fasth.hpp"
+#include "plan.hpp"
 
 namespace fasth::bindings {
 
-namespace nb = nanobind;
+enum class Dtype : int { float32 = 0, float64 = 1 };
 
-// (batch, rows, cols) arrays with any strides; 1-d contiguous buffers for factors/workspace.
-template <class T, class Dev>
-using In = nb::ndarray<const T, nb::ndim<3>, Dev>;
-template <class T, class Dev>
-using Out = nb::ndarray<T, nb::ndim<3>, Dev>;
-template <class T, class Dev>
-using Buf = nb::ndarray<T, nb::ndim<1>, nb::c_contig, Dev>;
-
-template <class A>
-auto matrix_of(const A& a) {
-  const index_t rows = static_cast<index_t>(a.shape(1)), cols = static_cast<index_t>(a.shape(2));
-  if (a.shape(0) == 0)  // nothing is read or written: any strides, canonical ones here
-    return Matrix<std::remove_pointer_t<decltype(a.data())>>{a.data(), rows, cols, 1, rows, 0};
-  return Matrix<std::remove_pointer_t<decltype(a.data())>>{
-      a.data(), rows, cols, a.stride(1), a.stride(2), a.shape(0) > 1 ? a.stride(0) : 0};
-}
-
-// The array's matrices, checked against the shape's batch (V and dV: one shared matrix).
-template <class A>
-auto batch_of(const A& a, const Shape& s, const char* name, bool v_like = false) {
-  const index_t want = v_like && s.shared_v ? 1 : s.batch;
-  const index_t got = static_cast<index_t>(a.shape(0));
-  if (got != want)
-    throw std::invalid_argument(std::string("fasth: ") + name + " has batch " +
-                                std::to_string(got) + ", expected " + std::to_string(want));
-  return matrix_of(a);
-}
-
-template <class B>
-void need(const B& buf, std::size_t count, const char* name) {
-  if (buf.size() < count)
+template <class T>
+T* pointer(nb::handle h, int device_type, const char* name, std::size_t need = 0) {
+  if (h.is_none()) return nullptr;
+  if (PyLong_Check(h.ptr())) {
+    void* p = PyLong_AsVoidPtr(h.ptr());
+    if (!p && PyErr_Occurred()) throw nb::python_error();
+    return static_cast<T*>(p);
+  }
+  nb::ndarray<nb::ro> a;  // outputs are the caller's own fresh arrays; inputs may be read-only
+  if (!nb::try_cast(h, a))
+    throw nb::type_error((std::string("fasth: ") + name + " must be an address or an array").c_str());
+  if (a.dtype() != nb::dtype<std::remove_const_t<T>>())
+    throw nb::type_error((std::string("fasth: ") + name + " has the wrong dtype").c_str());
+  if (a.device_type() != device_type)
+    throw nb::type_error((std::string("fasth: ") + name + " is on the wrong device").c_str());
+  if (a.size() < need)
     throw std::invalid_argument(std::string("fasth: ") + name + " holds " +
-                                std::to_string(buf.size()) + " elements, needs " +
-                                std::to_string(count));
+                                std::to_string(a.size()) + " elements, needs " +
+                                std::to_string(need));
+  return static_cast<T*>(const_cast<void*>(a.data()));
 }
 
-// Make<T>::make(device_id, stream, tf32) returns the backend for one call.
-template <class T, class Dev, template <class> class Make>
-void def_ops(nb::module_& m) {
-  using I = In<T, Dev>;
-  using O = Out<T, Dev>;
-  using F = Buf<T, Dev>;
-  using CF = Buf<const T, Dev>;
-  const auto release = nb::call_guard<nb::gil_scoped_release>();
+// body(T{}) for the call's dtype.
+template <class Body>
+void dispatch(int dtype, Body&& body) {
+  if (dtype == static_cast<int>(Dtype::float32)) return body(float{});
+  if (dtype == static_cast<int>(Dtype::float64)) return body(double{});
+  throw nb::type_error("fasth: expected float32 or float64");
+}
+
+struct Context {
+  std::uintptr_t stream = 0;
+  int device = 0;
+  bool tf32 = false;
+  int blas = 0;
+};
+
+template <template <class> class Make, int DeviceType>
+void def_runs(nb::module_& m) {
+  const int dev = DeviceType;
 
   m.def(
-      "factors",
-      [](const Shape& s, I V, F f, F ws, std::uintptr_t stream, bool tf32) {
-        need(f, factors_size(s), "factors");
-        need(ws, workspace_size(Op::factors, s), "workspace");
-        auto be = Make<T>::make(V.device_id(), stream, tf32);
-        fasth::factors<T>(be, s, batch_of(V, s, "V", true), f.data(), ws.data());
+      "forward",
+      [dev](const Plan& p, int dtype, nb::handle V, nb::handle tau, nb::handle X, nb::handle out,
+            nb::handle factors, nb::handle ws, std::uintptr_t stream, int device, bool tf32,
+            int blas) {
+        dispatch(dtype, [&](auto tag) {
+          using T = decltype(tag);
+          Forward<T> a;
+          a.V = pointer<const T>(V, dev, "V");
+          a.tau = pointer<const T>(tau, dev, "tau");
+          a.X = pointer<const T>(X, dev, "X");
+          a.out = pointer<T>(out, dev, "out");
+          a.factors = pointer<T>(factors, dev, "factors", p.factors_size());
+          a.workspace = pointer<T>(ws, dev, "workspace", p.workspace_size(Pass::forward));
+          nb::gil_scoped_release release;
+          p.forward(Make<T>::make(device, stream, tf32, blas), a);
+        });
       },
-      nb::arg("shape"), nb::arg("V"), nb::arg("factors"), nb::arg("workspace"),
-      nb::arg("stream") = 0, nb::arg("tf32") = false, release);
+      nb::arg("plan"), nb::arg("dtype"), nb::arg("V").none(), nb::arg("tau").none(), nb::arg("X").none(),
+      nb::arg("out").none(), nb::arg("factors").none(), nb::arg("workspace").none(), nb::arg("stream") = 0,
+      nb::arg("device") = 0, nb::arg("tf32") = false, nb::arg("blas") = 0,
+      "The factors of V (into `factors`) and the op (into `out`) in one call.");
 
   m.def(
-      "apply",
-      [](const Shape& s, bool transpose, I V, CF f, I X, O out, F ws, std::uintptr_t stream,
-         bool tf32) {
-        need(f, factors_size(s), "factors");
-        need(ws, workspace_size(Op::apply, s), "workspace");
-        auto be = Make<T>::make(V.device_id(), stream, tf32);
-        fasth::apply<T>(be, s, transpose, batch_of(V, s, "V", true), f.data(),
-                        batch_of(X, s, "X"), batch_of(out, s, "out"), ws.data());
+      "forward_with",
+      [dev](const Plan& p, int dtype, nb::handle factors, nb::handle X, nb::handle out,
+            nb::handle ws, std::uintptr_t stream, int device, bool tf32, int blas) {
+        dispatch(dtype, [&](auto tag) {
+          using T = decltype(tag);
+          Forward<T> a;
+          a.factors = pointer<T>(factors, dev, "factors", p.factors_size());
+          a.X = pointer<const T>(X, dev, "X");
+          a.out = pointer<T>(out, dev, "out");
+          a.workspace = pointer<T>(ws, dev, "workspace", p.workspace_size(Pass::forward));
+          nb::gil_scoped_release release;
+          p.forward_with(Make<T>::make(device, stream, tf32, blas), a);
+        });
       },
-      nb::arg("shape"), nb::arg("transpose"), nb::arg("V"), nb::arg("factors"), nb::arg("X"),
-      nb::arg("out"), nb::arg("workspace"), nb::arg("stream") = 0, nb::arg("tf32") = false,
-      release);
+      nb::arg("plan"), nb::arg("dtype"), nb::arg("factors").none(), nb::arg("X").none(), nb::arg("out").none(),
+      nb::arg("workspace").none(), nb::arg("stream") = 0, nb::arg("device") = 0,
+      nb::arg("tf32") = false, nb::arg("blas") = 0,
+      "The op with factors that an earlier forward of this plan filled.");
 
   m.def(
-      "apply_backward",
-      [](const Shape& s, bool transpose, I V, CF f, I out, I grad, O dX, O dV, F ws,
-         std::uintptr_t stream, bool tf32) {
-        need(f, factors_size(s), "factors");
-        need(ws, workspace_size(Op::apply_backward, s), "workspace");
-        auto be = Make<T>::make(V.device_id(), stream, tf32);
-        fasth::apply_backward<T>(be, s, transpose, batch_of(V, s, "V", true), f.data(),
-                                 batch_of(out, s, "out"), batch_of(grad, s, "grad"),
-                                 batch_of(dX, s, "dX"), batch_of(dV, s, "dV", true), ws.data());
+      "backward",
+      [dev](const Plan& p, int dtype, nb::handle factors, nb::handle saved,
+            const Dims& saved_shape, const Dims& saved_strides, nb::handle grad,
+            const Dims& grad_shape, const Dims& grad_strides, nb::handle dV, nb::handle dtau,
+            nb::handle dX, nb::handle ws, std::uintptr_t stream, int device, bool tf32,
+            int blas) {
+        dispatch(dtype, [&](auto tag) {
+          using T = decltype(tag);
+          Backward<T> a;
+          a.factors = pointer<const T>(factors, dev, "factors", p.factors_size());
+          a.saved = pointer<const T>(saved, dev, "saved");
+          if (a.saved) a.saved_layout = array_of(saved_shape, saved_strides, "saved");
+          a.grad = pointer<const T>(grad, dev, "grad");
+          a.grad_layout = array_of(grad_shape, grad_strides, "grad");
+          a.dV = pointer<T>(dV, dev, "dV");
+          a.dtau = pointer<T>(dtau, dev, "dtau");
+          a.dX = pointer<T>(dX, dev, "dX");
+          a.workspace = pointer<T>(ws, dev, "workspace", p.workspace_size(Pass::backward));
+          nb::gil_scoped_release release;
+          p.backward(Make<T>::make(device, stream, tf32, blas), a);
+        });
       },
-      nb::arg("shape"), nb::arg("transpose"), nb::arg("V"), nb::arg("factors"), nb::arg("out"),
-      nb::arg("grad"), nb::arg("dX"), nb::arg("dV"), nb::arg("workspace"),
-      nb::arg("stream") = 0, nb::arg("tf32") = false, release);
-
-  m.def(
-      "matrix",
-      [](const Shape& s, I V, CF f, O out, F ws, std::uintptr_t stream, bool tf32) {
-        need(f, factors_size(s), "factors");
-        need(ws, workspace_size(Op::matrix, s), "workspace");
-        auto be = Make<T>::make(V.device_id(), stream, tf32);
-        fasth::matrix<T>(be, s, batch_of(V, s, "V", true), f.data(), batch_of(out, s, "out"),
-                         ws.data());
-      },
-      nb::arg("shape"), nb::arg("V"), nb::arg("factors"), nb::arg("out"), nb::arg("workspace"),
-      nb::arg("stream") = 0, nb::arg("tf32") = false, release);
-
-  m.def(
-      "matrix_backward",
-      [](const Shape& s, I V, CF f, I out, I grad, O dV, F ws, std::uintptr_t stream,
-         bool tf32) {
-        need(f, factors_size(s), "factors");
-        need(ws, workspace_size(Op::matrix_backward, s), "workspace");
-        auto be = Make<T>::make(V.device_id(), stream, tf32);
-        fasth::matrix_backward<T>(be, s, batch_of(V, s, "V", true), f.data(),
-                                  batch_of(out, s, "out"), batch_of(grad, s, "grad"),
-                                  batch_of(dV, s, "dV", true), ws.data());
-      },
-      nb::arg("shape"), nb::arg("V"), nb::arg("factors"), nb::arg("out"), nb::arg("grad"),
-      nb::arg("dV"), nb::arg("workspace"), nb::arg("stream") = 0, nb::arg("tf32") = false,
-      release);
+      nb::arg("plan"), nb::arg("dtype"), nb::arg("factors").none(), nb::arg("saved").none(),
+      nb::arg("saved_shape"), nb::arg("saved_strides"), nb::arg("grad").none(),
+      nb::arg("grad_shape"), nb::arg("grad_strides"), nb::arg("dV").none(), nb::arg("dtau").none(),
+      nb::arg("dX").none(), nb::arg("workspace").none(), nb::arg("stream") = 0, nb::arg("device") = 0,
+      nb::arg("tf32") = false, nb::arg("blas") = 0,
+      "Gradients from the factors, the saved output (householder apply) or input (lapack "
+      "apply), and grad = dL/dout.");
 }
 
 }  // namespace fasth::bindings

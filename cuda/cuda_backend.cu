@@ -1,5 +1,5 @@
 // The CUDA backend: cuBLAS for gemm, small kernels for the rest. See cuda_backend.hpp.
-#include "cuda_backend.hpp"
+#include "fasth/cuda.hpp"
 
 #include <cuda_runtime.h>
 
@@ -150,6 +150,97 @@ __global__ void __launch_bounds__(kTile* kRows)
   });
 }
 
+// B = A elementwise for any strides (the tiled copy_kernel covers the usual layouts).
+template <class T>
+__global__ void __launch_bounds__(kTile* kRows)
+    strided_copy_kernel(index_t m, index_t n, Strided<const T> a, Strided<T> b, index_t batch) {
+  for_each_element(m, n, batch, [&](index_t e, index_t i, index_t j) {
+    b.p[e * b.bs + i * b.rs + j * b.cs] = a.p[e * a.bs + i * a.rs + j * a.cs];
+  });
+}
+
+// B = strictly lower part of A, diag on the diagonal, zeros above.
+template <class T>
+__global__ void __launch_bounds__(kTile* kRows)
+    lower_kernel(index_t d, index_t k, Strided<const T> a, Strided<T> b, T diag, index_t batch) {
+  for_each_element(d, k, batch, [&](index_t e, index_t i, index_t j) {
+    b.p[e * b.bs + i * b.rs + j * b.cs] =
+        i > j ? a.p[e * a.bs + i * a.rs + j * a.cs] : i == j ? diag : T(0);
+  });
+}
+
+constexpr int kReduceThreads = 256;
+
+// The block's sum (op = 0) or max (op = 1) of x, in every thread.
+template <class T>
+__device__ T block_reduce(T x, bool max_op) {
+  __shared__ T part[kReduceThreads / 32];
+  for (int o = 16; o > 0; o /= 2) {
+    const T y = __shfl_xor_sync(0xffffffffu, x, o);
+    x = max_op ? (y > x || y != y ? y : x) : x + y;
+  }
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  __syncthreads();
+  if (lane == 0) part[warp] = x;
+  __syncthreads();
+  T r = part[0];
+  for (int w = 1; w < kReduceThreads / 32; ++w) r = max_op ? (part[w] > r || part[w] != part[w] ? part[w] : r) : r + part[w];
+  return r;
+}
+
+// One thread block per column (x) and batch entry (y): Y = v / |v| with |v| computed as
+// amax * sqrt(sum (v / amax)^2), so no finite column overflows or underflows.
+template <class T>
+__global__ void __launch_bounds__(kReduceThreads)
+    normalize_kernel(index_t batch, index_t d, index_t k, Strided<const T> v, T* y, index_t ys,
+                     T* norms, index_t ns) {
+  for (index_t e = blockIdx.y; e < batch; e += gridDim.y)
+    for (index_t j = blockIdx.x; j < k; j += gridDim.x) {
+      const T* col = v.p + e * v.bs + j * v.cs;
+      T amax = 0;
+      for (index_t i = threadIdx.x; i < d; i += blockDim.x) {
+        const T x = fabs(col[i * v.rs]);
+        amax = x > amax || x != x ? x : amax;
+      }
+      amax = block_reduce(amax, true);
+      T* out = y + e * ys + j * d;
+      if (amax == T(0)) {
+        for (index_t i = threadIdx.x; i < d; i += blockDim.x) out[i] = 0;
+        if (threadIdx.x == 0) norms[e * ns + j] = 0;
+        continue;
+      }
+      T s = 0;
+      for (index_t i = threadIdx.x; i < d; i += blockDim.x) {
+        const T x = col[i * v.rs] / amax;
+        s += x * x;
+      }
+      s = block_reduce(s, false);
+      const T r = sqrt(s);
+      for (index_t i = threadIdx.x; i < d; i += blockDim.x) out[i] = col[i * v.rs] / amax / r;
+      if (threadIdx.x == 0) norms[e * ns + j] = amax * r;
+    }
+}
+
+// dV = (dY - Y (Y . dY)) / |v| column by column (0 where |v| = 0).
+template <class T>
+__global__ void __launch_bounds__(kReduceThreads)
+    normalize_backward_kernel(index_t batch, index_t d, index_t k, const T* y, index_t ys,
+                              const T* norms, index_t ns, const T* dy, index_t dys,
+                              Strided<T> dv) {
+  for (index_t e = blockIdx.y; e < batch; e += gridDim.y)
+    for (index_t j = blockIdx.x; j < k; j += gridDim.x) {
+      const T* yc = y + e * ys + j * d;
+      const T* dc = dy + e * dys + j * d;
+      T* out = dv.p + e * dv.bs + j * dv.cs;
+      const T nrm = norms[e * ns + j];
+      T dot = 0;
+      for (index_t i = threadIdx.x; i < d; i += blockDim.x) dot += yc[i] * dc[i];
+      dot = block_reduce(dot, false);
+      for (index_t i = threadIdx.x; i < d; i += blockDim.x)
+        out[i * dv.rs] = nrm == T(0) ? T(0) : (dc[i] - yc[i] * dot) / nrm;
+    }
+}
+
 // C = beta C (C = 0 when beta == 0, NaNs included): gemm with k == 0.
 template <class T>
 __global__ void __launch_bounds__(kTile* kRows)
@@ -166,34 +257,37 @@ __global__ void __launch_bounds__(kTile* kRows)
 // m x m fits (kShared), else it is read back from the output in global memory. Reads of
 // G[c, i] are consecutive across the threads of a warp. Writes T whole (zero below).
 template <class T, bool kShared>
-__global__ void larft_kernel(index_t count, index_t m, T* f) {
+__global__ void larft_kernel(index_t count, index_t m, const T* g0, index_t ldg, index_t sg,
+                             const T* tau, index_t stau, T* t0, index_t ldt, index_t st) {
   extern __shared__ __align__(16) unsigned char smem[];
   for (index_t blk = blockIdx.x; blk < count; blk += gridDim.x) {
-    T* t = f + blk * 2 * m * m;
-    const T* g = t + m * m;
+    T* t = t0 + blk * st;
+    const T* g = g0 + blk * sg;
     T* w = kShared ? reinterpret_cast<T*>(smem) : t;
+    const index_t ldw = kShared ? m : ldt;
     for (index_t r = threadIdx.x; r < m; r += blockDim.x) {
       for (index_t i = 0; i < m; ++i) {
-        const T gii = g[i + i * m];
-        const T tau = gii == T(0) ? T(0) : T(2) / gii;
+        const T gii = g[i + i * ldg];
+        const T ti = tau ? tau[blk * stau + i] : gii == T(0) ? T(0) : T(2) / gii;
         T v = T(0);
         if (i == r) {
-          v = tau;
-        } else if (i > r && tau != T(0)) {
+          v = ti;
+        } else if (i > r && ti != T(0)) {
           T acc[4] = {T(0), T(0), T(0), T(0)};
-          const T* gi = g + i * m;
+          const T* gi = g + i * ldg;
           index_t c = r;
           for (; c + 4 <= i; c += 4) {
 #pragma unroll
-            for (int u = 0; u < 4; ++u) acc[u] += w[r + (c + u) * m] * gi[c + u];
+            for (int u = 0; u < 4; ++u) acc[u] += w[r + (c + u) * ldw] * gi[c + u];
           }
-          for (; c < i; ++c) acc[0] += w[r + c * m] * gi[c];
-          v = -tau * ((acc[0] + acc[1]) + (acc[2] + acc[3]));
+          for (; c < i; ++c) acc[0] += w[r + c * ldw] * gi[c];
+          v = -ti * ((acc[0] + acc[1]) + (acc[2] + acc[3]));
         }
-        w[r + i * m] = v;
-        if constexpr (kShared) t[r + i * m] = v;
+        w[r + i * ldw] = v;
+        if constexpr (kShared) t[r + i * ldt] = v;
       }
     }
+    if constexpr (kShared) __syncthreads();  // w is reused by the next block
   }
 }
 
@@ -212,6 +306,16 @@ __device__ T group_sum(T x) {
   return x;
 }
 
+template <class T>
+__device__ T group_max(T x) {  // NaN wins
+#pragma unroll
+  for (int o = kGroup / 2; o > 0; o /= 2) {
+    const T y = __shfl_xor_sync(0xffffffffu, x, o);
+    x = y > x || y != y ? y : x;
+  }
+  return x;
+}
+
 // dst (leading dimension ld) = the rows x cols matrix at src.
 template <class T>
 __device__ void load(T* dst, int ld, const T* src, index_t rs, index_t cs, int rows, int cols) {
@@ -221,18 +325,51 @@ __device__ void load(T* dst, int ld, const T* src, index_t rs, index_t cs, int r
   }
 }
 
-// U_e = (H_1 ... H_k)[:, :cols]: I[:, :cols], then U <- H_i U for i = k .. 1. Column q in
-// registers (lane l holds rows l, l + kGroup, ...), V in shared memory; no block barriers
-// between reflectors. Blocks are multiples of 32 threads, all of which run every shuffle.
+// U_e = (H_1 ... H_k)[:, :cols]: the columns of V normalised in shared memory (as the
+// backend's normalize: amax, then the scaled sum of squares, so no finite column overflows or
+// underflows; Y and the norms written out for the backward), then I[:, :cols] and
+// U <- H_i U for i = k .. 1. Column q in registers (lane l holds rows l, l + kGroup, ...);
+// no block barriers between reflectors. Blocks are multiples of 32 threads, all of which
+// run every shuffle (loops over columns step whole rounds of groups).
 template <class T>
 __global__ void __launch_bounds__(1024)
     small_matrix_kernel(index_t batch, int d, int k, int cols, Strided<const T> V,
-                        Strided<T> U) {
+                        Strided<T> U, T* y, index_t ys, T* norms, index_t ns, T* u2,
+                        index_t u2s) {
   extern __shared__ __align__(16) unsigned char smem[];
   T* sv = reinterpret_cast<T*>(smem);  // V, d x k
   const int q = threadIdx.x / kGroup, l = threadIdx.x % kGroup;
+  const int groups = blockDim.x / kGroup;
   for (index_t e = blockIdx.x; e < batch; e += gridDim.x) {
     load(sv, d, V.p + e * V.bs, V.rs, V.cs, d, k);
+    __syncthreads();
+    for (int j0 = 0; j0 < k; j0 += groups) {
+      const int j = j0 + q;
+      const bool on = j < k;
+      T* col = sv + (on ? j : 0) * d;
+      T amax = T(0);
+      if (on)
+        for (int r = l; r < d; r += kGroup) {
+          const T x = fabs(col[r]);
+          amax = x > amax || x != x ? x : amax;
+        }
+      amax = group_max(amax);
+      T s = T(0);
+      if (on && amax != T(0))
+        for (int r = l; r < d; r += kGroup) {
+          const T x = col[r] / amax;
+          s += x * x;
+        }
+      s = group_sum(s);
+      if (on) {
+        const T rt = sqrt(s);
+        for (int r = l; r < d; r += kGroup) {
+          col[r] = amax == T(0) ? T(0) : col[r] / amax / rt;
+          y[e * ys + r + j * d] = col[r];
+        }
+        if (l == 0) norms[e * ns + j] = amax == T(0) ? T(0) : amax * rt;
+      }
+    }
     __syncthreads();
     T a[kMaxRows];
 #pragma unroll
@@ -246,37 +383,42 @@ __global__ void __launch_bounds__(1024)
         if (r < d) p += v[r] * a[t], nn += v[r] * v[r];
       }
       p = group_sum(p), nn = group_sum(nn);
-      const T s = nn == T(0) ? T(0) : T(2) / nn * p;  // tau_i (v_i . U[:, q])
+      const T sc = nn == T(0) ? T(0) : T(2) / nn * p;  // tau_i (v_i . U[:, q])
 #pragma unroll
       for (int t = 0; t < kMaxRows; ++t) {
         const int r = l + t * kGroup;
-        if (r < d) a[t] -= s * v[r];
+        if (r < d) a[t] -= sc * v[r];
       }
     }
     if (q < cols) {
       T* u = U.p + e * U.bs + q * U.cs;
+      T* w = u2 ? u2 + e * u2s + q * d : nullptr;
 #pragma unroll
       for (int t = 0; t < kMaxRows; ++t) {
         const int r = l + t * kGroup;
-        if (r < d) u[r * U.rs] = a[t];
+        if (r < d) {
+          u[r * U.rs] = a[t];
+          if (w) w[r] = a[t];
+        }
       }
     }
     __syncthreads();  // sv is reloaded for the next entry
   }
 }
 
-// dV_e from the output A = U_e and G = dL/dU_e (d x cols), for i = 1 .. k (U = H_1 (H_2 ...)):
+// dV_e from the output A = U_e, its unit vectors Y_e and norms, and G = dL/dU_e (d x cols),
+// for i = 1 .. k (U = H_1 (H_2 ...)):
 // with tau = 2 / |v|^2 (0 for v = 0), A_in = H_i A, a = A_in^T v, g = G^T v,
 //   dv_i = tau^2 (g . a) v - tau (G a + A_in g),  then G <- H_i G, A <- A_in.
 // Phase 1, group q = column: a_q, g_q, and A_in[:, q]. Phase 2, group q = row: dv_i[q] and
 // G[q, :]. A and G live in shared memory (leading dimension ld, odd against bank conflicts).
-// With sum (dV shared, batch > 1; one block) dV accumulates over the batch: each element is
-// written by the same thread for every entry.
+// dv_i is the gradient in y_i; through y = v / |v| it is dv_i / |v| (dv_i is orthogonal to
+// y_i: a reflector depends on its vector's direction alone).
 template <class T>
 __global__ void __launch_bounds__(1024)
-    small_matrix_backward_kernel(index_t batch, int d, int k, int cols, Strided<const T> V,
-                                 Strided<const T> U, Strided<const T> G, Strided<T> dV,
-                                 bool sum) {
+    small_matrix_backward_kernel(index_t batch, int d, int k, int cols, const T* y, index_t ys,
+                                 const T* norms, index_t ns, const T* u, index_t us,
+                                 Strided<const T> G, Strided<T> dV) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int ld = d | 1;
   T* sA = reinterpret_cast<T*>(smem);  // ld x cols
@@ -287,9 +429,9 @@ __global__ void __launch_bounds__(1024)
   T* stau = sg + cols;                 // tau of the current reflector
   const int q = threadIdx.x / kGroup, l = threadIdx.x % kGroup;
   for (index_t e = blockIdx.x; e < batch; e += gridDim.x) {
-    load(sA, ld, U.p + e * U.bs, U.rs, U.cs, d, cols);
+    load(sA, ld, u + e * us, 1, d, d, cols);
     load(sG, ld, G.p + e * G.bs, G.rs, G.cs, d, cols);
-    load(sv, d, V.p + e * V.bs, V.rs, V.cs, d, k);
+    load(sv, d, y + e * ys, 1, d, d, k);
     __syncthreads();
     for (int i = 0; i < k; ++i) {
       const T* v = sv + i * d;
@@ -320,10 +462,10 @@ __global__ void __launch_bounds__(1024)
         s1 = group_sum(s1), s2 = group_sum(s2);
         if (on) {
           const T vq = v[q];
-          if (l == 0) {
-            const T dv = tau * tau * s2 * vq - tau * s1;
-            T& out = dV.p[e * dV.bs + q * dV.rs + i * dV.cs];
-            out = sum && e > 0 ? out + dv : dv;
+          if (l == 0) {  // d/dy, then through y = v / |v| (dy is orthogonal to y)
+            const T nrm = norms[e * ns + i];
+            const T dv = nrm == T(0) ? T(0) : (tau * tau * s2 * vq - tau * s1) / nrm;
+            dV.p[e * dV.bs + q * dV.rs + i * dV.cs] = dv;
           }
           for (int j = l; j < cols; j += kGroup) sG[q + j * ld] -= tau * vq * sg[j];
         }
@@ -494,13 +636,25 @@ void CudaBackend<T>::gemm(bool trans_a, bool trans_b, index_t m, index_t n, inde
 }
 
 template <class T>
-void CudaBackend<T>::copy(bool trans_a, index_t m, index_t n, const T* a, index_t lda,
-                          index_t sa, T* b, index_t ldb, index_t sb, index_t batch) const {
+void CudaBackend<T>::copy(index_t m, index_t n, Strided<const T> a, Strided<T> b,
+                          index_t batch) const {
   if (m <= 0 || n <= 0 || batch <= 0) return;
   DeviceGuard guard(device_);
-  copy_kernel<T><<<tile_grid(m, n, batch), kTileBlock, 0, stream_>>>(
-      trans_a, false, m, n, a, lda, sa, b, ldb, sb, batch);
-  check(cudaGetLastError(), "copy_kernel launch");
+  const auto grid = tile_grid(m, n, batch);
+  // The tiled kernel for B column-major (the transpose through shared memory when A is
+  // row-major); B row-major is the transposed problem.
+  if (b.rs == 1 && (a.rs == 1 || a.cs == 1)) {
+    const bool trans = a.rs != 1;
+    copy_kernel<T><<<grid, kTileBlock, 0, stream_>>>(trans, false, m, n, a.p, trans ? a.rs : a.cs,
+                                                     a.bs, b.p, b.cs, b.bs, batch);
+  } else if (b.cs == 1 && (a.rs == 1 || a.cs == 1)) {
+    const bool trans = a.cs != 1;
+    copy_kernel<T><<<tile_grid(n, m, batch), kTileBlock, 0, stream_>>>(
+        trans, false, n, m, a.p, trans ? a.cs : a.rs, a.bs, b.p, b.rs, b.bs, batch);
+  } else {
+    strided_copy_kernel<T><<<grid, kTileBlock, 0, stream_>>>(m, n, a, b, batch);
+  }
+  check(cudaGetLastError(), "copy launch");
 }
 
 template <class T>
@@ -524,62 +678,114 @@ void CudaBackend<T>::mirror_upper(index_t m, T* a, index_t lda, index_t sa,
 }
 
 template <class T>
-void CudaBackend<T>::larft(index_t count, index_t m, T* f) const {
+void CudaBackend<T>::larft(index_t count, index_t m, const T* g, index_t ldg, index_t sg,
+                           const T* tau, index_t stau, T* t, index_t ldt, index_t st) const {
   if (count <= 0 || m <= 0) return;
   DeviceGuard guard(device_);
   const unsigned threads = static_cast<unsigned>(std::min<index_t>(ceil_div(m, 32) * 32, 256));
   const dim3 grid(grid_dim(count, kMaxGridX));
   const std::size_t bytes = static_cast<std::size_t>(m) * m * sizeof(T);
-  int optin = 0;
-  check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device_),
-        "cudaDeviceGetAttribute");
-  if (bytes <= static_cast<std::size_t>(optin)) {
-    if (bytes > 48 * 1024)
-      check(cudaFuncSetAttribute(larft_kernel<T, true>,
-                                 cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 static_cast<int>(bytes)),
-            "cudaFuncSetAttribute");
-    larft_kernel<T, true><<<grid, threads, bytes, stream_>>>(count, m, f);
+  if (bytes <= smem_optin(device_)) {
+    allow_smem(larft_kernel<T, true>, bytes);
+    larft_kernel<T, true><<<grid, threads, bytes, stream_>>>(count, m, g, ldg, sg, tau, stau, t, ldt, st);
   } else {
-    larft_kernel<T, false><<<grid, threads, 0, stream_>>>(count, m, f);
+    larft_kernel<T, false><<<grid, threads, 0, stream_>>>(count, m, g, ldg, sg, tau, stau, t, ldt, st);
   }
   check(cudaGetLastError(), "larft_kernel launch");
 }
 
 template <class T>
+void CudaBackend<T>::trmm(bool right, bool trans, index_t m, index_t n, T alpha, const T* r,
+                          index_t ldr, index_t sr, const T* b, index_t ldb, index_t sb, T* c,
+                          index_t ldc, index_t sc, index_t batch) const {
+  if (m <= 0 || n <= 0 || batch <= 0) return;
+  if (batch > 1) return Backend<T>::trmm(right, trans, m, n, alpha, r, ldr, sr, b, ldb, sb, c, ldc, sc, batch);
+  DeviceGuard guard(device_);
+  const index_t rows = right ? n : m, cols = right ? m : n;
+  const int irows = to_int(rows, "m"), icols = to_int(cols, "n"), ir = to_int(fix_ld(ldr, m, m), "ldr");
+  const int ib = to_int(fix_ld(ldb, rows, cols), "ldb"), ic = to_int(fix_ld(ldc, rows, cols), "ldc");
+  Slot& s = slot(device_);
+  std::lock_guard<std::mutex> lock(s.mu);
+  check(cublasSetStream(handle_, stream_), "cublasSetStream");
+  check(cublasSetPointerMode(handle_, CUBLAS_POINTER_MODE_HOST), "cublasSetPointerMode");
+  check(cublasSetMathMode(handle_, tf32_ ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH),
+        "cublasSetMathMode");
+  const cublasSideMode_t side = right ? CUBLAS_SIDE_RIGHT : CUBLAS_SIDE_LEFT;
+  const cublasOperation_t op = trans ? CUBLAS_OP_T : CUBLAS_OP_N;
+  if constexpr (std::is_same_v<T, float>)
+    check(cublasStrmm(handle_, side, CUBLAS_FILL_MODE_UPPER, op, CUBLAS_DIAG_NON_UNIT, irows,
+                      icols, &alpha, r, ir, b, ib, c, ic), "cublasStrmm");
+  else
+    check(cublasDtrmm(handle_, side, CUBLAS_FILL_MODE_UPPER, op, CUBLAS_DIAG_NON_UNIT, irows,
+                      icols, &alpha, r, ir, b, ib, c, ic), "cublasDtrmm");
+}
+
+template <class T>
+void CudaBackend<T>::normalize(index_t batch, index_t d, index_t k, Strided<const T> v, T* y,
+                               index_t ys, T* norms, index_t ns) const {
+  if (batch <= 0 || k <= 0) return;
+  DeviceGuard guard(device_);
+  const dim3 grid(grid_dim(k, kMaxGridX), grid_dim(batch, kMaxGridY));
+  normalize_kernel<T><<<grid, kReduceThreads, 0, stream_>>>(batch, d, k, v, y, ys, norms, ns);
+  check(cudaGetLastError(), "normalize_kernel launch");
+}
+
+template <class T>
+void CudaBackend<T>::normalize_backward(index_t batch, index_t d, index_t k, const T* y,
+                                        index_t ys, const T* norms, index_t ns, const T* dy,
+                                        index_t dys, Strided<T> dv) const {
+  if (batch <= 0 || k <= 0 || d <= 0) return;
+  DeviceGuard guard(device_);
+  const dim3 grid(grid_dim(k, kMaxGridX), grid_dim(batch, kMaxGridY));
+  normalize_backward_kernel<T><<<grid, kReduceThreads, 0, stream_>>>(batch, d, k, y, ys, norms,
+                                                                     ns, dy, dys, dv);
+  check(cudaGetLastError(), "normalize_backward_kernel launch");
+}
+
+template <class T>
+void CudaBackend<T>::lower(index_t batch, index_t d, index_t k, Strided<const T> a, Strided<T> b,
+                           T diag) const {
+  if (batch <= 0 || k <= 0 || d <= 0) return;
+  DeviceGuard guard(device_);
+  lower_kernel<T><<<tile_grid(d, k, batch), kTileBlock, 0, stream_>>>(d, k, a, b, diag, batch);
+  check(cudaGetLastError(), "lower_kernel launch");
+}
+
+template <class T>
 bool CudaBackend<T>::small_path(index_t d, index_t k) const {
-  return d >= 1 && d <= kSmallD && k <= d &&
+  return d >= 1 && d <= kSmallD && k <= 4 * kSmallD &&
          small_backward_smem(d, k, d) * sizeof(T) <= smem_optin(device_);
 }
 
 template <class T>
 void CudaBackend<T>::small_matrix(index_t batch, index_t d, index_t k, index_t cols,
-                                  Strided<const T> V, Strided<T> U) const {
+                                  Strided<const T> V, Strided<T> U, T* y, index_t ys, T* norms,
+                                  index_t ns, T* u2, index_t u2s) const {
   if (batch <= 0 || d <= 0 || cols <= 0) return;
-  if (d > kSmallD || k > d || cols > d) fail("small_matrix: sizes outside the small path");
+  if (d > kSmallD || cols > d) fail("small_matrix: sizes outside the small path");
   DeviceGuard guard(device_);
   const std::size_t bytes = small_matrix_smem(d, k) * sizeof(T);
   allow_smem(small_matrix_kernel<T>, bytes);
   small_matrix_kernel<T><<<grid_dim(batch, kMaxGridX), small_threads(cols), bytes, stream_>>>(
-      batch, static_cast<int>(d), static_cast<int>(k), static_cast<int>(cols), V, U);
+      batch, static_cast<int>(d), static_cast<int>(k), static_cast<int>(cols), V, U, y, ys,
+      norms, ns, u2, u2s);
   check(cudaGetLastError(), "small_matrix_kernel launch");
 }
 
 template <class T>
 void CudaBackend<T>::small_matrix_backward(index_t batch, index_t d, index_t k, index_t cols,
-                                           Strided<const T> V, Strided<const T> U,
-                                           Strided<const T> G, Strided<T> dV) const {
+                                           const T* y, index_t ys, const T* norms, index_t ns,
+                                           const T* u, index_t us, Strided<const T> G,
+                                           Strided<T> dV) const {
   if (batch <= 0 || d <= 0 || k <= 0) return;
-  if (d > kSmallD || k > d || cols < 1 || cols > d)
+  if (d > kSmallD || cols < 1 || cols > d)
     fail("small_matrix_backward: sizes outside the small path");
   DeviceGuard guard(device_);
-  const bool sum = dV.bs == 0 && batch > 1;  // one block walks the batch, accumulating
   const std::size_t bytes = small_backward_smem(d, k, cols) * sizeof(T);
   allow_smem(small_matrix_backward_kernel<T>, bytes);
-  small_matrix_backward_kernel<T>
-      <<<sum ? 1u : grid_dim(batch, kMaxGridX), small_threads(d), bytes, stream_>>>(
-          batch, static_cast<int>(d), static_cast<int>(k), static_cast<int>(cols), V, U, G, dV,
-          sum);
+  small_matrix_backward_kernel<T><<<grid_dim(batch, kMaxGridX), small_threads(d), bytes, stream_>>>(
+      batch, static_cast<int>(d), static_cast<int>(k), static_cast<int>(cols), y, ys, norms, ns,
+      u, us, G, dV);
   check(cudaGetLastError(), "small_matrix_backward_kernel launch");
 }
 

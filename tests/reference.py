@@ -64,10 +64,11 @@ def ref_apply(V, X, transpose: bool = False) -> np.ndarray:
 
 
 def ref_matrix(V, thin: bool = False) -> np.ndarray:
-    """U = H_1 ... H_k (d x d), or its first k columns, batched over leading dimensions."""
+    """U = H_1 ... H_k (d x d), or its first min(k, d) columns, batched over leading
+    dimensions."""
     V = _f64(V)
     d, k = V.shape[-2:]
-    n = k if thin else d
+    n = min(k, d) if thin else d
     I = np.broadcast_to(np.eye(d, n), (*V.shape[:-2], d, n))
     return ref_apply(V, I)
 
@@ -120,7 +121,7 @@ def ref_matrix_grad(V, G, thin: bool = False) -> np.ndarray:
     """dL/dV of U = ref_matrix(V, thin) for G = dL/dU."""
     V = _f64(V)
     d, k = V.shape[-2:]
-    n = k if thin else d
+    n = min(k, d) if thin else d
     I = np.broadcast_to(np.eye(d, n), (*V.shape[:-2], d, n))
     return ref_apply_grad(V, I, G)[0]
 
@@ -137,4 +138,47 @@ def finite_difference(f, x: np.ndarray, G: np.ndarray, h: float = 1e-6) -> np.nd
         minus = np.sum(G * f(x))
         x[idx] = old
         out[idx] = (plus - minus) / (2 * h)
+    return out
+
+
+# LAPACK's reflectors: H_i = I - tau_i v_i v_i^T, v_i the unit lower part of column i of A
+# (ones on the diagonal, zeros above), any tau (H_i need not be orthogonal).
+
+def _unit_lower(A: np.ndarray, k: int) -> np.ndarray:
+    d = A.shape[-2]
+    Y = np.tril(A[..., :k], -1)
+    Y[..., range(min(d, k)), range(min(d, k))] = 1
+    return Y
+
+
+def ref_householder_product(A, tau) -> np.ndarray:
+    """torch.linalg.householder_product: the first n columns of H_1 ... H_k, batched."""
+    A, tau = _f64(A), _f64(tau)
+    d, n = A.shape[-2:]
+    k = tau.shape[-1]
+    Y = _unit_lower(A, k)
+    out = np.empty(A.shape)
+    for b in np.ndindex(A.shape[:-2]):
+        Q = np.eye(d, n)
+        for i in range(k - 1, -1, -1):
+            v = Y[b][:, i]
+            Q = Q - tau[b][i] * np.outer(v, v @ Q)
+        out[b] = Q
+    return out
+
+
+def ref_ormqr(A, tau, C, left: bool = True, transpose: bool = False) -> np.ndarray:
+    """torch.ormqr: op(Q) C or C op(Q), batched."""
+    A, tau, C = _f64(A), _f64(tau), _f64(C)
+    d = A.shape[-2]
+    k = tau.shape[-1]
+    Y = _unit_lower(A, k)
+    out = np.empty(C.shape)
+    for b in np.ndindex(C.shape[:-2]):
+        Q = np.eye(d)
+        for i in range(k - 1, -1, -1):
+            v = Y[b][:, i]
+            Q = Q - tau[b][i] * np.outer(v, v @ Q)
+        Q = Q.T if transpose else Q
+        out[b] = Q @ C[b] if left else C[b] @ Q
     return out

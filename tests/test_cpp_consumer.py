@@ -1,5 +1,6 @@
 """The C++ library on its own: configure, build and install it with CMake, then build and run
-examples/cpp, a separate project that uses it through find_package(fasth)."""
+examples/cpp, a separate project that uses it through find_package(fasth): on the CPU, and
+with fasth::cuda where nvcc and cuBLAS are here (its GPU run then skips without a GPU)."""
 
 from __future__ import annotations
 
@@ -22,15 +23,21 @@ def _check(p: subprocess.CompletedProcess) -> None:
 
 
 @pytest.mark.slow
-def test_cpp_consumer(tmp_path):
+@pytest.mark.parametrize("cuda", [False, True])
+def test_cpp_consumer(tmp_path, cuda):
     cmake = shutil.which("cmake")
     if cmake is None:
         pytest.skip("cmake is not installed")
+    if cuda and shutil.which("nvcc") is None:
+        pytest.skip("nvcc is not installed")
     gen = ["-G", "Ninja"] if shutil.which("ninja") else []
     lib, prefix, ex = tmp_path / "lib", tmp_path / "prefix", tmp_path / "example"
 
-    _check(_run(cmake, "-S", ROOT, "-B", lib, *gen, "-DFASTH_CUDA=OFF",
-                "-DCMAKE_BUILD_TYPE=Release", cwd=tmp_path))
+    flags = ["-DFASTH_CUDA=ON", "-DCMAKE_CUDA_ARCHITECTURES=80"] if cuda else ["-DFASTH_CUDA=OFF"]
+    p = _run(cmake, "-S", ROOT, "-B", lib, *gen, *flags, "-DCMAKE_BUILD_TYPE=Release", cwd=tmp_path)
+    if cuda and p.returncode != 0 and "cuBLAS was not found" in p.stdout + p.stderr:
+        pytest.skip("no cuBLAS (pip install nvidia-cublas)")
+    _check(p)
     _check(_run(cmake, "--build", lib, "-j", "2", cwd=tmp_path))
     _check(_run(cmake, "--install", lib, "--prefix", prefix, cwd=tmp_path))
 
@@ -44,4 +51,5 @@ def test_cpp_consumer(tmp_path):
     exe = ex / "fasth_example"
     p = _run(exe, cwd=tmp_path)
     assert p.returncode == 0, f"fasth_example failed (exit {p.returncode}):\n{p.stdout}\n{p.stderr}"
-    assert "max|U^T U - I|" in p.stdout
+    assert "cpu: max|U^T U - I|" in p.stdout
+    assert ("cuda:" in p.stdout) == cuda

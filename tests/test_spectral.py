@@ -219,7 +219,7 @@ def _jax_layer(in_f, out_f, mode, dtype, bound=0.8, seed=0):
     jax = _jax()
     from flax import nnx
 
-    from fasth.jax_spectral import SpectralDense
+    from fasth.jax.spectral import SpectralDense
 
     layer = SpectralDense(in_f, out_f, bound=bound, mode=mode, lo=0.1 if mode == "clip" else 0.0,
                           rngs=nnx.Rngs(seed), param_dtype=dtype)
@@ -311,7 +311,7 @@ def test_jax_convolutions():
     jnp = jax.numpy
     from flax import nnx
 
-    from fasth.jax_spectral import SpectralConv, SpectralConv1x1
+    from fasth.jax.spectral import SpectralConv, SpectralConv1x1
 
     with jax.enable_x64(True):
         c1 = SpectralConv1x1(5, 3, bound=0.7, mode="sigmoid", rngs=nnx.Rngs(0), param_dtype=jnp.float64)

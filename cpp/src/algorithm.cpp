@@ -1,572 +1,867 @@
-// The FastH algorithm, written once over the Backend interface (see MATH.md in the design
-// notes): blocks of m reflectors in compact-WY form P_j = I - Y_j T_j Y_j^T, the T factors of
-// every block built once per V, a forward of k/m block steps, and a backward that recovers
-// each block's input from its output (P_j is orthogonal) so that only the output is kept.
+// The FastH algorithm, written once over the Backend interface (docs/math.md has the
+// derivations): the reflectors' unit vectors Y and the T factors of their compact-WY
+// blocks P_j = I - Y_j T_j Y_j^T, built once per V (the factors); a forward of k/m block
+// steps; a householder backward that recovers each block's input from its output (P_j is
+// orthogonal), so that only the output is kept; a LAPACK-reflector backward (any tau: P_j
+// need not be orthogonal) that keeps the block inputs; and U as one block with the full T,
+// U = I - Y T Y^T, for matrix() and the materialised apply.
 //
 // Each block step multiplies by R = T (apply) or R = T^T (transpose: P_j^T = I - Y T^T Y^T);
 // the blocks are walked in the order that the product takes them.
 #include <algorithm>
+#include <atomic>
 #include <stdexcept>
 #include <string>
 
-#include "fasth/fasth.hpp"
+#include "algorithm.hpp"
 
 namespace fasth {
+
+// ---------------------------------------------------------------------------------------
+// Call counts
+
+namespace {
+std::atomic<bool> g_counting{false};
+std::atomic<std::int64_t> g_counts[static_cast<int>(Call::count_)] = {};
+
+void counted(Call c) {
+  if (g_counting.load(std::memory_order_relaxed))
+    g_counts[static_cast<int>(c)].fetch_add(1, std::memory_order_relaxed);
+}
+}  // namespace
+
+const char* call_name(Call c) {
+  static const char* const names[] = {"gemm", "trmm", "gram", "copy", "set", "larft",
+                                      "mirror_upper", "normalize", "normalize_backward",
+                                      "lower", "small_matrix", "small_matrix_backward"};
+  const int i = static_cast<int>(c);
+  return i >= 0 && i < static_cast<int>(Call::count_) ? names[i] : "?";
+}
+void count_calls(bool on) { g_counting.store(on); }
+void reset_call_counts() {
+  for (auto& c : g_counts) c.store(0);
+}
+std::int64_t call_count(Call c) { return g_counts[static_cast<int>(c)].load(); }
+
+namespace detail {
 namespace {
 
-// A logical matrix over column-major storage: M = t ? S^T : S, S with leading dimension ld.
-// Batch entries lie bs apart (0: shared by the whole batch).
+constexpr std::size_t kAlign = 16;  // elements: 64-byte aligned sub-buffers for float
+std::size_t round_up(std::size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+std::size_t sz(index_t n) { return static_cast<std::size_t>(std::max<index_t>(n, 0)); }
+
+// Consecutive aligned sub-buffers of a workspace; with a null base it only measures, which
+// is how the plan sizes each workspace from the very code that carves it.
 template <class T>
-struct View {
-  T* p;
-  index_t ld;
-  bool t;
-  index_t bs;
-
-  // Columns [c, c + w) of the logical matrix.
-  View cols(index_t c) const { return {p + c * (t ? 1 : ld), ld, t, bs}; }
-};
-
-// Column-major (t = false) or row-major (t = true) leading dimension, or -1 when neither.
-struct Layout {
-  index_t ld;
-  bool t;
-};
-
-Layout layout_of(index_t rows, index_t cols, index_t rs, index_t cs) {
-  const index_t r = std::max<index_t>(rows, 1), c = std::max<index_t>(cols, 1);
-  if (rows == 0 || cols == 0) return {r, false};  // nothing is ever addressed
-  if ((rs == 1 || rows <= 1) && (cols <= 1 || cs >= r)) return {cols <= 1 ? r : cs, false};
-  if ((cs == 1 || cols <= 1) && (rows <= 1 || rs >= c)) return {rows <= 1 ? c : rs, true};
-  return {-1, false};
-}
-
-template <class T>
-View<T> view(Matrix<T> m, const char* name) {
-  const Layout l = layout_of(m.rows, m.cols, m.rs, m.cs);
-  if (l.ld < 0)
-    throw std::invalid_argument(std::string("fasth: ") + name +
-                                " has strides that BLAS cannot address; pass a contiguous copy");
-  return {m.data, l.ld, l.t, m.bs};
-}
-
-template <class T>
-View<T> buffer(T* p, index_t rows, index_t cols) {  // contiguous column-major batch
-  return {p, std::max<index_t>(rows, 1), false, rows * cols};
-}
-
-template <class T>
-View<const T> in(View<T> v) {
-  return {v.p, v.ld, v.t, v.bs};
-}
-
-template <class T>
-Strided<T> strided(View<T> v) {
-  return v.t ? Strided<T>{v.p, v.ld, 1, v.bs} : Strided<T>{v.p, 1, v.ld, v.bs};
-}
-
-// Whether U (d x cols, V d x k) and its backward go through the backend's small-d path.
-template <class T>
-bool small(const Backend<T>& be, index_t d, index_t k, index_t cols) {
-  return cols <= d && be.small_path(d, k);
-}
-
-// C = alpha op(A) op(B) + beta C, op(A) m x k, for `batch` entries. A C shared across the
-// batch (bs == 0) receives the sum over the batch.
-template <class T>
-void mm(const Backend<T>& be, index_t batch, index_t m, index_t n, index_t k, T alpha,
-        View<const T> a, bool ta, View<const T> b, bool tb, T beta, View<T> c) {
-  if (m == 0 || n == 0 || batch == 0) return;
-  if (k == 0) {
-    if (beta == T(1)) return;
-    // C = beta C: degenerate product; only ever beta == 0 here (fresh outputs).
-    if (c.t) std::swap(m, n);
-    be.set(m, n, T(0), T(0), c.p, c.ld, c.bs, c.bs == 0 ? 1 : batch);
-    return;
-  }
-  if (c.bs == 0 && batch > 1) {
-    for (index_t i = 0; i < batch; ++i) {
-      View<const T> ai{a.p + i * a.bs, a.ld, a.t, 0}, bi{b.p + i * b.bs, b.ld, b.t, 0};
-      mm(be, 1, m, n, k, alpha, ai, ta, bi, tb, i == 0 ? beta : T(1), c);
-    }
-    return;
-  }
-  const bool ea = a.t != ta, eb = b.t != tb;  // transposes relative to the storage
-  if (!c.t)
-    be.gemm(ea, eb, m, n, k, alpha, a.p, a.ld, a.bs, b.p, b.ld, b.bs, beta, c.p, c.ld, c.bs,
-            batch);
-  else  // C^T = op(B)^T op(A)^T
-    be.gemm(!eb, !ea, n, m, k, alpha, b.p, b.ld, b.bs, a.p, a.ld, a.bs, beta, c.p, c.ld, c.bs,
-            batch);
-}
-
-// C = Y^T Y (w x w) for Y (d x w), batched.
-template <class T>
-void gram(const Backend<T>& be, index_t batch, index_t w, index_t d, View<const T> y, View<T> c) {
-  be.gram(y.t, w, d, y.p, y.ld, y.bs, c.p, c.ld, c.bs, batch);
-}
-
-template <class T>
-void copy(const Backend<T>& be, index_t batch, index_t rows, index_t cols, View<const T> a,
-          View<T> b) {
-  if (!b.t) be.copy(a.t, rows, cols, a.p, a.ld, a.bs, b.p, b.ld, b.bs, batch);
-  else be.copy(!a.t, cols, rows, a.p, a.ld, a.bs, b.p, b.ld, b.bs, batch);
-}
-
-template <class T>
-void identity(const Backend<T>& be, index_t batch, index_t rows, index_t cols, View<T> a) {
-  if (a.t) std::swap(rows, cols);
-  be.set(rows, cols, T(0), T(1), a.p, a.ld, a.bs, batch);
-}
-
-// Sizes shared by every op once the shape is resolved.
-struct Dims {
-  index_t B, bv, d, k, n, m, nb;
-  explicit Dims(const Shape& s)
-      : B(s.batch), bv(s.shared_v ? 1 : s.batch), d(s.d), k(s.k), n(s.n), m(s.block),
-        nb(s.k == 0 ? 0 : (s.k + s.block - 1) / s.block) {}
-  index_t width(index_t j) const { return std::min(m, k - j * m); }
-  index_t fstride() const { return nb * 2 * m * m; }  // factors of one V-batch entry
-};
-
-// Workspace carving: consecutive sub-buffers, each 64-byte aligned.
-template <class T>
-struct Carver {
-  T* p;
+struct Arena {
+  T* base;
   std::size_t used = 0;
   T* take(std::size_t count) {
-    T* r = p ? p + used : nullptr;
-    used += (count + 15) / 16 * 16;
+    T* r = base ? base + used : nullptr;
+    used += round_up(count);
     return r;
   }
 };
 
+// A logical matrix over column-major storage: t ? S^T : S, S with leading dimension ld;
+// batch entries bs apart (0: one matrix shared by the batch).
 template <class T>
-struct Blocks {
-  const Backend<T>& be;
-  Dims z;
-  bool transpose;  // R = T^T and the blocks in the other order
-  View<const T> V;
-  const T* F;
-  index_t batch;  // batch entries of the matrices being multiplied
-  index_t n;      // their columns
-
-  View<const T> Y(index_t j) const { return V.cols(j * z.m); }
-  View<const T> Tf(index_t j) const { return {F + j * 2 * z.m * z.m, z.m, false, V.bs ? z.fstride() : 0}; }
-  View<const T> Gram(index_t j) const { View<const T> t = Tf(j); t.p += z.m * z.m; return t; }
-  // The forward walks j = nb-1 .. 0 for U X = P_0 (P_1 (... X)), and 0 .. nb-1 for U^T X.
-  index_t forward_block(index_t step) const { return transpose ? step : z.nb - 1 - step; }
-
-  // A <- P A (or P^T A) for every block: A holds X on entry and the product on exit.
-  void forward(View<T> A, T* ws) const {
-    Carver<T> c{ws};
-    View<T> W1 = buffer(c.take(batch * z.m * n), z.m, n), W2 = buffer(c.take(batch * z.m * n), z.m, n);
-    for (index_t s = 0; s < z.nb; ++s) {
-      const index_t j = forward_block(s), w = z.width(j);
-      mm(be, batch, w, n, z.d, T(1), Y(j), true, in(A), false, T(0), W1);
-      mm(be, batch, w, n, w, T(1), Tf(j), transpose, in(W1), false, T(0), W2);
-      mm(be, batch, z.d, n, w, T(-1), Y(j), false, in(W2), false, T(1), A);
-    }
-  }
-  static std::size_t forward_ws(index_t batch, index_t m, index_t n) {
-    Carver<T> c{nullptr};
-    c.take(batch * m * n), c.take(batch * m * n);
-    return c.used;
-  }
-
-  // From the output A and its gradient G, held side by side as AG = [A | G] (d x 2n per
-  // entry), walking the blocks back to the input: A ends as the input X, G as dL/dX, and dV
-  // receives dL/dV (summed over the batch when shared). With A and G adjacent, the products
-  // with Y and with R serve both at once: 3 products of the size of A per block, not 6.
-  void backward(View<T> AG, View<T> dV, T* ws) const {
-    Carver<T> c{ws};
-    View<T> WdQ = buffer(c.take(batch * z.m * 2 * n), z.m, 2 * n),  // [W | Y^T G]
-            B2 = buffer(c.take(batch * z.m * 3 * n), z.m, 3 * n),   // [Q0 | dZ' | Q]
-            Ms = buffer(c.take(batch * z.m * z.m), z.m, z.m);
-    View<T> W = WdQ, Q0 = B2, dZ = B2.cols(n), Q = B2.cols(2 * n);  // dZ' = -dZ
-    for (index_t s = z.nb - 1; s >= 0; --s) {
-      const index_t j = forward_block(s), w = z.width(j);
-      const View<const T> y = Y(j), t = Tf(j);
-      View<T> dY = dV.cols(j * z.m);
-      mm(be, batch, w, 2 * n, z.d, T(1), y, true, in(AG), false, T(0), WdQ);  // Y^T [A | G]
-      mm(be, batch, w, 2 * n, w, T(1), t, !transpose, in(WdQ), false, T(0), B2);  // R^T (..)
-      mm(be, batch, w, n, w, T(-1), Gram(j), false, in(Q0), false, T(1), W);  // Z = Y^T A_in
-      mm(be, batch, w, n, w, T(1), t, transpose, in(W), false, T(0), Q);      // Q = R Z
-      // dS = -dZ Q^T for R = T, its transpose for R = T^T; M + M^T mirrors its upper part.
-      if (!transpose) mm(be, batch, w, w, n, T(1), in(dZ), false, in(Q), true, T(0), Ms);
-      else mm(be, batch, w, w, n, T(1), in(Q), false, in(dZ), true, T(0), Ms);
-      be.mirror_upper(w, Ms.p, Ms.ld, Ms.bs, batch);
-      // dY = -G Q^T + A_in dZ^T + Y (M + M^T) with A_in = A - Y Q0:
-      //    = -[A | G] [dZ' | Q]^T + Y (M + M^T + Q0 dZ'^T)
-      mm(be, batch, w, w, n, T(1), in(Q0), false, in(dZ), true, T(1), Ms);
-      mm(be, batch, z.d, w, 2 * n, T(-1), in(AG), false, in(dZ), true, T(0), dY);
-      mm(be, batch, z.d, w, w, T(1), y, false, in(Ms), false, T(1), dY);
-      // [A | G] -= Y [Q0 | dZ']: A_in = A - Y Q0, and G = P^T G = G + Y dZ.
-      mm(be, batch, z.d, 2 * n, w, T(-1), y, false, in(B2), false, T(1), AG);
-    }
-  }
-  static std::size_t backward_ws(index_t batch, index_t m, index_t n) {
-    Carver<T> c{nullptr};
-    c.take(batch * m * 2 * n), c.take(batch * m * 3 * n), c.take(batch * m * m);
-    return c.used;
-  }
-};
-
-// Workspace for a backward walk over `batch` entries of d x n: [A | G] side by side, and its
-// A and G halves as batches. A shared V (fold) takes the whole batch as one wide problem,
-// d x 2Bn: no reduction over the batch for dV.
-template <class T>
-struct Walk {
-  View<T> ag, a, g;
-  index_t batch, n;
-  static std::size_t size(index_t batch, index_t d, index_t n, index_t m, bool fold) {
-    const std::size_t own = static_cast<std::size_t>(2 * batch * d * n) + 16;
-    return own + (fold ? Blocks<T>::backward_ws(1, m, batch * n)
-                       : Blocks<T>::backward_ws(batch, m, n));
-  }
+struct M {
+  T* p;
+  index_t ld;
+  bool t;
+  index_t bs;
+  M cols(index_t c) const { return {p + c * (t ? 1 : ld), ld, t, bs}; }
+  M rows(index_t r) const { return {p + r * (t ? ld : 1), ld, t, bs}; }
 };
 
 template <class T>
-Walk<T> walk(Carver<T>& c, index_t batch, index_t d, index_t n, bool fold) {
-  T* p = c.take(2 * batch * d * n);
-  const index_t ld = std::max<index_t>(d, 1), dn = d * n;
-  if (fold) return {{p, ld, false, 0}, {p, ld, false, dn}, {p + batch * dn, ld, false, dn}, 1, batch * n};
-  return {{p, ld, false, 2 * dn}, {p, ld, false, 2 * dn}, {p + dn, ld, false, 2 * dn}, batch, n};
-}
-
-void check_shape(const Shape& s) {
-  if (s.d < 0 || s.k < 0 || s.n < 0 || s.batch < 0)
-    throw std::invalid_argument("fasth: negative size");
-  if (s.k > s.d)
-    throw std::invalid_argument("fasth: V has more columns (k = " + std::to_string(s.k) +
-                                ") than rows (d = " + std::to_string(s.d) + ")");
-  if (s.block < 1) throw std::invalid_argument("fasth: block size must be at least 1");
+M<const T> in(M<T> v) {
+  return {v.p, v.ld, v.t, v.bs};
 }
 
 template <class T>
-void check(const Matrix<T>& m, index_t rows, index_t cols, const char* name) {
-  if (m.rows != rows || m.cols != cols)
-    throw std::invalid_argument(std::string("fasth: ") + name + " is " +
-                                std::to_string(m.rows) + " x " + std::to_string(m.cols) +
-                                ", expected " + std::to_string(rows) + " x " +
-                                std::to_string(cols));
-}
-
-// A V shared by a batch whose matrices sit side by side in memory is one wide problem:
-// n' = batch * n, no reduction over the batch for dV.
-template <class T>
-bool side_by_side(const View<T>& v, index_t n, index_t batch) {
-  return batch == 1 || (!v.t && v.bs == n * v.ld);
+Strided<T> strided(M<T> v) {
+  return v.t ? Strided<T>{v.p, v.ld, 1, v.bs} : Strided<T>{v.p, 1, v.ld, v.bs};
 }
 
 template <class T>
-Blocks<T> blocks(const Backend<T>& be, const Shape& s, bool transpose, Matrix<const T> V,
-                 const T* F, index_t batch, index_t n) {
-  check(V, s.d, s.k, "V");
-  View<const T> v = view(V, "V");
-  if (s.shared_v) v.bs = 0;
-  return {be, Dims(s), transpose, v, F, batch, n};
+Strided<T> strided(const Mat3& m, T* p) {
+  return {p, m.rs, m.cs, m.bs};
 }
 
-// U (bv entries, d x d) into `u` by a blockwise forward on the identity, or the small path.
 template <class T>
-void build_u(const Blocks<T>& b0, View<T> u, T* ws) {
-  const Dims& z = b0.z;
-  if (small(b0.be, z.d, z.k, z.d))
-    return b0.be.small_matrix(z.bv, z.d, z.k, z.d, strided(b0.V), strided(u));
-  Blocks<T> b = b0;
-  b.transpose = false;
-  b.batch = b0.z.bv;
-  b.n = b0.z.d;
-  identity(b.be, b.batch, b.z.d, b.z.d, u);
-  b.forward(u, ws);
+M<T> buffer(T* p, index_t rows, index_t bs) {  // contiguous column-major, rows x anything
+  return {p, std::max<index_t>(rows, 1), false, bs};
 }
 
-// The leaf width for T factors of blocks of m: the widest divisor of m that larft takes.
-index_t leaf_width(index_t m, index_t most) {
+// The BLAS view of a strided batch of matrices, when there is one (ok == false otherwise).
+template <class T>
+M<T> view(const Mat3& m, T* p, bool& ok) {
+  const index_t r = std::max<index_t>(m.rows, 1), c = std::max<index_t>(m.cols, 1);
+  ok = true;
+  if (m.rows == 0 || m.cols == 0) return {p, r, false, m.bs};
+  if ((m.rs == 1 || m.rows <= 1) && (m.cols <= 1 || m.cs >= r))
+    return {p, m.cols <= 1 ? r : m.cs, false, m.bs};
+  if ((m.cs == 1 || m.cols <= 1) && (m.rows <= 1 || m.rs >= c))
+    return {p, m.rows <= 1 ? c : m.rs, true, m.bs};
+  ok = false;
+  return {p, r, false, m.bs};
+}
+
+template <class T>
+M<T> view(const Mat3& m, T* p) {
+  bool ok;
+  M<T> v = view(m, p, ok);
+  if (!ok) throw std::logic_error("fasth: an output the plan laid out is not BLAS-addressable");
+  return v;
+}
+
+index_t leaf_width(index_t m, index_t most) {  // the widest divisor of m that larft takes
   if (m <= most) return m;
   for (index_t h = most; h > 1; --h)
     if (m % h == 0) return h;
   return 1;
 }
 
-// T of the leaves [lo, hi) (each h wide) of every block from the T's of its two halves:
-// T[a:b, b:c] = -T[a:b, a:b] G[a:b, b:c] T[b:c, b:c], the block form of T = S^{-1} for the
-// upper triangular S = striu(G) + diag(G) / 2 (MATH.md), whose off-diagonal block is G's.
-// `count` blocks, 2 m^2 apart in F.
+// One level of a batch of up to three levels, for the operands of one call: n entries,
+// each operand's pointer stepping by its own stride.
+struct Level {
+  index_t n;
+  index_t s0, s1;
+};
+
+// Calls f(off0, off1, count, stride0, stride1) for every entry of the levels, with the
+// largest level as the batch of each call and the others looped.
+template <class F>
+void each(Level a, Level b, Level c, F&& f) {
+  Level lv[3] = {a, b, c};
+  std::sort(lv, lv + 3, [](const Level& x, const Level& y) { return x.n > y.n; });
+  if (lv[0].n <= 0 || lv[1].n <= 0 || lv[2].n <= 0) return;
+  for (index_t i = 0; i < lv[1].n; ++i)
+    for (index_t j = 0; j < lv[2].n; ++j)
+      f(i * lv[1].s0 + j * lv[2].s0, i * lv[1].s1 + j * lv[2].s1, lv[0].n, lv[0].s0, lv[0].s1);
+}
+
+// ---------------------------------------------------------------------------------------
+// The backend's operations on logical matrices, each counted.
+
 template <class T>
-void merge_t(const Backend<T>& be, index_t count, index_t m, index_t h, T* F, T* ws, index_t lo,
-             index_t hi) {
-  if (hi - lo < 2) return;
-  const index_t mid = (lo + hi) / 2;
-  merge_t(be, count, m, h, F, ws, lo, mid);
-  merge_t(be, count, m, h, F, ws, mid, hi);
-  const index_t a = lo * h, b = mid * h, c = hi * h, p = b - a, q = c - b, bs = 2 * m * m;
-  auto at = [&](index_t r, index_t col, index_t off) {  // off: 0 for T, m^2 for G
-    return View<T>{F + off + r + col * m, m, false, bs};
-  };
-  View<T> w = buffer(ws, p, q);
-  mm(be, count, p, q, q, T(1), in(at(a, b, m * m)), false, in(at(b, b, 0)), false, T(0), w);
-  mm(be, count, p, q, p, T(-1), in(at(a, a, 0)), false, in(w), false, T(0), at(a, b, 0));
-}
+struct Ops {
+  const Backend<T>& be;
 
-// The T factors of `count` blocks of m from their Gram matrices (factors layout): by the
-// backend's larft, or, for blocks wider than it takes, larft on leaves packed in `ws` and
-// merged with gemm.
-template <class T>
-void build_t(const Backend<T>& be, index_t count, index_t m, T* F, T* ws) {
-  const index_t h = leaf_width(m, be.larft_max());
-  if (h == m) return be.larft(count, m, F);
-  const index_t leaves = m / h, m2 = m * m, h2 = h * h;
-  for (index_t l = 0; l < leaves; ++l)  // the diagonal h x h blocks of G, as larft takes them
-    be.copy(false, h, h, F + m2 + l * h * (m + 1), m, 2 * m2, ws + l * 2 * h2 + h2, h,
-            2 * h * m, count);
-  be.larft(count * leaves, h, ws);
-  for (index_t l = 0; l < leaves; ++l)  // their T's onto the diagonal of T
-    be.copy(false, h, h, ws + l * 2 * h2, h, 2 * h * m, F + l * h * (m + 1), m, 2 * m2, count);
-  merge_t(be, count, m, h, F, ws, 0, leaves);
-}
-
-}  // namespace
-
-bool addressable(index_t rows, index_t cols, index_t rs, index_t cs) {
-  return layout_of(rows, cols, rs, cs).ld >= 0;
-}
-
-index_t choose_block(index_t d, index_t k, index_t n, Device device) {
-  // GPU: each block step is a few launches, which dominate at small n, and its Y^T A product
-  // has an m x n output that must fill the GPU: blocks of 128 (at 64, d = 1024, n = 2048 took
-  // 7.4x U @ X on an H200). 256 lost when the T kernel fell back to global memory; wider
-  // blocks now merge T's of 128 with gemm instead, which is still to be measured.
-  // CPU: each block step costs several BLAS calls, and thin products run far below the
-  // BLAS's speed, so even at small n wide blocks win although their T work (about m / 4n of
-  // the flops) grows. Forward + backward of apply with libtorch's MKL on 2 cores, d = 1024:
-  // n = 8, blocks of 4 / 32: 88 / 16 ms; n = 64, 32 / 64: 24 / 21 ms; n = 1024, 64 / 128:
-  // 273 / 242 ms, where at k = 512, 64 won (56 / 61 ms).
-  (void)d;  // part of the rule's signature; the measured rules need only n and k so far
-  const index_t m = device == Device::cuda ? index_t{128}
-                    : n >= 1024 && k >= 1024 ? index_t{128}
-                                             : index_t{64};
-  return std::max<index_t>(1, std::min(m, k));
-}
-
-namespace {
-// Forward + backward flops, blockwise weighted by 1.25: its thin products run below the
-// speed of materialize's square ones. With k = d, materialize then wins from n = 1.57 d
-// (at 2.2 d by flops alone); on the CPU (MKL, 2 cores) it won by 12-20 % at n = 2d for
-// d = 128 .. 1024 and lost at n = 1.5 d (d = 512: 43 against 39 ms).
-double blockwise_flops(double d, double k, double n) { return 1.25 * 16 * d * k * n; }
-double materialize_flops(double d, double k, double n) {
-  return 8 * d * d * k + 6 * d * d * n + 2 * d * d * d + 12 * d * d * k;
-}
-}  // namespace
-
-Strategy choose_strategy(index_t d, index_t k, index_t n) {
-  return materialize_flops(d, k, n) < blockwise_flops(d, k, n) ? Strategy::materialize
-                                                                : Strategy::blockwise;
-}
-
-namespace {
-bool materialized(const Shape& s) {
-  return s.strategy == Strategy::materialize ||
-         (s.strategy == Strategy::automatic && choose_strategy(s.d, s.k, s.n) == Strategy::materialize);
-}
-}  // namespace
-
-Shape resolve(Shape s, Device device) {
-  if (s.block <= 0) s.block = choose_block(s.d, s.k, s.n, device);
-  if (s.strategy == Strategy::automatic) s.strategy = choose_strategy(s.d, s.k, s.n);
-  if (s.batch == 1) s.shared_v = true;
-  check_shape(s);
-  return s;
-}
-
-std::size_t factors_size(const Shape& s) {
-  const Dims z(s);
-  return static_cast<std::size_t>(z.bv * z.fstride());
-}
-
-namespace {
-std::size_t op_workspace(Op op, const Shape& s) {
-  const Dims z(s);
-  const std::size_t dd = static_cast<std::size_t>(z.bv * z.d * z.d);
-  auto fw = [&](index_t batch, index_t n) { return Blocks<double>::forward_ws(batch, z.m, n); };
-  auto bw = [&](index_t batch, index_t n) { return Blocks<double>::backward_ws(batch, z.m, n); };
-  auto walk = [&](index_t batch, index_t n) { return Walk<double>::size(batch, z.d, n, z.m, s.shared_v); };
-  const bool mat = materialized(s);
-  switch (op) {
-    case Op::factors: break;
-    case Op::matrix: return fw(z.bv, z.n);
-    case Op::matrix_backward: return walk(z.B, z.n);
-    case Op::apply: return mat ? dd + 16 + fw(z.bv, z.d) : fw(z.B, z.n);
-    case Op::apply_backward:
-      return mat ? 3 * (dd + 16) + std::max(fw(z.bv, z.d), bw(z.bv, z.d)) : walk(z.B, z.n);
+  // C = alpha op(A) op(B) + beta C, op(A) m x k, for `batch` entries. A C shared across the
+  // batch (bs == 0) receives the sum over the batch.
+  void mm(index_t batch, index_t m, index_t n, index_t k, T alpha, M<const T> a, bool ta,
+          M<const T> b, bool tb, T beta, M<T> c) const {
+    if (m == 0 || n == 0 || batch == 0) return;
+    if (k == 0) {
+      if (beta == T(1)) return;
+      // C = beta C: only ever beta == 0 here (fresh outputs).
+      return set(c.bs == 0 ? 1 : batch, m, n, T(0), T(0), c);
+    }
+    if (c.bs == 0 && batch > 1) {
+      for (index_t i = 0; i < batch; ++i) {
+        M<const T> ai{a.p + i * a.bs, a.ld, a.t, 0}, bi{b.p + i * b.bs, b.ld, b.t, 0};
+        mm(1, m, n, k, alpha, ai, ta, bi, tb, i == 0 ? beta : T(1), c);
+      }
+      return;
+    }
+    counted(Call::gemm);
+    const bool ea = a.t != ta, eb = b.t != tb;  // transposes relative to the storage
+    if (!c.t)
+      be.gemm(ea, eb, m, n, k, alpha, a.p, a.ld, a.bs, b.p, b.ld, b.bs, beta, c.p, c.ld, c.bs,
+              batch);
+    else  // C^T = op(B)^T op(A)^T
+      be.gemm(!eb, !ea, n, m, k, alpha, b.p, b.ld, b.bs, a.p, a.ld, a.bs, beta, c.p, c.ld,
+              c.bs, batch);
   }
-  return 0;
-}
-}  // namespace
 
-std::size_t workspace_size(Op op, const Shape& s) {
-  // factors(): leaves of at least 1 per block (2 h m <= m^2 for h <= m / 2) or the merges'
-  // products (at most m^2 / 4), whatever the backend's larft_max().
-  const Dims z(s);
-  const std::size_t t = z.m > 1 ? static_cast<std::size_t>(z.bv * z.nb * z.m * z.m) : 0;
-  return std::max(t, op_workspace(op, s));
+  // C = alpha op(R) B (left, B w x n) or alpha B op(R) (right, B n x w), R w x w upper
+  // triangular in a factors block; B and C column-major buffers.
+  void tr(index_t batch, bool right, bool trans, index_t w, index_t n, T alpha, M<const T> r,
+          M<const T> b, M<T> c) const {
+    if (w == 0 || n == 0 || batch == 0) return;
+    counted(Call::trmm);
+    be.trmm(right, trans, w, n, alpha, r.p, r.ld, r.bs, b.p, b.ld, b.bs, c.p, c.ld, c.bs, batch);
+  }
+
+  void gram(index_t batch, index_t w, index_t d, M<const T> y, M<T> c) const {
+    if (w == 0 || batch == 0) return;
+    if (d == 0) return set(batch, w, w, T(0), T(0), c);
+    counted(Call::gram);
+    be.gram(y.t, w, d, y.p, y.ld, y.bs, c.p, c.ld, c.bs, batch);
+  }
+
+  void copy(index_t batch, index_t rows, index_t cols, Strided<const T> a, Strided<T> b) const {
+    if (rows == 0 || cols == 0 || batch == 0) return;
+    counted(Call::copy);
+    be.copy(rows, cols, a, b, batch);
+  }
+
+  void set(index_t batch, index_t rows, index_t cols, T offdiag, T diag, M<T> a) const {
+    if (rows == 0 || cols == 0 || batch == 0) return;
+    counted(Call::set);
+    if (a.t) std::swap(rows, cols);
+    be.set(rows, cols, offdiag, diag, a.p, a.ld, a.bs, batch);
+  }
+
+  void larft(index_t count, index_t m, const T* g, index_t ldg, index_t sg, const T* tau,
+             index_t stau, T* t, index_t ldt, index_t st) const {
+    if (count == 0 || m == 0) return;
+    counted(Call::larft);
+    be.larft(count, m, g, ldg, sg, tau, stau, t, ldt, st);
+  }
+
+  void mirror(index_t batch, index_t m, M<T> a) const {
+    if (m <= 1 || batch == 0) return;
+    counted(Call::mirror_upper);
+    be.mirror_upper(m, a.p, a.ld, a.bs, batch);
+  }
+
+  void normalize(index_t batch, index_t d, index_t k, Strided<const T> v, T* y, index_t ys,
+                 T* norms, index_t ns) const {
+    if (batch == 0 || k == 0) return;
+    counted(Call::normalize);
+    be.normalize(batch, d, k, v, y, ys, norms, ns);
+  }
+
+  void normalize_backward(index_t batch, index_t d, index_t k, const T* y, index_t ys,
+                          const T* norms, index_t ns, const T* dy, index_t dys,
+                          Strided<T> dv) const {
+    if (batch == 0 || k == 0 || d == 0) return;
+    counted(Call::normalize_backward);
+    be.normalize_backward(batch, d, k, y, ys, norms, ns, dy, dys, dv);
+  }
+
+  void lower(index_t batch, index_t d, index_t k, Strided<const T> a, Strided<T> b,
+             T diag) const {
+    if (batch == 0 || k == 0 || d == 0) return;
+    counted(Call::lower);
+    be.lower(batch, d, k, a, b, diag);
+  }
+
+  void identity(index_t batch, index_t rows, index_t cols, M<T> a) const {
+    set(batch, rows, cols, T(0), T(1), a);
+  }
+};
+
+// ---------------------------------------------------------------------------------------
+// The workspaces, carved by the same functions that size them.
+
+template <class T>
+struct FactorsWs {
+  T* merge;  // T-factor merges: W = G12 T2 for a level's pairs
+};
+
+template <class T>
+FactorsWs<T> carve_factors(const Layout& L, Arena<T>& a, index_t larft_max) {
+  FactorsWs<T> w{};
+  const index_t h = leaf_width(L.m, larft_max);
+  if (h < L.m && L.k > 0) {
+    const index_t most = std::max({L.bv, L.nb, L.m / h});
+    w.merge = a.take(sz(most) * sz(L.m / 2 + 1) * sz(L.m / 2 + 1));
+  }
+  return w;
+}
+
+// Z = Y_E T^T (c x k) for U = E - Y T Y_E^T: the single block's forward on the identity.
+template <class T>
+struct UWs {
+  T* z;
+};
+
+template <class T>
+UWs<T> carve_u(index_t batch, index_t c, index_t k, Arena<T>& a) {
+  return {a.take(sz(batch) * sz(c) * sz(k))};
 }
 
 template <class T>
-void factors(const Backend<T>& be, const Shape& s, Matrix<const T> V, T* F, T* ws) {
-  check_shape(s);
-  check(V, s.d, s.k, "V");
-  const Dims z(s);
-  if (z.bv == 0 || z.nb == 0) return;
-  const auto size = static_cast<index_t>(factors_size(s));
-  be.set(size, 1, T(0), T(0), F, size, 0, 1);  // zero: deterministic, and padding for larft
-  // Unused where every op that could read them takes the small path.
-  if (materialized(s) && small(be, s.d, s.k, s.n)) return;
-  View<const T> v = view(V, "V");
-  // Gram matrices Y_j^T Y_j of the full blocks, then of the short last block.
-  const index_t full = z.k / z.m, ystride = z.m * (v.t ? 1 : v.ld), mm2 = z.m * z.m;
-  for (index_t i = 0; i < (z.bv <= full ? z.bv : full); ++i) {
-    if (z.bv <= full) {  // one batched product over the blocks of V-batch entry i
-      View<const T> y{v.p + i * v.bs, v.ld, v.t, ystride};
-      gram(be, full, z.m, z.d, y, View<T>{F + i * z.fstride() + mm2, z.m, false, 2 * mm2});
-    } else {  // one batched product over the V batch for block i
-      View<const T> y = v.cols(i * z.m);
-      gram(be, z.bv, z.m, z.d, y, View<T>{F + i * 2 * mm2 + mm2, z.m, false, z.fstride()});
+struct ForwardWs {
+  T *w1, *w2, *x;
+  UWs<T> u;
+};
+
+template <class T>
+ForwardWs<T> carve_forward(const Layout& L, Arena<T>& a) {
+  ForwardWs<T> w{};
+  if (L.op == Op::matrix) {
+    w.u = carve_u(L.B, L.n, L.k, a);
+  } else if (L.single) {
+    w.x = a.take(sz(L.B) * sz(L.d) * sz(L.n));  // X, where BLAS cannot address it
+  } else {
+    w.w1 = a.take(sz(L.B) * sz(L.m) * sz(L.n));
+    w.w2 = a.take(sz(L.B) * sz(L.m) * sz(L.n));
+  }
+  return w;
+}
+
+// The single block's backward (matrix, or the materialised apply through dL/dU).
+template <class T>
+struct MatrixWs {
+  T *g, *a, *be, *c, *dy;            // householder: A = Y T, B_E = Y_E T^T, C (k x k)
+  T *gy, *h, *gty, *lo, *kk, *p1, *p2, *e, *ms, *dm;  // lapack: see lapack_t_backward
+};
+
+template <class T>
+struct TBackWs {
+  T *lo, *kk, *p1, *p2, *e, *ms, *dm;
+};
+
+template <class T>
+TBackWs<T> carve_tback(index_t batch, index_t m, Arena<T>& a) {
+  TBackWs<T> w;
+  const std::size_t mm = sz(batch) * sz(m) * sz(m);
+  w.lo = a.take(mm), w.kk = a.take(mm), w.p1 = a.take(mm), w.p2 = a.take(mm);
+  w.e = a.take(mm), w.ms = a.take(mm), w.dm = a.take(mm);
+  return w;
+}
+
+template <class T>
+MatrixWs<T> carve_matrix_backward(const Layout& L, index_t c, Arena<T>& a) {
+  MatrixWs<T> w{};
+  const std::size_t bv = sz(L.bv), d = sz(L.d), k = sz(L.k), cc = sz(c);
+  w.g = a.take(bv * d * cc);  // dL/dU, where BLAS cannot address it
+  w.dy = a.take(bv * d * k);
+  if (L.kind == Kind::householder) {
+    w.a = a.take(bv * d * k), w.be = a.take(bv * cc * k), w.c = a.take(bv * k * k);
+  } else {
+    w.gy = a.take(bv * d * k), w.h = a.take(bv * k * k), w.gty = a.take(bv * cc * k);
+    const TBackWs<T> t = carve_tback(L.bv, L.k, a);
+    w.lo = t.lo, w.kk = t.kk, w.p1 = t.p1, w.p2 = t.p2, w.e = t.e, w.ms = t.ms, w.dm = t.dm;
+  }
+  return w;
+}
+
+template <class T>
+struct BackwardWs {
+  T *ag, *wdq, *b2, *ms, *dy;      // householder walk: [A | G], [W | Y^T G], [Q0 | dZ' | Q]
+  T *x, *g, *w1, *du;              // materialised apply: X or G copies, W1 = G out^T, dU
+  MatrixWs<T> mat;
+  T *s, *w, *q, *dq, *dw, *dt;     // lapack: stored block inputs, per-block products
+  TBackWs<T> tb;
+};
+
+// Entries and columns of the walk over a batch: a shared V takes the batch as one wide
+// problem (entries side by side), with no reduction over the batch for dV.
+struct Walk {
+  index_t batch, n;
+};
+Walk walk_of(const Layout& L) { return L.shared ? Walk{1, L.B * L.n} : Walk{L.B, L.n}; }
+
+template <class T>
+BackwardWs<T> carve_backward(const Layout& L, Arena<T>& a) {
+  BackwardWs<T> w{};
+  const std::size_t B = sz(L.B), d = sz(L.d), n = sz(L.n), m = sz(L.m), bv = sz(L.bv);
+  const Walk wk = walk_of(L);
+  const std::size_t wb = sz(wk.batch), wn = sz(wk.n);
+  if (L.op == Op::matrix) {
+    w.mat = carve_matrix_backward(L, L.n, a);
+  } else if (L.kind == Kind::lapack) {
+    w.s = a.take(sz(L.nb) * B * d * n);
+    w.g = a.take(B * d * n);
+    w.w = a.take(wb * m * wn), w.q = a.take(wb * m * wn);
+    w.dq = a.take(wb * m * wn), w.dw = a.take(wb * m * wn);
+    w.dt = a.take(wb * m * m);
+    w.dy = a.take(bv * d * sz(L.k));
+    w.tb = carve_tback(wk.batch, L.m, a);
+  } else if (L.single) {
+    w.g = a.take(B * d * n), w.x = a.take(B * d * n);
+    w.w1 = a.take(bv * d * d), w.du = a.take(bv * d * d);
+    w.mat = carve_matrix_backward(L, L.d, a);
+  } else {
+    w.ag = a.take(2 * B * d * n);
+    w.wdq = a.take(wb * m * 2 * wn), w.b2 = a.take(wb * m * 3 * wn), w.ms = a.take(wb * m * m);
+    w.dy = a.take(bv * d * sz(L.k));
+  }
+  return w;
+}
+
+// ---------------------------------------------------------------------------------------
+// The runs
+
+template <class T>
+struct Run {
+  const Layout& L;
+  Ops<T> o;
+
+  index_t fbs() const { return L.shared ? 0 : static_cast<index_t>(L.fstride); }
+  index_t width(index_t j) const { return std::min(L.m, L.k - j * L.m); }
+  // The forward walks j = nb-1 .. 0 for U X = P_0 (P_1 (... X)), and 0 .. nb-1 for U^T X.
+  index_t forward_block(index_t step) const { return L.transpose ? step : L.nb - 1 - step; }
+
+  template <class P>
+  M<P> Y(P* F) const { return {F, std::max<index_t>(L.d, 1), false, fbs()}; }
+  template <class P>
+  M<P> Tf(P* F, index_t j) const { return {F + L.f_blocks + j * 2 * L.m * L.m, L.m, false, fbs()}; }
+  template <class P>
+  M<P> Gf(P* F, index_t j) const { M<P> t = Tf(F, j); t.p += L.m * L.m; return t; }
+  template <class P>
+  P* aux(P* F) const { return F + L.f_aux; }
+  template <class P>
+  M<P> Uf(P* F) const { return {F + L.f_u, std::max<index_t>(L.d, 1), false, fbs()}; }
+
+  bool small() const {
+    return L.kind == Kind::householder && L.single && o.be.small_path(L.d, L.k);
+  }
+
+  // ---- factors
+
+  void factors(const T* V, const T* tau, T* F, T* ws) const {
+    if (L.bv == 0 || L.k == 0) return;
+    const index_t d = L.d, k = L.k, m = L.m, bv = L.bv, fs = static_cast<index_t>(L.fstride);
+    if (small()) return small_factors(V, F, nullptr);
+    if (L.kind == Kind::householder) {
+      o.normalize(bv, d, k, strided(L.V, V), F, fs, aux(F), fs);
+    } else {
+      o.lower(bv, d, k, strided(L.V, V), Strided<T>{F, 1, std::max<index_t>(d, 1), fs}, T(1));
+      o.copy(bv, k, 1, strided(L.tau, tau), Strided<T>{aux(F), 1, k, fs});
+      if (L.nb * m > k)  // taus of a short last block's padding
+        o.set(bv, L.nb * m - k, 1, T(0), T(0), M<T>{aux(F) + k, L.nb * m - k, false, fs});
+    }
+    // Gram matrices Y_j^T Y_j of the full blocks, then of the short last block (zero
+    // padded: larft then leaves its padding zero).
+    const index_t full = k / m, r = k - full * m, m2 = 2 * m * m;
+    const M<const T> y = in(Y(F));
+    if (full > 0) {
+      each(Level{bv, fs, fs}, Level{full, m * std::max<index_t>(d, 1), m2}, Level{1, 0, 0},
+           [&](index_t oy, index_t og, index_t count, index_t sy, index_t sg) {
+             o.gram(count, m, d, M<const T>{y.p + oy, y.ld, false, sy},
+                    M<T>{Gf(F, 0).p + og, m, false, sg});
+           });
+    }
+    if (r > 0) {
+      o.set(bv, m, m, T(0), T(0), Gf(F, full));
+      o.gram(bv, r, d, y.cols(full * m), Gf(F, full));
+    }
+    build_t(F, ws);
+    if (L.op == Op::apply && L.single) build_u(F, Uf(F), bv, ws);
+    if (L.fstride > L.f_u && L.op == Op::matrix)  // the small-d path's U, unused here
+      o.set(bv, static_cast<index_t>(L.fstride - L.f_u), 1, T(0), T(0),
+            M<T>{F + L.f_u, static_cast<index_t>(L.fstride - L.f_u), false, fs});
+  }
+
+  // The small-d path: Y, norms and U (into the factors' U, and into `out` when given) in one
+  // launch; the T factors stay unbuilt (zero).
+  void small_factors(const T* V, T* F, T* out) const {
+    const index_t bv = L.bv, fs = static_cast<index_t>(L.fstride), m2 = 2 * L.m * L.m;
+    const index_t c = L.op == Op::matrix ? L.n : L.d;
+    const M<T> U = out ? view(L.out, out) : Uf(F);
+    counted(Call::small_matrix);
+    o.be.small_matrix(bv, L.d, L.k, c, strided(L.V, V), strided(U), F, fs, aux(F), fs,
+                      out ? Uf(F).p : nullptr, fs);
+    o.set(bv, L.nb * m2, 1, T(0), T(0), M<T>{F + L.f_blocks, L.nb * m2, false, fs});
+  }
+
+  // The T factors of every block from the Gram matrices and taus in F: by the backend's
+  // larft, or for blocks wider than it takes, larft on leaves merged level by level with
+  // T[a:b, b:c] = -T[a:b, a:b] G[a:b, b:c] T[b:c, b:c], the block form of T = S^{-1} for the
+  // upper triangular S = striu(G) + diag(1 / tau) (docs/math.md).
+  void build_t(T* F, T* ws) const {
+    const index_t m = L.m, nb = L.nb, bv = L.bv, fs = static_cast<index_t>(L.fstride);
+    const index_t h = leaf_width(m, o.be.larft_max()), leaves = m / h, m2 = 2 * m * m;
+    const T* tau = L.kind == Kind::lapack ? aux(F) : nullptr;
+    T* t0 = Tf(F, 0).p;
+    const T* g0 = t0 + m * m;
+    if (h < m)  // the leaves and merges write the upper triangle; the rest stays zero
+      each(Level{bv, fs, 0}, Level{nb, m2, 0}, Level{1, 0, 0},
+           [&](index_t ot, index_t, index_t count, index_t st, index_t) {
+             o.set(count, m, m, T(0), T(0), M<T>{t0 + ot, m, false, st});
+           });
+    each(Level{bv, fs, fs}, Level{nb, m2, m}, Level{leaves, h * (m + 1), h},
+         [&](index_t ot, index_t otau, index_t count, index_t st, index_t stau) {
+           o.larft(count, h, g0 + ot, m, st, tau ? tau + otau : nullptr, stau, t0 + ot, m, st);
+         });
+    Arena<T> arena{ws};
+    T* w = carve_factors(L, arena, o.be.larft_max()).merge;
+    for (index_t q = h; q < m; q *= 2) {  // pairs of q-wide groups, then the short tail pair
+      const index_t pairs = m / (2 * q), tail = m - pairs * 2 * q;
+      auto merge = [&](index_t a, index_t np, index_t p, index_t qq) {
+        if (np == 0 || qq <= 0) return;
+        const index_t b = a + p;
+        each(Level{bv, fs, 0}, Level{nb, m2, 0}, Level{np, 2 * q * (m + 1), 0},
+             [&](index_t ot, index_t, index_t count, index_t st, index_t) {
+               T* t = t0 + ot;
+               const T* g = g0 + ot;
+               const M<T> W{w, std::max<index_t>(p, 1), false, p * qq};
+               o.tr(count, true, false, qq, p, T(1), M<const T>{t + b + b * m, m, false, st},
+                    M<const T>{g + a + b * m, m, false, st}, W);
+               o.tr(count, false, false, p, qq, T(-1), M<const T>{t + a + a * m, m, false, st},
+                    in(W), M<T>{t + a + b * m, m, false, st});
+             });
+      };
+      merge(0, pairs, q, q);
+      if (tail > q) merge(pairs * 2 * q, 1, q, tail - q);
     }
   }
-  if (full < z.nb) {
-    const index_t r = z.k - full * z.m;
-    View<const T> y = v.cols(full * z.m);
-    gram(be, z.bv, r, z.d, y, View<T>{F + full * 2 * mm2 + mm2, z.m, false, z.fstride()});
+
+  // U (d x c, `batch` entries) = E - Y T Y_E^T, E = I[:, :c], from the single block.
+  void build_u(const T* F, M<T> U, index_t batch, T* ws) const {
+    const index_t d = L.d, k = L.k, c = L.op == Op::matrix ? L.n : d;
+    if (batch == 0 || d == 0 || c == 0) return;
+    if (k == 0) return o.identity(batch, d, c, U);
+    if (small())  // U is in the factors
+      return o.copy(batch, d, c, strided(in(Uf(F))), strided(U));
+    Arena<T> arena{ws};
+    const UWs<T> w = carve_u<T>(batch, c, k, arena);
+    const M<T> Z = buffer(w.z, c, c * k);
+    o.tr(batch, true, true, k, c, T(1), in(Tf(F, 0)), in(Y(F)), Z);
+    o.identity(batch, d, c, U);
+    o.mm(batch, d, c, k, T(-1), in(Y(F)), false, in(Z), true, T(1), U);
   }
-  build_t(be, z.bv * z.nb, z.m, F, ws);
+
+  // ---- forward
+
+  void forward_with(const T* F, const T* X, T* out, T* ws) const {
+    const index_t B = L.B, d = L.d, n = L.n;
+    if (B == 0 || d == 0 || n == 0) return;
+    Arena<T> arena{ws};
+    const ForwardWs<T> w = carve_forward(L, arena);
+    const M<T> o3 = view(L.out, out);
+    if (L.op == Op::matrix) return build_u(F, o3, B, ws);
+    if (L.single) {
+      bool ok;
+      M<const T> x = view(L.X, X, ok);
+      if (!ok) {
+        o.copy(B, d, n, strided(L.X, X), Strided<T>{w.x, 1, d, d * n});
+        x = M<const T>{w.x, d, false, d * n};
+      }
+      return o.mm(B, d, n, d, T(1), in(Uf(F)), L.transpose, x, false, T(0), o3);
+    }
+    o.copy(B, d, n, strided(L.X, X), strided(o3));
+    M<T> A = o3;
+    index_t batch = B, cols = n;
+    if (L.shared && B > 1 && !A.t && A.bs == n * A.ld) batch = 1, cols = B * n, A.bs = 0;
+    const M<T> W1 = buffer(w.w1, L.m, L.m * cols), W2 = buffer(w.w2, L.m, L.m * cols);
+    for (index_t s = 0; s < L.nb; ++s) {
+      const index_t j = forward_block(s), wd = width(j);
+      const M<const T> y = in(Y(F)).cols(j * L.m);
+      o.mm(batch, wd, cols, d, T(1), y, true, in(A), false, T(0), W1);
+      o.tr(batch, false, L.transpose, wd, cols, T(1), in(Tf(F, j)), in(W1), W2);
+      o.mm(batch, d, cols, wd, T(-1), y, false, in(W2), false, T(1), A);
+    }
+  }
+
+  // ---- backward
+
+  void backward(const Backward<T>& a) const {
+    const index_t B = L.B, d = L.d, n = L.n, k = L.k;
+    const bool lapack = L.kind == Kind::lapack;
+    if (L.bv > 0 && L.dV.cols > 0 && d > 0)  // dV of columns that no reflector uses, and of an empty problem
+      if (lapack || B == 0 || n == 0 || k == 0)
+        o.set(L.bv, d, L.dV.cols, T(0), T(0), view(L.dV, a.dV));
+    if (lapack && L.bv > 0 && k > 0 && (B == 0 || n == 0 || d == 0))
+      o.set(L.bv, k, 1, T(0), T(0), view(L.dtau, a.dtau));
+    if (B == 0 || d == 0 || n == 0) return;
+    const bool want_dx = L.op == Op::apply && a.dX;
+    const Mat3 g3 = layout_of(a.grad_layout, "grad");
+    const Mat3 s3 = L.op == Op::apply ? layout_of(a.saved_layout, "saved") : Mat3{};
+    if (k == 0) {
+      if (want_dx) o.copy(B, d, n, strided(g3, a.grad), strided(L.dX, a.dX));
+      return;
+    }
+    Arena<T> arena{a.workspace};
+    const BackwardWs<T> w = carve_backward(L, arena);
+    if (L.op == Op::matrix) return matrix_backward(a.factors, g3, a.grad, L.n, w.mat, a.dV, a.dtau);
+    if (lapack) return lapack_backward(a, g3, s3, w);
+    if (L.single) return materialized_backward(a, g3, s3, w);
+    householder_backward(a, g3, s3, w);
+  }
+
+  // grad or saved (shape (..., d, n)) as a batch of matrices.
+  Mat3 layout_of(const Array& g, const char* name) const {
+    Mat3 m;
+    m.batch = L.B, m.rows = L.d, m.cols = L.n;
+    if (g.rank < 2) throw std::invalid_argument(std::string("fasth: ") + name + " must have at least 2 dimensions");
+    m.rs = g.strides[g.rank - 2], m.cs = g.strides[g.rank - 1];
+    // The batch stride of grad's leading dimensions (one stride, or the batch is 1).
+    index_t stride = 0, expect = 0;
+    bool first = true;
+    for (int i = g.rank - 3; i >= 0; --i) {
+      if (g.shape[i] == 1) continue;
+      if (first) stride = g.strides[i], expect = stride * g.shape[i], first = false;
+      else if (g.strides[i] != expect)
+        throw std::invalid_argument(std::string("fasth: ") + name + "'s batch dimensions cannot be walked with one stride");
+      else expect *= g.shape[i];
+    }
+    m.bs = stride;
+    index_t total = 1;
+    for (int i = 0; i < g.rank - 2; ++i) total *= g.shape[i];
+    if (g.shape[g.rank - 2] != L.d || g.shape[g.rank - 1] != L.n || total != L.B)
+      throw std::invalid_argument(std::string("fasth: ") + name + " has the wrong shape");
+    return m;
+  }
+
+  // grad as a BLAS view, copied into `buf` (column-major, batch entries d x c apart) where
+  // BLAS cannot address it.
+  M<const T> addressable(const Mat3& g3, const T* g, index_t c, T* buf) const {
+    bool ok;
+    M<const T> v = view(g3, g, ok);
+    if (ok) return v;
+    o.copy(g3.batch, L.d, c, Strided<const T>{g, g3.rs, g3.cs, g3.bs},
+           Strided<T>{buf, 1, L.d, L.d * c});
+    return M<const T>{buf, L.d, false, L.d * c};
+  }
+
+  // The householder blockwise backward: from the output A and its gradient G, held side by
+  // side as AG = [A | G] (d x 2n per entry), walking the blocks back to the input: A ends
+  // as the input X, G as dL/dX, and dY receives dL/dY (summed over the batch when shared).
+  // With A and G adjacent, the products with Y and with R serve both at once: 3 products of
+  // the size of A per block, not 6.
+  void householder_backward(const Backward<T>& a, const Mat3& g3, const Mat3& s3,
+                            const BackwardWs<T>& w) const {
+    const index_t B = L.B, d = L.d, n = L.n, m = L.m;
+    const Walk wk = walk_of(L);
+    const index_t dn = d * n, ld = std::max<index_t>(d, 1);
+    // [A | G]: entry b's A at b * 2dn (G dn after it), or shared: all A's side by side, then all G's.
+    T* ag = w.ag;
+    const M<T> AG = L.shared ? M<T>{ag, ld, false, 0} : M<T>{ag, ld, false, 2 * dn};
+    T* gp = L.shared ? ag + B * dn : ag + dn;
+    const index_t ebs = L.shared ? dn : 2 * dn;  // entry stride of A and G in the buffer
+    o.copy(B, d, n, strided(s3, a.saved), Strided<T>{ag, 1, ld, ebs});
+    o.copy(B, d, n, Strided<const T>{a.grad, g3.rs, g3.cs, g3.bs}, Strided<T>{gp, 1, ld, ebs});
+    const index_t batch = wk.batch, cols = wk.n;
+    const M<T> WdQ = buffer(w.wdq, m, m * 2 * cols),   // [W | Y^T G]
+               B2 = buffer(w.b2, m, m * 3 * cols),     // [Q0 | dZ' | Q]
+               Ms = buffer(w.ms, m, m * m);
+    const M<T> W = WdQ, Q0 = B2, dZ = B2.cols(cols), Q = B2.cols(2 * cols);  // dZ' = -dZ
+    const M<T> dYall = M<T>{w.dy, ld, false, L.shared ? 0 : d * L.k};
+    const T* F = a.factors;
+    for (index_t s = L.nb - 1; s >= 0; --s) {
+      const index_t j = forward_block(s), wd = width(j);
+      const M<const T> y = in(Y(F)).cols(j * m), t = in(Tf(F, j)), gram = in(Gf(F, j));
+      const M<T> dY = dYall.cols(j * m);
+      o.mm(batch, wd, 2 * cols, d, T(1), y, true, in(AG), false, T(0), WdQ);  // Y^T [A | G]
+      o.tr(batch, false, !L.transpose, wd, 2 * cols, T(1), t, in(WdQ), B2);   // R^T (..)
+      o.mm(batch, wd, cols, wd, T(-1), gram, false, in(Q0), false, T(1), W);  // Z = Y^T A_in
+      o.tr(batch, false, L.transpose, wd, cols, T(1), t, in(W), Q);           // Q = R Z
+      // dS = -dZ Q^T for R = T, its transpose for R = T^T; M + M^T mirrors its upper part.
+      if (!L.transpose) o.mm(batch, wd, wd, cols, T(1), in(dZ), false, in(Q), true, T(0), Ms);
+      else o.mm(batch, wd, wd, cols, T(1), in(Q), false, in(dZ), true, T(0), Ms);
+      o.mirror(batch, wd, Ms);
+      // dY = -G Q^T + A_in dZ^T + Y (M + M^T) with A_in = A - Y Q0:
+      //    = -[A | G] [dZ' | Q]^T + Y (M + M^T + Q0 dZ'^T)
+      o.mm(batch, wd, wd, cols, T(1), in(Q0), false, in(dZ), true, T(1), Ms);
+      o.mm(batch, d, wd, 2 * cols, T(-1), in(AG), false, in(dZ), true, T(0), dY);
+      o.mm(batch, d, wd, wd, T(1), y, false, in(Ms), false, T(1), dY);
+      // [A | G] -= Y [Q0 | dZ']: A_in = A - Y Q0, and G = P^T G = G + Y dZ.
+      o.mm(batch, d, 2 * cols, wd, T(-1), y, false, in(B2), false, T(1), AG);
+    }
+    if (a.dX) o.copy(B, d, n, Strided<const T>{gp, 1, ld, ebs}, strided(L.dX, a.dX));
+    o.normalize_backward(L.bv, d, L.k, F, fbs(), aux(F), fbs(), w.dy, L.shared ? 0 : d * L.k,
+                         strided(L.dV, a.dV));
+  }
+
+  // The materialised apply: out = op(U) X with U kept in the factors. dX = op(U)^T G, and
+  // dL/dU = G X^T = (G out^T) U (or U (G out^T)^T transposed), then U's single-block backward.
+  void materialized_backward(const Backward<T>& a, const Mat3& g3, const Mat3& s3,
+                             const BackwardWs<T>& w) const {
+    const index_t B = L.B, d = L.d, n = L.n, bv = L.bv;
+    const T* F = a.factors;
+    const M<const T> G = addressable(g3, a.grad, n, w.g);
+    const M<const T> out = addressable(s3, a.saved, n, w.x);
+    const M<const T> U = in(Uf(F));
+    if (a.dX) o.mm(B, d, n, d, T(1), U, !L.transpose, G, false, T(0), view(L.dX, a.dX));
+    const M<T> W1 = buffer(w.w1, d, L.shared ? 0 : d * d);
+    o.mm(B, d, d, n, T(1), G, false, out, true, T(0), W1);
+    const M<T> dU = buffer(w.du, d, d * d);
+    if (!L.transpose) o.mm(bv, d, d, d, T(1), in(W1), false, U, false, T(0), dU);
+    else o.mm(bv, d, d, d, T(1), U, false, in(W1), true, T(0), dU);
+    Mat3 du3;
+    du3.batch = bv, du3.rows = d, du3.cols = d, du3.rs = 1, du3.cs = d, du3.bs = d * d;
+    matrix_backward(F, du3, w.du, d, w.mat, a.dV, nullptr);
+  }
+
+  // The single block's backward: dY for U = E - Y T Y_E^T (d x c) from G = dL/dU.
+  // householder (tau_i = 2 / |y_i|^2): with A = Y T and B_E = Y_E T^T,
+  //   dY = -G B_E - E G^T A + Y mirror(C),  C = A^T G B_E;
+  // lapack (any tau): dY = -G Y_E T^T - E G^T Y T + (the path through T, lapack_t_backward).
+  void matrix_backward(const T* F, const Mat3& g3, const T* g, index_t c, const MatrixWs<T>& w,
+                       T* dV, T* dtau) const {
+    const index_t bv = L.bv, d = L.d, k = L.k;
+    const M<const T> G = addressable(g3, g, c, w.g);
+    const M<const T> y = in(Y(F)), t = in(Tf(F, 0));
+    const M<T> dY = buffer(w.dy, d, d * k);
+    if (L.kind == Kind::householder) {
+      if (small()) {
+        counted(Call::small_matrix_backward);
+        const index_t fs = fbs();
+        return o.be.small_matrix_backward(bv, d, k, c, F, fs, aux(F), fs, Uf(F).p, fs,
+                                          strided(G), strided(L.dV, dV));
+      } else {
+        const M<T> A = buffer(w.a, d, d * k), BE = buffer(w.be, c, c * k),
+                   C = buffer(w.c, k, k * k);
+        o.tr(bv, true, false, k, d, T(1), t, y, A);                        // A = Y T
+        o.tr(bv, true, true, k, c, T(1), t, y, BE);                        // B_E = Y_E T^T
+        o.mm(bv, d, k, c, T(-1), G, false, in(BE), false, T(0), dY);       // dY = -G B_E
+        o.mm(bv, k, k, d, T(-1), in(A), true, in(dY), false, T(0), C);     // C = A^T G B_E
+        o.mirror(bv, k, C);
+        o.mm(bv, d, k, k, T(1), y, false, in(C), false, T(1), dY);         // + Y mirror(C)
+        o.mm(bv, c, k, d, T(-1), G, true, in(A), false, T(1), dY);         // - E G^T A
+      }
+      return o.normalize_backward(bv, d, k, F, fbs(), aux(F), fbs(), w.dy, d * k,
+                                  strided(L.dV, dV));
+    }
+    const M<T> GY = buffer(w.gy, d, d * k), H = buffer(w.h, k, k * k),
+               GtY = buffer(w.gty, c, c * k);
+    o.mm(bv, d, k, c, T(1), G, false, y, false, T(0), GY);                 // G Y_E
+    o.mm(bv, k, k, d, T(-1), y, true, in(GY), false, T(0), H);             // dT = -Y^T G Y_E
+    o.tr(bv, true, true, k, d, T(-1), t, in(GY), dY);                      // dY = -G Y_E T^T
+    o.mm(bv, c, k, d, T(1), G, true, y, false, T(0), GtY);                 // G^T Y
+    o.mm(bv, c, k, k, T(-1), in(GtY), false, t, false, T(1), dY);          // - E G^T Y T
+    TBackWs<T> tw{w.lo, w.kk, w.p1, w.p2, w.e, w.ms, w.dm};
+    lapack_t_backward(bv, k, in(H), F, 0, tw, dY, y, dtau, L.dtau.bs);
+    o.lower(bv, d, k, strided(in(dY)), strided(L.dV, dV), T(0));
+  }
+
+  // The path through T = T(Gram, tau) for LAPACK reflectors, given dT (w x w, batch
+  // entries): with U = striu(Gram), D = diag(tau), K = I - T U (so T = K D), and
+  // E = K^T dT D K^T:  dtau = diag(K^T dT - E U^T),  dY += Y (M + M^T), M = striu(-D E).
+  // Regular at tau = 0 (docs/math.md).
+  void lapack_t_backward(index_t batch, index_t wd, M<const T> dT, const T* F, index_t j,
+                         const TBackWs<T>& w, M<T> dY, M<const T> y, T* dtau,
+                         index_t dtau_bs) const {
+    const index_t q = wd * wd;
+    auto sq = [&](T* p) { return M<T>{p, std::max<index_t>(wd, 1), false, q}; };
+    const M<T> Lo = sq(w.lo), K = sq(w.kk), P1 = sq(w.p1), P2 = sq(w.p2), E = sq(w.e),
+               Ms = sq(w.ms), D = sq(w.dm);
+    const M<const T> gram = in(Gf(F, j)), t = in(Tf(F, j));
+    const index_t fb = fbs();
+    o.lower(batch, wd, wd, strided(gram), strided(Lo), T(0));             // U^T (Gram symmetric)
+    o.identity(batch, wd, wd, K);
+    o.mm(batch, wd, wd, wd, T(-1), t, false, in(Lo), true, T(1), K);       // K = I - T U
+    o.mm(batch, wd, wd, wd, T(1), in(K), true, dT, false, T(0), P1);       // K^T dT
+    o.set(batch, wd, wd, T(0), T(0), D);
+    o.copy(batch, 1, wd, Strided<const T>{aux(F) + j * L.m, 1, 1, fb},
+           Strided<T>{D.p, 1, wd + 1, q});                                  // D = diag(tau)
+    o.mm(batch, wd, wd, wd, T(1), in(D), false, in(K), true, T(0), P2);    // D K^T
+    o.mm(batch, wd, wd, wd, T(1), in(P1), false, in(P2), false, T(0), E);  // E
+    o.mm(batch, wd, wd, wd, T(-1), in(E), false, in(Lo), false, T(1), P1); // K^T dT - E U^T
+    const Mat3& dt = L.dtau;
+    o.copy(batch, 1, wd, Strided<const T>{P1.p, 1, wd + 1, q},
+           Strided<T>{dtau + j * L.m * dt.rs, 1, dt.rs, dtau_bs});
+    o.mm(batch, wd, wd, wd, T(-1), in(D), false, in(E), false, T(0), Ms);  // -D E
+    o.mirror(batch, wd, Ms);
+    o.set(batch, 1, wd, T(0), T(0), M<T>{Ms.p, wd + 1, false, q});         // its diagonal
+    o.mm(batch, L.d, wd, wd, T(1), y, false, in(Ms), false, T(1), dY);
+  }
+
+  // LAPACK reflectors applied blockwise (ormqr): P_j need not be orthogonal, so the
+  // forward is walked again from the saved input, keeping each block's input, and the
+  // blocks are then differentiated in reverse:  W = Y^T A_in, Q = R W, out = A_in - Y Q;
+  //   dQ = -Y^T G, dW = R^T dQ, dR = dQ W^T, dY = -G Q^T + A_in dW^T (+ the path through T),
+  //   G_in = G + Y dW.
+  void lapack_backward(const Backward<T>& a, const Mat3& g3, const Mat3& s3,
+                       const BackwardWs<T>& w) const {
+    const index_t B = L.B, d = L.d, n = L.n, m = L.m, ld = std::max<index_t>(d, 1);
+    const Walk wk = walk_of(L);
+    const index_t batch = wk.batch, cols = wk.n, dn = d * n;
+    const T* F = a.factors;
+    // Block inputs S_s (all entries side by side) and G, d x (B n) each.
+    auto S = [&](index_t s) { return M<T>{w.s + s * B * dn, ld, false, L.shared ? 0 : dn}; };
+    const M<T> G{w.g, ld, false, L.shared ? 0 : dn};
+    o.copy(B, d, n, strided(s3, a.saved), Strided<T>{w.s, 1, ld, dn});
+    const M<T> Wm = buffer(w.w, m, m * cols), Q = buffer(w.q, m, m * cols),
+               dQ = buffer(w.dq, m, m * cols), dW = buffer(w.dw, m, m * cols),
+               dT = buffer(w.dt, m, m * m);
+    for (index_t s = 0; s + 1 < L.nb; ++s) {  // S_{s+1} = P_j S_s
+      const index_t j = forward_block(s), wd = width(j);
+      const M<const T> y = in(Y(F)).cols(j * m);
+      o.copy(B, d, n, Strided<const T>{S(s).p, 1, ld, dn}, Strided<T>{S(s + 1).p, 1, ld, dn});
+      o.mm(batch, wd, cols, d, T(1), y, true, in(S(s)), false, T(0), Wm);
+      o.tr(batch, false, L.transpose, wd, cols, T(1), in(Tf(F, j)), in(Wm), Q);
+      o.mm(batch, d, cols, wd, T(-1), y, false, in(Q), false, T(1), S(s + 1));
+    }
+    o.copy(B, d, n, Strided<const T>{a.grad, g3.rs, g3.cs, g3.bs}, Strided<T>{w.g, 1, ld, dn});
+    const M<T> dYall{w.dy, ld, false, L.shared ? 0 : d * L.k};
+    T* dtau = a.dtau;
+    for (index_t s = L.nb - 1; s >= 0; --s) {
+      const index_t j = forward_block(s), wd = width(j);
+      const M<const T> y = in(Y(F)).cols(j * m), t = in(Tf(F, j)), A = in(S(s));
+      const M<T> dY = dYall.cols(j * m);
+      o.mm(batch, wd, cols, d, T(1), y, true, A, false, T(0), Wm);          // W = Y^T A_in
+      o.tr(batch, false, L.transpose, wd, cols, T(1), t, in(Wm), Q);        // Q = R W
+      o.mm(batch, wd, cols, d, T(-1), y, true, in(G), false, T(0), dQ);     // dQ = -Y^T G
+      o.tr(batch, false, !L.transpose, wd, cols, T(1), t, in(dQ), dW);      // dW = R^T dQ
+      if (!L.transpose) o.mm(batch, wd, wd, cols, T(1), in(dQ), false, in(Wm), true, T(0), dT);
+      else o.mm(batch, wd, wd, cols, T(1), in(Wm), false, in(dQ), true, T(0), dT);
+      o.mm(batch, d, wd, cols, T(-1), in(G), false, in(Q), true, T(0), dY);  // -G Q^T
+      o.mm(batch, d, wd, cols, T(1), A, false, in(dW), true, T(1), dY);      // + A_in dW^T
+      o.mm(batch, d, cols, wd, T(1), y, false, in(dW), false, T(1), G);      // G_in
+      lapack_t_backward(batch, wd, in(dT), F, j, w.tb, dY, y, dtau, L.dtau.bs);
+    }
+    if (a.dX) o.copy(B, d, n, Strided<const T>{w.g, 1, ld, dn}, strided(L.dX, a.dX));
+    o.lower(L.bv, d, L.k, Strided<const T>{w.dy, 1, ld, L.shared ? 0 : d * L.k},
+            strided(L.dV, a.dV), T(0));
+  }
+};
+
+}  // namespace
+
+// Forward + backward flops. Blockwise: 4 d k n forward and 12 d k n backward in thin
+// products, weighted by 1.25 since they run below the speed of square ones. Materialise:
+// U = I - Y T Y^T (Gram, T, Y T^T, one GEMM), U X, and the backward through dU.
+double blockwise_cost(index_t d, index_t k, index_t n) {
+  return 1.25 * 16.0 * double(d) * double(k) * double(n);
+}
+double materialize_cost(index_t d, index_t k, index_t n) {
+  const double D = double(d), K = double(k), N = double(n);
+  return 6 * D * D * N + 2 * D * D * D + 8 * D * K * K + 6 * D * D * K + K * K * K / 3;
+}
+
+void size_plan(Layout& L) {
+  // Packed, every element written by factors() (the factors are an output: deterministic).
+  const std::size_t d = sz(L.d), k = sz(L.k), m = sz(L.m), nb = sz(L.nb);
+  L.f_aux = d * k;
+  L.f_blocks = L.f_aux + (L.kind == Kind::lapack ? nb * m : k);
+  L.f_u = L.f_blocks + nb * 2 * m * m;
+  const bool u_matrix = L.op == Op::matrix && L.kind == Kind::householder && L.device == Device::cuda;
+  L.fstride = L.f_u + (L.op == Op::apply && L.single ? d * d : u_matrix ? d * sz(L.n) : 0);
+  if (L.k == 0) L.fstride = 0;
+  // The widest leaves any backend takes are 1 (the bound is the narrowest's).
+  Arena<float> f{nullptr}, fw{nullptr}, bw{nullptr};
+  carve_factors<float>(L, f, 1);
+  if (L.op == Op::apply && L.single) carve_u<float>(L.bv, L.d, L.k, f);
+  carve_forward<float>(L, fw);
+  carve_backward<float>(L, bw);
+  L.ws[0] = std::max(f.used, fw.used);
+  L.ws[1] = bw.used;
+}
+
+}  // namespace detail
+
+// ---------------------------------------------------------------------------------------
+// The Plan's runs
+
+template <class T>
+void Plan::factors(const Backend<T>& be, const Forward<T>& a) const {
+  detail::Run<T>{L_, {be}}.factors(a.V, a.tau, a.factors, a.workspace);
 }
 
 template <class T>
-void apply(const Backend<T>& be, const Shape& s, bool transpose, Matrix<const T> V,
-           const T* F, Matrix<const T> X, Matrix<T> out, T* ws) {
-  check_shape(s);
-  check(X, s.d, s.n, "X");
-  check(out, s.d, s.n, "out");
-  View<const T> x = view(X, "X");
-  View<T> o = view(out, "out");
-  if (s.batch == 0 || s.d == 0 || s.n == 0) return;
-  Blocks<T> b = blocks(be, s, transpose, V, F, s.batch, s.n);
-  if (materialized(s)) {
-    View<T> u = buffer(ws, s.d, s.d);
-    if (s.shared_v) u.bs = 0;
-    build_u(b, u, ws + (b.z.bv * s.d * s.d + 15) / 16 * 16);
-    mm(be, s.batch, s.d, s.n, s.d, T(1), in(u), transpose, x, false, T(0), o);
-    return;
-  }
-  copy(be, s.batch, s.d, s.n, x, o);
-  if (s.shared_v && s.batch > 1 && side_by_side(o, s.n, s.batch)) {
-    b.batch = 1, b.n = s.batch * s.n;
-    o.bs = 0;
-  }
-  b.forward(o, ws);
+void Plan::forward_with(const Backend<T>& be, const Forward<T>& a) const {
+  detail::Run<T>{L_, {be}}.forward_with(a.factors, a.X, a.out, a.workspace);
 }
 
 template <class T>
-void apply_backward(const Backend<T>& be, const Shape& s, bool transpose, Matrix<const T> V,
-                    const T* F, Matrix<const T> out, Matrix<const T> grad, Matrix<T> dX,
-                    Matrix<T> dV, T* ws) {
-  check_shape(s);
-  check(out, s.d, s.n, "out");
-  check(grad, s.d, s.n, "grad");
-  check(dX, s.d, s.n, "dX");
-  check(dV, s.d, s.k, "dV");
-  View<const T> o = view(out, "out"), g = view(grad, "grad");
-  View<T> dx = view(dX, "dX"), dv = view(dV, "dV");
-  if (s.shared_v) dv.bs = 0;
-  const Dims z(s);
-  if (z.bv > 0) {
-    if (s.k > 0 && (s.d == 0 || s.n == 0 || s.batch == 0))
-      be.set(dv.t ? s.k : s.d, dv.t ? s.d : s.k, T(0), T(0), dv.p, dv.ld, dv.bs, z.bv);
-  }
-  if (s.batch == 0 || s.d == 0 || s.n == 0) return;
-  Blocks<T> b = blocks(be, s, transpose, V, F, s.batch, s.n);
-  Carver<T> c{ws};
-  if (materialized(s)) {
-    const index_t d = s.d, dd = z.bv * d * d;
-    View<T> ud = buffer(c.take(2 * dd), d, 2 * d), w1 = buffer(c.take(dd), d, d);
-    View<T> u{ud.p, ud.ld, false, 2 * d * d}, du{ud.p + d * d, ud.ld, false, 2 * d * d};
-    if (s.shared_v) u.bs = w1.bs = du.bs = 0;
-    T* rest = ws + c.used;
-    build_u(b, u, rest);
-    mm(be, s.batch, d, s.n, d, T(1), in(u), !transpose, g, false, T(0), dx);  // dX = op(U)^T G
-    mm(be, s.batch, d, d, s.n, T(1), g, false, o, true, T(0), w1);            // W1 = G out^T
-    if (!transpose) mm(be, z.bv, d, d, d, T(1), in(w1), false, in(u), false, T(0), du);
-    else mm(be, z.bv, d, d, d, T(1), in(u), false, in(w1), true, T(0), du);
-    if (small(be, d, s.k, d))
-      return be.small_matrix_backward(z.bv, d, s.k, d, strided(b.V), strided(in(u)),
-                                      strided(in(du)), strided(dv));
-    Blocks<T> mb = b;  // dV from dU, as matrix_backward with [U | dU] consumed in place
-    mb.transpose = false, mb.batch = z.bv, mb.n = d;
-    mb.backward(ud, dv, rest);
-    return;
-  }
-  const Walk<T> wk = walk(c, s.batch, s.d, s.n, s.shared_v);
-  copy(be, s.batch, s.d, s.n, o, wk.a);
-  copy(be, s.batch, s.d, s.n, g, wk.g);
-  b.batch = wk.batch, b.n = wk.n;
-  b.backward(wk.ag, dv, ws + c.used);
-  copy(be, s.batch, s.d, s.n, in(wk.g), dx);
+void Plan::forward(const Backend<T>& be, const Forward<T>& a) const {
+  const detail::Run<T> r{L_, {be}};
+  if (L_.op == Op::matrix && a.out && L_.B > 0 && L_.d > 0 && L_.k > 0 && r.small())
+    return r.small_factors(a.V, a.factors, a.out);  // U and the factors in one launch
+  r.factors(a.V, a.tau, a.factors, a.workspace);
+  if (a.out) r.forward_with(a.factors, a.X, a.out, a.workspace);
 }
 
 template <class T>
-void matrix(const Backend<T>& be, const Shape& s, Matrix<const T> V, const T* F, Matrix<T> out,
-            T* ws) {
-  check_shape(s);
-  check(out, s.d, s.n, "out");
-  View<T> o = view(out, "out");
-  if (s.batch == 0 || s.d == 0 || s.n == 0) return;
-  Blocks<T> b = blocks(be, s, false, V, F, s.batch, s.n);
-  if (small(be, s.d, s.k, s.n))
-    return be.small_matrix(s.batch, s.d, s.k, s.n, strided(b.V), strided(o));
-  identity(be, s.batch, s.d, s.n, o);
-  b.forward(o, ws);
+void Plan::backward(const Backend<T>& be, const Backward<T>& a) const {
+  detail::Run<T>{L_, {be}}.backward(a);
 }
 
-template <class T>
-void matrix_backward(const Backend<T>& be, const Shape& s, Matrix<const T> V, const T* F,
-                     Matrix<const T> out, Matrix<const T> grad, Matrix<T> dV, T* ws) {
-  check_shape(s);
-  check(out, s.d, s.n, "out");
-  check(grad, s.d, s.n, "grad");
-  check(dV, s.d, s.k, "dV");
-  View<T> dv = view(dV, "dV");
-  if (s.batch == 0 || s.k == 0) return;
-  if (s.d == 0 || s.n == 0) {
-    be.set(dv.t ? s.k : s.d, dv.t ? s.d : s.k, T(0), T(0), dv.p, dv.ld, dv.bs, s.batch);
-    return;
-  }
-  Blocks<T> b = blocks(be, s, false, V, F, s.batch, s.n);
-  if (small(be, s.d, s.k, s.n))
-    return be.small_matrix_backward(s.batch, s.d, s.k, s.n, strided(b.V),
-                                    strided(view(out, "out")), strided(view(grad, "grad")),
-                                    strided(dv));
-  Carver<T> c{ws};
-  const Walk<T> wk = walk(c, s.batch, s.d, s.n, s.shared_v);
-  copy(be, s.batch, s.d, s.n, view(out, "out"), wk.a);
-  copy(be, s.batch, s.d, s.n, view(grad, "grad"), wk.g);
-  b.batch = wk.batch, b.n = wk.n;
-  b.backward(wk.ag, dv, ws + c.used);
-}
-
-#define FASTH_INSTANTIATE(T)                                                                  \
-  template void factors<T>(const Backend<T>&, const Shape&, Matrix<const T>, T*, T*);        \
-  template void apply<T>(const Backend<T>&, const Shape&, bool, Matrix<const T>, const T*,    \
-                         Matrix<const T>, Matrix<T>, T*);                                     \
-  template void apply_backward<T>(const Backend<T>&, const Shape&, bool, Matrix<const T>,     \
-                                  const T*, Matrix<const T>, Matrix<const T>, Matrix<T>,      \
-                                  Matrix<T>, T*);                                             \
-  template void matrix<T>(const Backend<T>&, const Shape&, Matrix<const T>, const T*,         \
-                          Matrix<T>, T*);                                                     \
-  template void matrix_backward<T>(const Backend<T>&, const Shape&, Matrix<const T>,          \
-                                   const T*, Matrix<const T>, Matrix<const T>, Matrix<T>, T*);
+#define FASTH_INSTANTIATE(T)                                                  \
+  template void Plan::factors<T>(const Backend<T>&, const Forward<T>&) const;      \
+  template void Plan::forward_with<T>(const Backend<T>&, const Forward<T>&) const; \
+  template void Plan::forward<T>(const Backend<T>&, const Forward<T>&) const;      \
+  template void Plan::backward<T>(const Backend<T>&, const Backward<T>&) const;
 FASTH_INSTANTIATE(float)
 FASTH_INSTANTIATE(double)
 #undef FASTH_INSTANTIATE

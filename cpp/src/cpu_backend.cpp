@@ -2,60 +2,69 @@
 
 #include <algorithm>
 #include <climits>
+#include <cmath>
+#include <cstring>
+#include <limits>
 #include <stdexcept>
 
 namespace fasth::cpu {
 namespace {
-
-Blas g_blas;
 
 int to_int(index_t v) {
   if (v > INT_MAX) throw std::invalid_argument("fasth: a dimension exceeds the 32-bit BLAS range");
   return static_cast<int>(v);
 }
 
-template <class T>
-gemm_batch_fn<T>* gemm_batch_of() {
-  if constexpr (sizeof(T) == 4) return blas().sgemm_batch; else return blas().dgemm_batch;
-}
+// Below about a 64^3 product, waking a BLAS's threads costs more than they give (measured
+// with MKL on 2 cores): such products run on this thread alone.
+constexpr double kSerialBelowFlops = 6e5;
 
-template <class T>
-gemm_fn<T>* gemm_of() {
-  gemm_fn<T>* f;
-  if constexpr (sizeof(T) == 4) f = blas().sgemm; else f = blas().dgemm;
-  if (!f) throw std::runtime_error("fasth: BLAS gemm not set (fasth::cpu::set_blas)");
-  return f;
-}
-
-// One BLAS thread while alive, for a product of `flops` below what threads pay off at
-// (about a 64^3 product, measured with MKL on 2 cores).
+// One BLAS thread while alive, for a product of `flops` below kSerialBelowFlops.
 class SerialIfSmall {
  public:
-  explicit SerialIfSmall(double flops) {
-    if (flops < 6e5 && blas().set_threads_local) {
-      previous_ = blas().set_threads_local(1);
+  SerialIfSmall(const Blas& blas, double flops) : blas_(blas) {
+    if (flops < kSerialBelowFlops && blas.set_threads_local) {
+      previous_ = blas.set_threads_local(1);
       set_ = true;
     }
   }
   ~SerialIfSmall() {
-    if (set_) blas().set_threads_local(previous_);
+    if (set_) blas_.set_threads_local(previous_);
   }
   SerialIfSmall(const SerialIfSmall&) = delete;
   SerialIfSmall& operator=(const SerialIfSmall&) = delete;
 
  private:
+  const Blas& blas_;
   int previous_ = 0;
   bool set_ = false;
 };
 
+template <class T>
+struct Fns;
+template <>
+struct Fns<float> {
+  static gemm_fn<float>* gemm(const Blas& b) { return b.sgemm; }
+  static syrk_fn<float>* syrk(const Blas& b) { return b.ssyrk; }
+  static trmm_fn<float>* trmm(const Blas& b) { return b.strmm; }
+  static gemm_batch_fn<float>* gemm_batch(const Blas& b) { return b.sgemm_batch; }
+};
+template <>
+struct Fns<double> {
+  static gemm_fn<double>* gemm(const Blas& b) { return b.dgemm; }
+  static syrk_fn<double>* syrk(const Blas& b) { return b.dsyrk; }
+  static trmm_fn<double>* trmm(const Blas& b) { return b.dtrmm; }
+  static gemm_batch_fn<double>* gemm_batch(const Blas& b) { return b.dgemm_batch; }
+};
+
+// Entries of a gemm batch handed to ?gemm_batch per call (their addresses live on the stack).
+constexpr index_t kBatchChunk = 64;
+
 }  // namespace
 
-void set_blas(const Blas& b) { g_blas = b; }
-
-const Blas& blas() {
-  if (!g_blas.sgemm && !g_blas.dgemm)
-    throw std::runtime_error("fasth: no BLAS set; call fasth::cpu::set_blas first");
-  return g_blas;
+template <class T>
+CpuBackend<T>::CpuBackend(const Blas& blas) : blas_(blas) {
+  if (!Fns<T>::gemm(blas)) throw std::runtime_error("fasth: the BLAS table has no gemm for this dtype");
 }
 
 template <class T>
@@ -64,43 +73,92 @@ void CpuBackend<T>::gemm(bool ta, bool tb, index_t m, index_t n, index_t k, T al
                          index_t sb, T beta, T* c, index_t ldc, index_t sc,
                          index_t batch) const {
   if (m == 0 || n == 0 || batch == 0) return;
-  auto* f = gemm_of<T>();
+  auto* f = Fns<T>::gemm(blas_);
   const char ca = ta ? 'T' : 'N', cb = tb ? 'T' : 'N';
   const int im = to_int(m), in = to_int(n), ik = to_int(k);
-  const int ia = to_int(lda), ib = to_int(ldb), ic = to_int(ldc);
+  const int ia = to_int(std::max<index_t>(lda, 1)), ib = to_int(std::max<index_t>(ldb, 1)),
+            ic = to_int(std::max<index_t>(ldc, 1));
   const double flops = 2.0 * double(m) * double(n) * double(k);
-  auto* fb = gemm_batch_of<T>();
+  auto* fb = Fns<T>::gemm_batch(blas_);
   if (batch == 1 || !fb) {
-    const SerialIfSmall serial(flops);
+    const SerialIfSmall serial(blas_, flops);
     for (index_t i = 0; i < batch; ++i)
       f(&ca, &cb, &im, &in, &ik, &alpha, a + i * sa, &ia, b + i * sb, &ib, &beta, c + i * sc,
         &ic);
     return;
   }
-  // One call per chunk of entries, their addresses in arrays on the stack.
-  constexpr index_t kChunk = 64;
-  const T* pa[kChunk];
-  const T* pb[kChunk];
-  T* pc[kChunk];
+  const T* pa[kBatchChunk];
+  const T* pb[kBatchChunk];
+  T* pc[kBatchChunk];
   const int groups = 1;
-  for (index_t i0 = 0; i0 < batch; i0 += kChunk) {
-    const index_t len = std::min(kChunk, batch - i0);
+  for (index_t i0 = 0; i0 < batch; i0 += kBatchChunk) {
+    const index_t len = std::min(kBatchChunk, batch - i0);
     for (index_t i = 0; i < len; ++i)
       pa[i] = a + (i0 + i) * sa, pb[i] = b + (i0 + i) * sb, pc[i] = c + (i0 + i) * sc;
     const int size = static_cast<int>(len);
-    const SerialIfSmall serial(flops * double(len));
+    const SerialIfSmall serial(blas_, flops * double(len));
     fb(&ca, &cb, &im, &in, &ik, &alpha, pa, &ia, pb, &ib, &beta, pc, &ic, &groups, &size);
   }
 }
 
 template <class T>
-void CpuBackend<T>::copy(bool ta, index_t m, index_t n, const T* a, index_t lda, index_t sa,
-                         T* b, index_t ldb, index_t sb, index_t batch) const {
-  for (index_t i = 0; i < batch; ++i) {
-    const T* ai = a + i * sa;
-    T* bi = b + i * sb;
-    for (index_t j = 0; j < n; ++j)
-      for (index_t r = 0; r < m; ++r) bi[r + j * ldb] = ta ? ai[j + r * lda] : ai[r + j * lda];
+void CpuBackend<T>::trmm(bool right, bool trans, index_t m, index_t n, T alpha, const T* r,
+                         index_t ldr, index_t sr, const T* b, index_t ldb, index_t sb, T* c,
+                         index_t ldc, index_t sc, index_t batch) const {
+  auto* f = Fns<T>::trmm(blas_);
+  if (!f) return Backend<T>::trmm(right, trans, m, n, alpha, r, ldr, sr, b, ldb, sb, c, ldc, sc, batch);
+  if (m == 0 || n == 0 || batch == 0) return;
+  const index_t rows = right ? n : m, cols = right ? m : n;  // of B and C
+  const char side = right ? 'R' : 'L', uplo = 'U', ct = trans ? 'T' : 'N', diag = 'N';
+  const int irows = to_int(rows), icols = to_int(cols), ir = to_int(std::max<index_t>(ldr, 1)),
+            ic = to_int(std::max<index_t>(ldc, 1));
+  const SerialIfSmall serial(blas_, double(m) * double(m) * double(n) * double(batch));
+  for (index_t i = 0; i < batch; ++i) {  // C = B, then C = op(R) C in place
+    copy(rows, cols, Strided<const T>{b + i * sb, 1, ldb, 0}, Strided<T>{c + i * sc, 1, ldc, 0}, 1);
+    f(&side, &uplo, &ct, &diag, &irows, &icols, &alpha, r + i * sr, &ir, c + i * sc, &ic);
+  }
+}
+
+template <class T>
+void CpuBackend<T>::gram(bool ta, index_t n, index_t k, const T* a, index_t lda, index_t sa,
+                         T* c, index_t ldc, index_t sc, index_t batch) const {
+  auto* f = Fns<T>::syrk(blas_);
+  if (!f || n == 0 || k == 0) return Backend<T>::gram(ta, n, k, a, lda, sa, c, ldc, sc, batch);
+  const char uplo = 'U', trans = ta ? 'N' : 'T';  // storage is op(A)^T when transposed
+  const int in = to_int(n), ik = to_int(k), ia = to_int(std::max<index_t>(lda, 1)),
+            ic = to_int(std::max<index_t>(ldc, 1));
+  const T one = 1, zero = 0;
+  const SerialIfSmall serial(blas_, double(n) * double(n) * double(k));
+  for (index_t i = 0; i < batch; ++i)
+    f(&uplo, &trans, &in, &ik, &one, a + i * sa, &ia, &zero, c + i * sc, &ic);
+  mirror_upper(n, c, ldc, sc, batch);
+}
+
+template <class T>
+void CpuBackend<T>::copy(index_t m, index_t n, Strided<const T> a, Strided<T> b,
+                         index_t batch) const {
+  for (index_t e = 0; e < batch; ++e) {
+    const T* ae = a.p + e * a.bs;
+    T* be = b.p + e * b.bs;
+    if (a.rs == 1 && b.rs == 1) {  // columns contiguous on both sides
+      for (index_t j = 0; j < n; ++j) std::memcpy(be + j * b.cs, ae + j * a.cs, sizeof(T) * m);
+    } else if (a.cs == 1 && b.cs == 1) {  // rows contiguous on both sides
+      for (index_t i = 0; i < m; ++i) std::memcpy(be + i * b.rs, ae + i * a.rs, sizeof(T) * n);
+    } else if (b.rs == 1) {  // write columns, in tiles so that the reads stay in cache
+      constexpr index_t kTile = 32;
+      for (index_t j0 = 0; j0 < n; j0 += kTile)
+        for (index_t i0 = 0; i0 < m; i0 += kTile)
+          for (index_t j = j0; j < std::min(n, j0 + kTile); ++j)
+            for (index_t i = i0; i < std::min(m, i0 + kTile); ++i)
+              be[i + j * b.cs] = ae[i * a.rs + j * a.cs];
+    } else {
+      constexpr index_t kTile = 32;
+      for (index_t i0 = 0; i0 < m; i0 += kTile)
+        for (index_t j0 = 0; j0 < n; j0 += kTile)
+          for (index_t i = i0; i < std::min(m, i0 + kTile); ++i)
+            for (index_t j = j0; j < std::min(n, j0 + kTile); ++j)
+              be[i * b.rs + j * b.cs] = ae[i * a.rs + j * a.cs];
+    }
   }
 }
 
@@ -108,26 +166,30 @@ template <class T>
 void CpuBackend<T>::set(index_t m, index_t n, T offdiag, T diag, T* a, index_t lda, index_t sa,
                         index_t batch) const {
   for (index_t i = 0; i < batch; ++i)
-    for (index_t j = 0; j < n; ++j)
-      for (index_t r = 0; r < m; ++r) a[i * sa + r + j * lda] = r == j ? diag : offdiag;
+    for (index_t j = 0; j < n; ++j) {
+      T* col = a + i * sa + j * lda;
+      std::fill(col, col + m, offdiag);
+      if (j < m) col[j] = diag;
+    }
 }
 
 template <class T>
-void CpuBackend<T>::larft(index_t count, index_t m, T* f) const {
+void CpuBackend<T>::larft(index_t count, index_t m, const T* g0, index_t ldg, index_t sg,
+                          const T* tau, index_t stau, T* t0, index_t ldt, index_t st) const {
   for (index_t b = 0; b < count; ++b) {
-    T* t = f + b * 2 * m * m;
-    const T* g = t + m * m;
+    const T* g = g0 + b * sg;
+    T* t = t0 + b * st;
     for (index_t i = 0; i < m; ++i) {
-      const T gii = g[i + i * m];
-      const T tau = gii == T(0) ? T(0) : T(2) / gii;
-      // T[0:i, i] = -tau T[0:i, 0:i] G[0:i, i], T upper triangular.
+      const T gii = g[i + i * ldg];
+      const T ti = tau ? tau[b * stau + i] : gii == T(0) ? T(0) : T(2) / gii;
+      // T[0:i, i] = -tau_i T[0:i, 0:i] G[0:i, i], T upper triangular.
       for (index_t r = 0; r < i; ++r) {
         T acc = 0;
-        for (index_t c = r; c < i; ++c) acc += t[r + c * m] * g[c + i * m];
-        t[r + i * m] = -tau * acc;
+        for (index_t c = r; c < i; ++c) acc += t[r + c * ldt] * g[c + i * ldg];
+        t[r + i * ldt] = -ti * acc;
       }
-      t[i + i * m] = tau;
-      for (index_t r = i + 1; r < m; ++r) t[r + i * m] = 0;
+      t[i + i * ldt] = ti;
+      for (index_t r = i + 1; r < m; ++r) t[r + i * ldt] = 0;
     }
   }
 }
@@ -140,18 +202,67 @@ void CpuBackend<T>::mirror_upper(index_t m, T* a, index_t lda, index_t sa, index
 }
 
 template <class T>
-void CpuBackend<T>::gram(bool ta, index_t n, index_t k, const T* a, index_t lda, index_t sa,
-                         T* c, index_t ldc, index_t sc, index_t batch) const {
-  syrk_fn<T>* f;
-  if constexpr (sizeof(T) == 4) f = blas().ssyrk; else f = blas().dsyrk;
-  if (!f || n == 0 || k == 0) return Backend<T>::gram(ta, n, k, a, lda, sa, c, ldc, sc, batch);
-  const char uplo = 'U', trans = ta ? 'N' : 'T';  // storage is op(A)^T when transposed
-  const int in = to_int(n), ik = to_int(k), ia = to_int(lda), ic = to_int(ldc);
-  const T one = 1, zero = 0;
-  const SerialIfSmall serial(double(n) * double(n) * double(k));
-  for (index_t i = 0; i < batch; ++i)
-    f(&uplo, &trans, &in, &ik, &one, a + i * sa, &ia, &zero, c + i * sc, &ic);
-  mirror_upper(n, c, ldc, sc, batch);
+void CpuBackend<T>::normalize(index_t batch, index_t d, index_t k, Strided<const T> v, T* y,
+                              index_t ys, T* norms, index_t ns) const {
+  for (index_t e = 0; e < batch; ++e)
+    for (index_t j = 0; j < k; ++j) {
+      const T* col = v.p + e * v.bs + j * v.cs;
+      T* out = y + e * ys + j * d;
+      // |v| as amax * sqrt(sum (v / amax)^2): no overflow or underflow on the way.
+      T amax = 0;
+      bool nan = false;
+      for (index_t i = 0; i < d; ++i) {
+        const T x = std::abs(col[i * v.rs]);
+        nan |= x != x;
+        amax = std::max(amax, x);
+      }
+      if (nan) amax = std::numeric_limits<T>::quiet_NaN();
+      if (amax == T(0)) {
+        std::fill(out, out + d, T(0));
+        norms[e * ns + j] = 0;
+        continue;
+      }
+      T s = 0;
+      for (index_t i = 0; i < d; ++i) {
+        const T x = col[i * v.rs] / amax;
+        s += x * x;
+      }
+      const T r = std::sqrt(s);
+      for (index_t i = 0; i < d; ++i) out[i] = col[i * v.rs] / amax / r;
+      norms[e * ns + j] = amax * r;
+    }
+}
+
+template <class T>
+void CpuBackend<T>::normalize_backward(index_t batch, index_t d, index_t k, const T* y,
+                                       index_t ys, const T* norms, index_t ns, const T* dy,
+                                       index_t dys, Strided<T> dv) const {
+  for (index_t e = 0; e < batch; ++e)
+    for (index_t j = 0; j < k; ++j) {
+      const T* yc = y + e * ys + j * d;
+      const T* dc = dy + e * dys + j * d;
+      T* out = dv.p + e * dv.bs + j * dv.cs;
+      const T nrm = norms[e * ns + j];
+      if (nrm == T(0)) {
+        for (index_t i = 0; i < d; ++i) out[i * dv.rs] = 0;
+        continue;
+      }
+      T dot = 0;
+      for (index_t i = 0; i < d; ++i) dot += yc[i] * dc[i];
+      for (index_t i = 0; i < d; ++i) out[i * dv.rs] = (dc[i] - yc[i] * dot) / nrm;
+    }
+}
+
+template <class T>
+void CpuBackend<T>::lower(index_t batch, index_t d, index_t k, Strided<const T> a, Strided<T> b,
+                          T diag) const {
+  for (index_t e = 0; e < batch; ++e)
+    for (index_t j = 0; j < k; ++j) {
+      const T* ac = a.p + e * a.bs + j * a.cs;
+      T* bc = b.p + e * b.bs + j * b.cs;
+      for (index_t i = 0; i < d; ++i)
+        bc[i * b.rs] = i > j ? ac[i * a.rs] : i == j ? diag : T(0);
+    }
 }
 
 template class CpuBackend<float>;

@@ -1,7 +1,13 @@
-// Applies U = H_1 ... H_k to a matrix through fasth's C++ API, with the BLAS this program
-// links, and checks that U is orthogonal. Exit status 0 when the errors are small.
+// Applies U = H_1 ... H_k through fasth's C++ API, with the BLAS this program links (and on
+// a GPU, where fasth::cuda was installed and a device is present): a plan made once, a
+// forward and a backward with the factors between them, and U itself. Checks the results
+// against each other; exit status 0 when the errors are small.
 #include <fasth/cpu.hpp>
 #include <fasth/fasth.hpp>
+#ifdef FASTH_EXAMPLE_CUDA
+#include <cuda_runtime.h>
+#include <fasth/cuda.hpp>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -13,63 +19,138 @@ extern "C" fasth::cpu::gemm_fn<float> sgemm_;
 extern "C" fasth::cpu::gemm_fn<double> dgemm_;
 
 using fasth::index_t;
-using Mat = fasth::Matrix<double>;
-using CMat = fasth::Matrix<const double>;
+using Vec = std::vector<double>;
 
-CMat in(const std::vector<double>& a, index_t rows, index_t cols) {  // column-major
-  return {a.data(), rows, cols, 1, rows, 0};
+constexpr index_t d = 64, k = 48, n = 32;
+
+// Everything the checks need, computed on one backend; `alloc` gives the backend's memory
+// (host vectors, or device buffers copied back by `back`).
+struct Results {
+  Vec Y, Z, U, dV, dX;
+};
+
+template <class Be, class Mem>
+Results run(const Be& be, Mem& mem, const Vec& V, const Vec& X, const Vec& G) {
+  // Column-major d x k and d x n matrices: shape (rows, cols), element strides (1, rows).
+  fasth::Problem p;
+  p.V = {{d, k}, {1, d}};
+  p.X = {{d, n}, {1, d}};
+  const fasth::Plan plan(p, mem.device);  // validates, picks block and strategy, sizes buffers
+  p.transpose = true;
+  const fasth::Plan back(p, mem.device);  // U^T X: the same block size, so the same factors
+  auto v = mem.in(V), x = mem.in(X), g = mem.in(G);
+  auto y = mem.out(d * n), z = mem.out(d * n), dv = mem.out(d * k), dx = mem.out(d * n);
+  auto f = mem.out(plan.factors_size());
+  auto ws = mem.out(std::max(plan.workspace_size(fasth::Pass::forward),
+                             plan.workspace_size(fasth::Pass::backward)));
+
+  fasth::Forward<double> fw;
+  fw.V = v, fw.X = x, fw.out = y, fw.factors = f, fw.workspace = ws;
+  plan.forward(be, fw);                  // Y = U X, and the factors
+  fw.X = y, fw.out = z;
+  back.forward_with(be, fw);             // Z = U^T Y with those factors: X again
+
+  fasth::Backward<double> bw;            // from the output and dL/dY = G alone
+  bw.factors = f, bw.saved = y, bw.saved_layout = plan.out();
+  bw.grad = g, bw.grad_layout = plan.out();
+  bw.dV = dv, bw.dX = dx, bw.workspace = ws;
+  plan.backward(be, bw);
+
+  fasth::Problem pm;                     // U itself (d x d, row-major as Plan::out() says)
+  pm.op = fasth::Op::matrix;
+  pm.V = p.V;
+  const fasth::Plan mat(pm, mem.device);
+  auto u = mem.out(d * d), fm = mem.out(mat.factors_size());
+  auto wm = mem.out(mat.workspace_size(fasth::Pass::forward));
+  fasth::Forward<double> fu;
+  fu.V = v, fu.out = u, fu.factors = fm, fu.workspace = wm;
+  mat.forward(be, fu);
+  return {mem.back(y, d * n), mem.back(z, d * n), mem.back(u, d * d), mem.back(dv, d * k),
+          mem.back(dx, d * n)};
 }
-Mat out(std::vector<double>& a, index_t rows, index_t cols) {
-  return {a.data(), rows, cols, 1, rows, 0};
+
+struct Host {
+  fasth::Device device = fasth::Device::cpu;
+  std::vector<Vec> keep;
+  const double* in(const Vec& a) { return keep.emplace_back(a).data(); }
+  double* out(std::size_t size) { return keep.emplace_back(std::max<std::size_t>(size, 1)).data(); }
+  Vec back(const double* p, std::size_t size) { return Vec(p, p + size); }
+};
+
+#ifdef FASTH_EXAMPLE_CUDA
+struct Device {
+  fasth::Device device = fasth::Device::cuda;
+  std::vector<double*> keep;
+  ~Device() {
+    for (double* p : keep) cudaFree(p);
+  }
+  double* out(std::size_t size) {
+    double* p = nullptr;
+    cudaMalloc(&p, sizeof(double) * std::max<std::size_t>(size, 1));
+    keep.push_back(p);
+    return p;
+  }
+  const double* in(const Vec& a) {
+    double* p = out(a.size());
+    cudaMemcpy(p, a.data(), sizeof(double) * a.size(), cudaMemcpyHostToDevice);
+    return p;
+  }
+  Vec back(const double* p, std::size_t size) {
+    Vec a(size);
+    cudaMemcpy(a.data(), p, sizeof(double) * size, cudaMemcpyDeviceToHost);  // synchronises
+    return a;
+  }
+};
+#endif
+
+double check(const char* where, const Results& r, const Vec& X, const Vec& G) {
+  double orth = 0, roundtrip = 0, agree = 0, gradx = 0;
+  for (index_t i = 0; i < d; ++i)  // U is row-major: U(r, c) = U[r * d + c]
+    for (index_t j = 0; j < d; ++j) {
+      double dot = 0;
+      for (index_t q = 0; q < d; ++q) dot += r.U[q * d + i] * r.U[q * d + j];
+      orth = std::max(orth, std::abs(dot - (i == j ? 1.0 : 0.0)));
+    }
+  for (index_t i = 0; i < d * n; ++i) roundtrip = std::max(roundtrip, std::abs(r.Z[i] - X[i]));
+  for (index_t j = 0; j < n; ++j)
+    for (index_t q = 0; q < d; ++q) {
+      double ux = 0, utg = 0;
+      for (index_t c = 0; c < d; ++c) ux += r.U[q * d + c] * X[c + j * d], utg += r.U[c * d + q] * G[c + j * d];
+      agree = std::max(agree, std::abs(ux - r.Y[q + j * d]));
+      gradx = std::max(gradx, std::abs(utg - r.dX[q + j * d]));  // dL/dX = U^T G
+    }
+  std::printf("%s: max|U^T U - I| = %.3g  max|U^T (U X) - X| = %.3g  "
+              "max|matrix(V) X - apply(V, X)| = %.3g  max|dX - U^T G| = %.3g\n",
+              where, orth, roundtrip, agree, gradx);
+  return std::max({orth, roundtrip, agree, gradx});
 }
 
 int main() {
-  fasth::cpu::set_blas({&sgemm_, &dgemm_});
-  const fasth::cpu::CpuBackend<double> be;
-  const index_t d = 64, k = 48, n = 32;
-
   std::mt19937 gen(0);
   std::normal_distribution<double> normal;
-  std::vector<double> V(d * k), X(d * n), Y(d * n), Z(d * n), U(d * d);
-  for (double& v : V) v = normal(gen);
-  for (double& x : X) x = normal(gen);
+  Vec V(d * k), X(d * n), G(d * n);
+  for (double& a : V) a = normal(gen);
+  for (double& a : X) a = normal(gen);
+  for (double& a : G) a = normal(gen);
 
-  // Sizes first: block and strategy resolved, then factors and workspace allocated here.
-  fasth::Shape s;
-  s.d = d, s.k = k, s.n = n;
-  s = fasth::resolve(s, fasth::Device::cpu);
-  std::vector<double> f(fasth::factors_size(s)), ws(fasth::workspace_size(fasth::Op::apply, s));
-  fasth::factors(be, s, in(V, d, k), f.data(), ws.data());  // apply's workspace serves too
-  fasth::apply(be, s, false, in(V, d, k), f.data(), in(X, d, n), out(Y, d, n), ws.data());
-  fasth::apply(be, s, true, in(V, d, k), f.data(), in(Y, d, n), out(Z, d, n), ws.data());
-  double roundtrip = 0;
-  for (index_t i = 0; i < d * n; ++i) roundtrip = std::max(roundtrip, std::abs(Z[i] - X[i]));
-
-  // U itself (n = d): its own block size, so its own factors.
-  fasth::Shape m = s;
-  m.n = d, m.block = 0;
-  m = fasth::resolve(m, fasth::Device::cpu);
-  std::vector<double> fm(fasth::factors_size(m)), wm(fasth::workspace_size(fasth::Op::matrix, m));
-  fasth::factors(be, m, in(V, d, k), fm.data(), wm.data());
-  fasth::matrix(be, m, in(V, d, k), fm.data(), out(U, d, d), wm.data());
-  double orth = 0;  // max |U^T U - I|
-  for (index_t i = 0; i < d; ++i)
-    for (index_t j = 0; j < d; ++j) {
-      double dot = 0;
-      for (index_t r = 0; r < d; ++r) dot += U[r + i * d] * U[r + j * d];
-      orth = std::max(orth, std::abs(dot - (i == j ? 1.0 : 0.0)));
-    }
-  // U X from the matrix agrees with apply.
-  double agree = 0;
-  for (index_t j = 0; j < n; ++j)
-    for (index_t r = 0; r < d; ++r) {
-      double ux = 0;
-      for (index_t c = 0; c < d; ++c) ux += U[r + c * d] * X[c + j * d];
-      agree = std::max(agree, std::abs(ux - Y[r + j * d]));
-    }
-
-  const double tol = 1e-12;
-  std::printf("max|U^T U - I| = %.3g  max|U^T (U X) - X| = %.3g  "
-              "max|matrix(V) X - apply(V, X)| = %.3g\n", orth, roundtrip, agree);
-  return orth < tol && roundtrip < tol && agree < tol ? 0 : 1;
+  const fasth::cpu::Blas blas{&sgemm_, &dgemm_};
+  const fasth::cpu::CpuBackend<double> cpu(blas);
+  Host host;
+  const Results r = run(cpu, host, V, X, G);
+  double err = check("cpu", r, X, G);
+#ifdef FASTH_EXAMPLE_CUDA
+  if (fasth::cuda::unavailable_reason().empty()) {
+    const fasth::cuda::CudaBackend<double> gpu(0, nullptr);  // device 0, the default stream
+    Device dev;
+    const Results rg = run(gpu, dev, V, X, G);
+    err = std::max(err, check("cuda", rg, X, G));
+    double diff = 0;
+    for (index_t i = 0; i < d * k; ++i) diff = std::max(diff, std::abs(rg.dV[i] - r.dV[i]));
+    std::printf("cuda: max|dV - dV on the cpu| = %.3g\n", diff);
+    err = std::max(err, diff);
+  } else {
+    std::printf("cuda: skipped (%s)\n", fasth::cuda::unavailable_reason().c_str());
+  }
+#endif
+  return err < 1e-11 ? 0 : 1;
 }

@@ -1,18 +1,23 @@
 """The functional API on numpy, torch, cupy or any DLPack array (no autograd: the torch and
-JAX adapters add it). Validates arguments with messages that name them, allocates outputs,
-factors and workspace in the caller's array library, and calls the core on the array's
-device and stream."""
+JAX adapters add it), and the one path every adapter call takes into the extension:
+
+* ``resolve`` turns a call's arrays into a ``Call``: the core's Plan (which validates the
+  shapes and picks block size and strategy) with the dtype, device and module to run on.
+  Calls are cached by the arrays' shapes, strides, dtypes and devices, so that a layer's
+  next step costs a dictionary lookup; a miss validates everything, with errors that name
+  the argument.
+* ``forward`` and ``backward`` allocate the outputs, factors and workspace in the caller's
+  library, on the arrays' device, and run the plan in one call into the extension, on the
+  arrays' stream.
+"""
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from . import _arrays
 from . import _core
-
-_core.load_scipy_blas()
 
 StrategyName = Literal["auto", "blockwise", "materialize"]
 _STRATEGIES = {
@@ -20,6 +25,47 @@ _STRATEGIES = {
     "blockwise": _core.Strategy.blockwise,
     "materialize": _core.Strategy.materialize,
 }
+_DTYPE_CODES = {"float32": 0, "float64": 1}
+APPLY, MATRIX = _core.Op.apply, _core.Op.matrix
+HOUSEHOLDER, LAPACK = _core.Kind.householder, _core.Kind.lapack
+_OP_NAMES = {(0, 0): "apply", (1, 0): "matrix", (0, 1): "ormqr", (1, 1): "householder_product"}
+
+
+class Spec(NamedTuple):
+    """What an adapter's call is besides its arrays (hashable; torch's custom ops and JAX's
+    custom calls take its fields): op and kind as the core's ints."""
+
+    op: int
+    kind: int
+    transpose: bool = False
+    thin: bool = False
+    block: int = 0
+    strategy: str = "auto"
+    tf32: bool = False
+
+    def name(self, adapter: str) -> str:
+        return f"fasth.{adapter}.{_OP_NAMES[self.op, self.kind]}"
+
+
+def dense_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The element strides of a C-order array of this shape."""
+    strides, s = [], 1
+    for n in reversed(shape):
+        strides.append(s)
+        s *= max(n, 1)
+    return tuple(reversed(strides))
+
+# The CPU backend's BLAS for each array library (a property of the call): SciPy's by
+# default; fasth.torch registers the BLAS inside libtorch for torch tensors (they share
+# torch's threads there).
+SCIPY_BLAS = _core.scipy_blas()
+_library_blas: dict[str, int] = {}
+
+
+def use_blas_for(library: str, blas: int) -> None:
+    """Run CPU calls on arrays of `library` ("torch", "numpy", ...) on a registered BLAS."""
+    _library_blas[library] = blas
+    _calls.clear()
 
 
 @functools.cache
@@ -30,7 +76,7 @@ def cuda_module() -> Any:
     except ImportError as e:
         raise RuntimeError(
             "fasth: the CUDA backend is unavailable: this build of fasth has no CUDA module "
-            f"or it failed to load ({e}). Rebuild with nvcc and `pip install nvidia-cublas`."
+            f"or it failed to load ({e}). Reinstall fasth with `pip install fasth[cuda13]`."
         ) from None
     reason = _cuda.unavailable_reason()
     if reason:
@@ -38,262 +84,270 @@ def cuda_module() -> Any:
     return _cuda
 
 
-def _module(device: tuple[str, int]) -> Any:
-    if device[0] == "cpu":
-        return _core
-    if device[0] == "cuda":
-        return cuda_module()
-    raise ValueError(f"fasth: arrays on device '{device[0]}' are not supported (cpu or cuda)")
-
-
-@dataclass(slots=True)
 class Call:
-    """One validated call: the arrays' library, dtype, device and the core's Shape."""
+    """A resolved call: the plan, and what allocating and running it needs."""
 
-    fn: str
-    xp: _arrays.Namespace
-    dtype: str
-    device: tuple[str, int]
-    arrays: dict[str, Any]
-    shape: Any = None
-    batch: tuple[int, ...] = ()
-    tf32: bool = False
-    like: Any = None  # the caller's first array, whose library results are handed back in
-    first: Any = field(init=False)  # the first array as the library sees it: outputs go there
-
-    def __post_init__(self) -> None:
-        self.first = next(iter(self.arrays.values()))
-
-    @property
-    def module(self) -> Any:
-        return _module(self.device)
-
-    def run(self, op: str, *args: Any) -> None:
-        """The device module's `op` on `args` (the Shape, flags and arrays), on the arrays'
-        stream."""
-        arg = self.xp.arg
-        getattr(self.module, op)(*[arg(a) for a in args], stream=self.xp.stream(self.first),
-                                 tf32=self.tf32)
+    __slots__ = ("fn", "plan", "xp", "dtype", "code", "device", "module", "blas", "tf32",
+                 "copies", "lapack", "apply")
 
     def fail(self, cls: type[Exception], msg: str) -> Exception:
         return cls(f"{self.fn}: {msg}")
 
-    def to3(self, a: Any, rows: int, cols: int) -> Any:
-        """(..., rows, cols) as a (batch, rows, cols) view BLAS can address (else a copy)."""
-        xp = self.xp
-        if a.ndim != 3:
-            a = xp.reshape(a, (_arrays.prod(tuple(a.shape[:-2])), rows, cols))
-        st = xp.strides(a)
-        if not _core.addressable(rows, cols, st[1], st[2]):
-            a = xp.contiguous(a)
-        return a
 
-    def alloc(self, batch: int, rows: int, cols: int, like: Any | None = None) -> Any:
-        """A new (batch, rows, cols) array, column-major when `like` is (so features-last
-        activations keep their layout)."""
-        xp = self.xp
-        if like is not None and rows > 1 and cols > 1:
-            st = xp.strides(like)
-            if st[-2] == 1 and st[-1] != 1:
-                return xp.transpose_last(xp.empty((batch, cols, rows), self.dtype, self.first))
-        return xp.empty((batch, rows, cols), self.dtype, self.first)
-
-    def buffer(self, size: int) -> Any:
-        return self.xp.empty((max(int(size), 1),), self.dtype, self.first)
-
-    def out(self, a: Any, shape: tuple[int, ...] | None = None) -> Any:
-        """A result in the caller's library, with its batch dimensions restored."""
-        if shape is not None and tuple(a.shape) != shape:
-            a = self.xp.reshape(a, shape)
-        return self.xp.unwrap(a, self.like)
+_calls: dict[tuple, Call] = {}
+_MAX_CALLS = 4096
 
 
-def validate(fn: str, tf32: bool = False, **arrays: Any) -> Call:
-    """Same library, float dtype, device; at least two dimensions each."""
-    xp = first_name = None
-    wrapped = {}
-    for name, a in arrays.items():
+def resolve(fn: str, op: Any, kind: Any, names: tuple[str, ...], arrays: tuple, *,
+            transpose: bool = False, thin: bool = False, block: int | None = None,
+            strategy: str = "auto", tf32: bool = False) -> Call:
+    """The Call for these arrays (V, then tau and X where the op has them; None where not)."""
+    try:
+        xp = _arrays.namespace(arrays[0])
+        key = (fn, transpose, thin, block, strategy, tf32,
+               *(None if a is None else (type(a), xp.key(a)) for a in arrays))
+        c = _calls.get(key)
+    except (AttributeError, TypeError):  # not arrays of one library: _new_call says which
+        key, c = None, None
+    if c is None:
+        c = _new_call(fn, op, kind, names, arrays, transpose, thin, block, strategy, tf32)
+        if key is not None:
+            if len(_calls) >= _MAX_CALLS:
+                _calls.clear()
+            _calls[key] = c
+    return c
+
+
+def _new_call(fn, op, kind, names, arrays, transpose, thin, block, strategy, tf32) -> Call:
+    present = {n: a for n, a in zip(names, arrays) if a is not None}
+    xp, first = None, None
+    for name, a in present.items():
         try:
             space = _arrays.namespace(a)
         except TypeError as e:
             raise TypeError(f"{fn}: {name}: {e}") from None
         if xp is None:
-            xp, first_name = space, name
+            xp, first = space, name
         elif space is not xp:
-            raise TypeError(
-                f"{fn}: {name} is a {space.name} array but {first_name} is a {xp.name} array"
-            )
-        wrapped[name] = xp.wrap(a)
+            raise TypeError(f"{fn}: {name} is a {space.name} array but {first} is a {xp.name} array")
+    wrapped = {n: xp.wrap(a) for n, a in present.items()}
     dtype = check_dtypes(fn, xp, wrapped)
-    devices = [xp.device(a) for a in wrapped.values()]
-    if any(d != devices[0] for d in devices):
-        desc = ", ".join(f"{n} is on {d[0]}:{d[1]}" for n, d in zip(wrapped, devices))
+    devices = {n: xp.device(a) for n, a in wrapped.items()}
+    dev0 = next(iter(devices.values()))
+    if any(d != dev0 for d in devices.values()):
+        desc = ", ".join(f"{n} is on {d[0]}:{d[1]}" for n, d in devices.items())
         raise ValueError(f"{fn}: arrays must be on one device ({desc})")
-    return Call(fn, xp, dtype, devices[0], wrapped, tf32=tf32, like=arrays[first_name])
+    if dev0[0] not in ("cpu", "cuda"):
+        raise ValueError(f"{fn}: arrays on device '{dev0[0]}' are not supported (cpu or cuda)")
+    if block is not None and int(block) < 1:
+        raise ValueError(f"{fn}: block must be a positive integer, got {block}")
+    if strategy not in _STRATEGIES:
+        raise ValueError(f"{fn}: strategy must be one of {list(_STRATEGIES)}, got {strategy!r}")
+    # Leading dimensions that one stride cannot walk: the plan takes a contiguous copy.
+    layouts, copies = {}, []
+    roles = {n: (0 if i == 0 else 1 if n == "tau" else 2) for i, n in enumerate(names)}
+    for name, a in zip(names, arrays):
+        if a is None:
+            layouts[name] = ((), ())
+            continue
+        a = wrapped[name]
+        shape, strides = tuple(int(s) for s in a.shape), xp.strides(a)
+        tail = 1 if name == "tau" else 2
+        if len(shape) > tail + 1 and not _core.collapsible(shape, strides, tail):
+            strides = dense_strides(shape)
+            copies.append(roles[name])  # its place in (V, tau, X)
+        layouts[name] = (shape, strides)
+    cuda = dev0[0] == "cuda"
+    lapack = kind == LAPACK
+    v, t, x = layouts[names[0]], layouts.get("tau", ((), ())), layouts.get(names[-1], ((), ()))
+    if op == MATRIX:
+        x = ((), ())
+    try:
+        plan = _core.Plan(op, kind, *v, *t, *x, bool(transpose), bool(thin), int(block or 0),
+                          _STRATEGIES[strategy], _core.Device.cuda if cuda else _core.Device.cpu,
+                          names[-1])
+    except ValueError as e:
+        raise ValueError(f"{fn}: {str(e).removeprefix('fasth: ')}") from None
+    c = Call()
+    c.fn, c.plan, c.xp, c.dtype, c.code = fn, plan, xp, dtype, _DTYPE_CODES[dtype]
+    c.device, c.module = dev0, cuda_module() if cuda else _core
+    c.blas = _library_blas.get(xp.name, SCIPY_BLAS)
+    c.tf32, c.copies, c.lapack, c.apply = bool(tf32), tuple(copies), lapack, op == APPLY
+    return c
 
 
 def check_dtypes(fn: str, xp: _arrays.Namespace, arrays: dict[str, Any]) -> str:
-    """Each array float32 or float64 with at least two dimensions, all of one dtype: that
-    dtype (fasth.jax checks its arrays here too)."""
+    """Each array float32 or float64, all of one dtype: that dtype (fasth.jax checks its
+    arrays here too)."""
     dtypes = {}
     for name, a in arrays.items():
         dt = xp.dtype(a)
         if dt not in _arrays.FLOAT_DTYPES:
             raise TypeError(f"{fn}: {name} has dtype {dt}; expected float32 or float64")
         dtypes[name] = dt
-        if a.ndim < 2:
-            raise ValueError(
-                f"{fn}: {name} must have at least 2 dimensions, got shape {tuple(a.shape)}"
-            )
     if len(set(dtypes.values())) > 1:
         desc = ", ".join(f"{n} is {d}" for n, d in dtypes.items())
         raise TypeError(f"{fn}: arrays must share one dtype ({desc})")
     return next(iter(dtypes.values()))
 
 
-def _shape(c: Call, batch: int, shared: bool, d: int, k: int, n: int, block: int | None,
-           strategy: StrategyName) -> Any:
-    if k > d:
-        raise c.fail(ValueError, f"V has k = {k} columns but only d = {d} rows (need k <= d)")
-    if block is not None and int(block) < 1:
-        raise c.fail(ValueError, f"block must be a positive integer, got {block}")
-    if strategy not in _STRATEGIES:
-        raise c.fail(ValueError, f"strategy must be one of {list(_STRATEGIES)}, got {strategy!r}")
-    # int()/bool() also specialise symbolic sizes (torch.compile with dynamic shapes): the
-    # block size and the factors' size depend on them.
-    return _resolved(int(batch), bool(shared), int(d), int(k), int(n), int(block or 0), strategy,
-                     c.device[0] == "cuda")
+def _fix(c: Call, arrays: list) -> list:
+    for i in c.copies:
+        arrays[i] = c.xp.contiguous(arrays[i])
+    return arrays
 
 
-@functools.lru_cache(maxsize=1024)
-def _resolved(batch: int, shared: bool, d: int, k: int, n: int, block: int, strategy: str,
-              cuda: bool) -> Any:
-    """The core's resolved Shape (block size and strategy chosen), once per distinct call:
-    layers call with the same sizes step after step. Callers only read it."""
-    s = _core.Shape()
-    s.batch, s.shared_v, s.d, s.k, s.n, s.block = batch, shared, d, k, n, block
-    s.strategy = _STRATEGIES[strategy]
-    return _core.resolve(s, _core.Device.cuda if cuda else _core.Device.cpu)
+def forward(c: Call, V: Any, tau: Any, X: Any) -> tuple[Any, Any]:
+    """(out, factors) of the call on these arrays, in the arrays' library."""
+    xp, p = c.xp, c.plan
+    if c.copies:
+        V, tau, X = _fix(c, [V, tau, X])
+    V, tau, X = xp.wrap(V), tau if tau is None else xp.wrap(tau), X if X is None else xp.wrap(X)
+    out = xp.empty(*p.out, c.dtype, V)
+    f = xp._empty((p.factors_size,), c.dtype, V)
+    ws = xp._empty((p.forward_workspace,), c.dtype, V)
+    arg = xp.arg
+    c.module.forward(p, c.code, arg(V), arg(tau), arg(X), arg(out), arg(f), arg(ws),
+                     xp.stream(V), c.device[1], c.tf32, c.blas)
+    return out, f
 
 
-def _prepare_apply(c: Call, X_name: str, block, strategy) -> tuple[Any, Any]:
-    V, X = c.arrays["V"], c.arrays[X_name]
-    d, k = V.shape[-2:]
-    if X.shape[-2] != d:
-        raise c.fail(
-            ValueError, f"{X_name} has {X.shape[-2]} rows (shape {tuple(X.shape)}) but V has d = {d}"
-        )
-    bv, bx = tuple(V.shape[:-2]), tuple(X.shape[:-2])
-    if bv != bx and _arrays.prod(bv) != 1:
-        raise c.fail(
-            ValueError,
-            f"batch dimensions of V {bv} and {X_name} {bx} must match, or V must have none",
-        )
-    B = _arrays.prod(bx)
-    shared = bv != bx or B == 1
-    c.batch = bx
-    c.shape = _shape(c, B, shared, d, k, X.shape[-1], block, strategy)
-    V3 = c.to3(c.xp.reshape(V, (1, d, k)) if shared and bv != bx else V, d, k)
-    return V3, c.shape
+def backward(c: Call, factors: Any, saved: Any, grad: Any, want_dx: bool = True) -> tuple[Any, Any, Any]:
+    """(dV, dtau, dX) from the forward's factors, its saved output (householder apply) or
+    input (LAPACK apply), and grad; dtau None unless LAPACK, dX None unless apply and
+    wanted."""
+    xp, p = c.xp, c.plan
+    like = factors
+    gshape, gstrides = tuple(grad.shape), xp.strides(grad)
+    if len(gshape) > 3 and not _core.collapsible(gshape, gstrides, 2):
+        grad = xp.contiguous(grad)
+        gstrides = xp.strides(grad)
+    dV = xp.empty(*p.dV, c.dtype, like)
+    dtau = xp.empty(*p.dtau, c.dtype, like) if c.lapack else None
+    dX = xp.empty(*p.dX, c.dtype, like) if c.apply and want_dx else None
+    ws = xp._empty((p.backward_workspace,), c.dtype, like)
+    sshape, sstrides = ((), ()) if saved is None else (tuple(saved.shape), xp.strides(saved))
+    arg = xp.arg
+    c.module.backward(p, c.code, arg(factors), arg(saved), sshape, sstrides, arg(grad), gshape,
+                      gstrides, arg(dV), arg(dtau), arg(dX), arg(ws), xp.stream(like), c.device[1],
+                      c.tf32, c.blas)
+    return dV, dtau, dX
 
 
-def _factors(c: Call, V3: Any, ws: Any) -> Any:
-    """The T factors of V; `ws` is the op's workspace, which serves factors() too."""
-    f = c.buffer(_core.factors_size(c.shape))
-    c.run("factors", c.shape, V3, f, ws)
-    return f
+def forward_with(c: Call, factors: Any, X: Any) -> Any:
+    """The op again with factors an earlier forward of this call built."""
+    xp, p = c.xp, c.plan
+    out = xp.empty(*p.out, c.dtype, factors)
+    ws = xp._empty((p.forward_workspace,), c.dtype, factors)
+    arg = xp.arg
+    c.module.forward_with(p, c.code, arg(factors), arg(X), arg(out), arg(ws), xp.stream(factors),
+                          c.device[1], c.tf32, c.blas)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# The functional API
+
+def _apply_call(fn, V, X, transpose, block, strategy, tf32) -> Call:
+    return resolve(fn, APPLY, HOUSEHOLDER, ("V", "X"), (V, X), transpose=bool(transpose),
+                   block=block, strategy=strategy, tf32=tf32)
+
+
+def _matrix_call(fn, V, thin, block, tf32) -> Call:
+    return resolve(fn, MATRIX, HOUSEHOLDER, ("V",), (V,), thin=bool(thin), block=block, tf32=tf32)
+
+
+def _back(c: Call, a: Any, like: Any) -> Any:
+    return c.xp.unwrap(a, like)
 
 
 def apply_with_factors(V, X, transpose: bool = False, *, block: int | None = None,
-                       strategy: StrategyName = "auto", tf32: bool = False,
-                       dry_run: bool = False) -> tuple[Any, Any]:
-    """U X (or U^T X) and the T factors of V, kept for the backward. With ``dry_run`` only
-    the outputs are allocated (what a torch fake/meta kernel needs)."""
-    c = validate("fasth.apply", tf32, V=V, X=X)
-    V3, s = _prepare_apply(c, "X", block, strategy)
-    out = c.alloc(s.batch, s.d, s.n, like=c.arrays["X"])
-    if dry_run:
-        return c.out(out, (*c.batch, s.d, s.n)), c.buffer(_core.factors_size(s))
-    X3 = c.to3(c.arrays["X"], s.d, s.n)
-    ws = c.buffer(_core.workspace_size(_core.Op.apply, s))
-    f = _factors(c, V3, ws)
-    c.run("apply", s, bool(transpose), V3, f, X3, out, ws)
-    return c.out(out, (*c.batch, s.d, s.n)), c.out(f)
+                       strategy: StrategyName = "auto", tf32: bool = False) -> tuple[Any, Any]:
+    """U X (or U^T X) and the T factors of V, for apply_backward."""
+    c = _apply_call("fasth.apply", V, X, transpose, block, strategy, tf32)
+    out, f = forward(c, V, None, X)
+    return _back(c, out, V), _back(c, f, V)
 
 
 def apply(V, X, transpose: bool = False, *, block: int | None = None,
           strategy: StrategyName = "auto", tf32: bool = False) -> Any:
     """``U X`` (``U^T X`` with ``transpose``) for ``U = H_1 ... H_k`` built from the columns of
-    ``V`` (shape ``(..., d, k)``), ``X`` of shape ``(..., d, n)``. ``V`` may be unbatched
-    and shared by a batch of ``X``."""
-    return apply_with_factors(V, X, transpose, block=block, strategy=strategy, tf32=tf32)[0]
+    ``V`` (shape ``(..., d, k)``, any ``k``), ``X`` of shape ``(..., d, n)``. ``V`` may be
+    unbatched and shared by a batch of ``X``."""
+    c = _apply_call("fasth.apply", V, X, transpose, block, strategy, tf32)
+    return _back(c, forward(c, V, None, X)[0], V)
 
 
 def apply_backward(V, out, grad, transpose: bool = False, *, factors: Any = None,
                    block: int | None = None, strategy: StrategyName = "auto",
-                   tf32: bool = False, dry_run: bool = False) -> tuple[Any, Any]:
+                   tf32: bool = False) -> tuple[Any, Any]:
     """Gradients ``(dV, dX)`` of ``out = apply(V, X, transpose)`` from ``out`` and
     ``grad = dL/dout`` alone (the input is recovered through orthogonality)."""
-    c = validate("fasth.apply_backward", tf32, V=V, out=out, grad=grad)
-    if tuple(c.arrays["grad"].shape) != tuple(c.arrays["out"].shape):
-        raise c.fail(ValueError, f"grad has shape {tuple(c.arrays['grad'].shape)} but out has "
-                                 f"shape {tuple(c.arrays['out'].shape)}")
-    V3, s = _prepare_apply(c, "out", block, strategy)
-    Vb = c.arrays["V"]
-    dV = c.alloc(V3.shape[0], s.d, s.k, like=Vb)  # shared: one matrix, the batch summed in
-    dX = c.alloc(s.batch, s.d, s.n, like=c.arrays["out"])
-    if dry_run:
-        return c.out(dV, tuple(Vb.shape)), c.out(dX, (*c.batch, s.d, s.n))
-    ws = c.buffer(_core.workspace_size(_core.Op.apply_backward, s))
-    f = _factors(c, V3, ws) if factors is None else c.xp.wrap(factors)
-    c.run("apply_backward", s, bool(transpose), V3, f, c.to3(c.arrays["out"], s.d, s.n),
-          c.to3(c.arrays["grad"], s.d, s.n), dX, dV, ws)
-    return c.out(dV, tuple(Vb.shape)), c.out(dX, (*c.batch, s.d, s.n))
+    fn = "fasth.apply_backward"
+    c = resolve(fn, APPLY, HOUSEHOLDER, ("V", "out"), (V, out), transpose=bool(transpose),
+                block=block, strategy=strategy, tf32=tf32)
+    xp = c.xp
+    if _arrays.namespace(grad) is not xp:
+        raise TypeError(f"{fn}: grad is a {_arrays.namespace(grad).name} array but V is a "
+                        f"{xp.name} array")
+    g = xp.wrap(grad)
+    check_dtypes(fn, xp, {"V": xp.wrap(V), "grad": g})
+    if tuple(g.shape) != tuple(out.shape):
+        raise c.fail(ValueError, f"grad has shape {tuple(g.shape)} but out has shape {tuple(out.shape)}")
+    if xp.device(g) != c.device:
+        raise c.fail(ValueError, f"grad is on {xp.device(g)[0]} but V is on {c.device[0]}")
+    f = _factors(c, V, factors)
+    dV, _, dX = backward(c, f, xp.wrap(out) if not c.copies else _fix(c, [V, None, out])[2], g)
+    return _back(c, dV, V), _back(c, dX, V)
 
 
-def _prepare_matrix(c: Call, thin: bool, block) -> tuple[Any, Any]:
-    V = c.arrays["V"]
-    d, k = V.shape[-2:]
-    c.batch = tuple(V.shape[:-2])
-    B = _arrays.prod(c.batch)
-    # matrix() materialises U: a backend with a small-d kernel then needs no T factors.
-    c.shape = _shape(c, B, B == 1, d, k, k if thin else d, block, "materialize")
-    return c.to3(V, d, k), c.shape
+def _factors(c: Call, V: Any, factors: Any) -> Any:
+    if factors is None:
+        return c.xp.wrap(_factors_of(c, V))
+    f = c.xp.wrap(factors)
+    if int(f.shape[0]) < c.plan.factors_size:
+        raise c.fail(ValueError, f"factors holds {int(f.shape[0])} elements, needs {c.plan.factors_size}")
+    return f
+
+
+def _factors_of(c: Call, V: Any) -> Any:
+    """The factors of V alone (a forward with neither X nor out)."""
+    xp, p = c.xp, c.plan
+    V = _fix(c, [V, None, None])[0] if c.copies else xp.wrap(V)
+    f = xp._empty((p.factors_size,), c.dtype, V)
+    ws = xp._empty((p.forward_workspace,), c.dtype, V)
+    c.module.forward(p, c.code, xp.arg(V), None, None, None, xp.arg(f), xp.arg(ws), xp.stream(V),
+                     c.device[1], c.tf32, c.blas)
+    return f
 
 
 def matrix_with_factors(V, thin: bool = False, *, block: int | None = None,
-                        tf32: bool = False, dry_run: bool = False) -> tuple[Any, Any]:
-    c = validate("fasth.matrix", tf32, V=V)
-    V3, s = _prepare_matrix(c, thin, block)
-    out = c.alloc(s.batch, s.d, s.n)
-    if dry_run:
-        return c.out(out, (*c.batch, s.d, s.n)), c.buffer(_core.factors_size(s))
-    ws = c.buffer(_core.workspace_size(_core.Op.matrix, s))
-    f = _factors(c, V3, ws)
-    c.run("matrix", s, V3, f, out, ws)
-    return c.out(out, (*c.batch, s.d, s.n)), c.out(f)
+                        tf32: bool = False) -> tuple[Any, Any]:
+    c = _matrix_call("fasth.matrix", V, thin, block, tf32)
+    U, f = forward(c, V, None, None)
+    return _back(c, U, V), _back(c, f, V)
 
 
 def matrix(V, thin: bool = False, *, block: int | None = None, tf32: bool = False) -> Any:
-    """``U = H_1 ... H_k`` (``d x d``), or with ``thin`` its first ``k`` columns (LAPACK's
-    orgqr semantics), for ``V`` of shape ``(..., d, k)``."""
-    return matrix_with_factors(V, thin, block=block, tf32=tf32)[0]
+    """``U = H_1 ... H_k`` (``d x d``), or with ``thin`` its first ``min(k, d)`` columns
+    (LAPACK's orgqr semantics), for ``V`` of shape ``(..., d, k)``."""
+    c = _matrix_call("fasth.matrix", V, thin, block, tf32)
+    return _back(c, forward(c, V, None, None)[0], V)
 
 
 def matrix_backward(V, U, grad, thin: bool = False, *, factors: Any = None,
-                    block: int | None = None, tf32: bool = False, dry_run: bool = False) -> Any:
-    """``dV`` for ``U = matrix(V, thin)`` from ``U`` and ``grad = dL/dU``."""
-    c = validate("fasth.matrix_backward", tf32, V=V, U=U, grad=grad)
-    V3, s = _prepare_matrix(c, thin, block)
-    want = (*c.batch, s.d, s.n)
-    for name in ("U", "grad"):
-        if tuple(c.arrays[name].shape) != want:
-            raise c.fail(ValueError, f"{name} has shape {tuple(c.arrays[name].shape)}, expected {want}")
-    dV = c.alloc(s.batch, s.d, s.k, like=c.arrays["V"])
-    if dry_run:
-        return c.out(dV, (*c.batch, s.d, s.k))
-    ws = c.buffer(_core.workspace_size(_core.Op.matrix_backward, s))
-    f = _factors(c, V3, ws) if factors is None else c.xp.wrap(factors)
-    c.run("matrix_backward", s, V3, f, c.to3(c.arrays["U"], s.d, s.n),
-          c.to3(c.arrays["grad"], s.d, s.n), dV, ws)
-    return c.out(dV, (*c.batch, s.d, s.k))
+                    block: int | None = None, tf32: bool = False) -> Any:
+    """``dV`` for ``U = matrix(V, thin)`` from ``grad = dL/dU`` (``U`` is checked, not read)."""
+    fn = "fasth.matrix_backward"
+    c = _matrix_call(fn, V, thin, block, tf32)
+    xp = c.xp
+    want = tuple(c.plan.out[0])
+    for name, a in (("U", U), ("grad", grad)):
+        if _arrays.namespace(a) is not xp:
+            raise TypeError(f"{fn}: {name} is a {_arrays.namespace(a).name} array but V is a "
+                            f"{xp.name} array")
+        check_dtypes(fn, xp, {"V": xp.wrap(V), name: xp.wrap(a)})
+        if tuple(a.shape) != want:
+            raise c.fail(ValueError, f"{name} has shape {tuple(a.shape)}, expected {want}")
+    f = _factors(c, V, factors)
+    return _back(c, backward(c, f, None, xp.wrap(grad))[0], V)

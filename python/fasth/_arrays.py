@@ -1,10 +1,10 @@
-"""The few things fasth needs from an array library: allocate on the input's device, view with
-strides, and find the caller's stream. numpy and torch arrays stay what they are; cupy arrays
-and anything else with ``__dlpack__`` are viewed without a copy."""
+"""The few things fasth needs from an array library: describe an array (shape, element
+strides, dtype, device), allocate on its device with given strides, hand its memory to the
+extension, and find the caller's stream. numpy and torch arrays stay what they are; cupy
+arrays and anything else with ``__dlpack__`` are viewed without a copy."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -24,8 +24,13 @@ class Namespace:
         return a
 
     def arg(self, a: Any) -> Any:
-        """What the extension is handed for array `a` (nanobind reads it without a copy)."""
+        """What the extension is handed for array `a`: nanobind reads numpy arrays as they
+        are (faster than taking their address in Python)."""
         return a
+
+    def key(self, a: Any) -> tuple:
+        """What a plan depends on: shape, strides, dtype, device."""
+        return (a.shape, a.strides, a.dtype)
 
     def dtype(self, a: Any) -> str:
         return np.dtype(a.dtype).name
@@ -39,7 +44,14 @@ class Namespace:
     def strides(self, a: Any) -> tuple[int, ...]:
         return tuple(s // a.itemsize for s in a.strides)
 
-    def empty(self, shape: tuple[int, ...], dtype: str, like: Any) -> Any:
+    def empty(self, shape: tuple[int, ...], strides: tuple[int, ...], dtype: str, like: Any) -> Any:
+        """A new array of this shape with these element strides: dense, row- or column-major
+        matrices (the layouts a plan asks for)."""
+        if len(shape) >= 2 and strides[-2] == 1 and strides[-1] != 1:
+            return self.transpose_last(self._empty((*shape[:-2], shape[-1], shape[-2]), dtype, like))
+        return self._empty(tuple(shape), dtype, like)
+
+    def _empty(self, shape, dtype, like):
         return np.empty(shape, dtype=dtype)
 
     def reshape(self, a: Any, shape: tuple[int, ...]) -> Any:
@@ -57,19 +69,19 @@ class TorchNamespace(Namespace):
 
     def __init__(self) -> None:
         import torch
-        import torch.utils.dlpack
 
         self.torch = torch
-        self.to_dlpack = torch.utils.dlpack.to_dlpack
 
     def wrap(self, a: Any) -> Any:
         return a.detach()
 
     def arg(self, a: Any) -> Any:
-        # A DLPack capsule, which nanobind takes as is: Tensor.__dlpack__ cost about 7 us a
-        # call in Python (stream and version checks this call does not need: the core runs
-        # on the tensor's current stream), and a small fasth op hands over up to 6 arrays.
-        return self.to_dlpack(a) if isinstance(a, self.torch.Tensor) else a
+        # The tensor's address: its layout is what the plan was made for (a DLPack capsule
+        # cost about 1.3 us a tensor, Tensor.__dlpack__ about 7 us).
+        return a.data_ptr() if a is not None else None
+
+    def key(self, a: Any) -> tuple:
+        return (a.shape, a.stride(), a.dtype, a.device)
 
     def dtype(self, a: Any) -> str:
         return str(a.dtype).removeprefix("torch.")
@@ -86,7 +98,12 @@ class TorchNamespace(Namespace):
     def strides(self, a: Any) -> tuple[int, ...]:
         return tuple(a.stride())
 
-    def empty(self, shape, dtype, like):
+    def empty(self, shape, strides, dtype, like):
+        # Not a view: autograd lets a caller modify an output in place only if it is none.
+        return self.torch.empty_strided(shape, strides, dtype=getattr(self.torch, dtype),
+                                        device=like.device)
+
+    def _empty(self, shape, dtype, like):
         return self.torch.empty(shape, dtype=getattr(self.torch, dtype), device=like.device)
 
     def transpose_last(self, a):
@@ -104,13 +121,16 @@ class CupyNamespace(Namespace):
 
         self.cp = cupy
 
+    def arg(self, a):
+        return a.data.ptr if a is not None else None
+
     def device(self, a):
         return ("cuda", a.device.id)
 
     def stream(self, a):
         return self.cp.cuda.get_current_stream().ptr
 
-    def empty(self, shape, dtype, like):
+    def _empty(self, shape, dtype, like):
         with like.device:
             return self.cp.empty(shape, dtype=dtype)
 
@@ -135,7 +155,7 @@ class DLPackNamespace(Namespace):
         if mod in ("jax", "jaxlib"):
             import jax.numpy as jnp
 
-            return jnp.from_dlpack(a)
+            return jnp.from_dlpack(np.ascontiguousarray(a))
         return a
 
 
@@ -161,7 +181,3 @@ def namespace(a: Any) -> Namespace:
     raise TypeError(
         f"expected a numpy, torch or cupy array, or an object with __dlpack__; got {type(a).__name__}"
     )
-
-
-def prod(shape: tuple[int, ...]) -> int:
-    return math.prod(shape)

@@ -1,6 +1,8 @@
 // The backend interface: the few BLAS-like operations that the algorithm is written over.
-// A backend (CPU through BLAS, CUDA through cuBLAS and a few kernels) implements these and
-// nothing else; blocking, T factors, forward, transpose and backward live in algorithm.cpp.
+// A backend (the CPU through BLAS, CUDA through cuBLAS and a few kernels) implements these
+// and nothing else; blocking, T factors, forward, transpose and backward live in
+// algorithm.cpp. Every call is one BLAS call or one kernel launch on a batch (one backend
+// call), which is what fasth::call_counts() counts.
 //
 // Conventions: column-major, strides and leading dimensions in elements, `batch` entries
 // at stride s* apart (stride 0: the same matrix for every entry). Calls are asynchronous
@@ -32,27 +34,17 @@ class Backend {
                     const T* a, index_t lda, index_t sa, const T* b, index_t ldb, index_t sb,
                     T beta, T* c, index_t ldc, index_t sc, index_t batch) const = 0;
 
-  // B_b = op(A_b), B m x n (A is n x m when transposed).
-  virtual void copy(bool trans_a, index_t m, index_t n, const T* a, index_t lda, index_t sa,
-                    T* b, index_t ldb, index_t sb, index_t batch) const = 0;
-
-  // A_b = offdiag everywhere except diag on the diagonal (LAPACK's laset), A m x n.
-  virtual void set(index_t m, index_t n, T offdiag, T diag, T* a, index_t lda, index_t sa,
-                   index_t batch) const = 0;
-
-  // T factors of `count` blocks of m reflectors. Block b occupies f + b * 2*m*m: its
-  // m x m T (output, upper triangular) followed by its Gram matrix Y^T Y (input; zero rows
-  // and columns past a short block). T is LAPACK's larft recurrence on the Gram matrix:
-  //   tau_i = 2 / G_ii (0 when G_ii == 0), T_ii = tau_i,
-  //   T[0:i, i] = -tau_i T[0:i, 0:i] G[0:i, i].
-  virtual void larft(index_t count, index_t m, T* f) const = 0;
-  // The widest block larft handles well. The algorithm builds the T of wider blocks from
-  // leaves of at most this width, merged with gemm:
-  //   T = [[T_1, -T_1 (Y_1^T Y_2) T_2], [0, T_2]] for Y = [Y_1, Y_2].
-  virtual index_t larft_max() const { return INT64_MAX; }
-
-  // A_b = striu(A_b) + striu(A_b)^T + diag(A_b): the upper triangle mirrored, m x m.
-  virtual void mirror_upper(index_t m, T* a, index_t lda, index_t sa, index_t batch) const = 0;
+  // C_b = alpha op(R_b) B_b (left) or alpha B_b op(R_b) (right), for R m x m upper
+  // triangular with zeros below its diagonal, B and C m x n (left) or n x m (right), C
+  // distinct from B. By default a gemm over the whole of R; a BLAS trmm does half the work.
+  virtual void trmm(bool right, bool trans, index_t m, index_t n, T alpha, const T* r,
+                    index_t ldr, index_t sr, const T* b, index_t ldb, index_t sb, T* c,
+                    index_t ldc, index_t sc, index_t batch) const {
+    if (right)
+      gemm(false, trans, n, m, m, alpha, b, ldb, sb, r, ldr, sr, T(0), c, ldc, sc, batch);
+    else
+      gemm(trans, false, m, n, m, alpha, r, ldr, sr, b, ldb, sb, T(0), c, ldc, sc, batch);
+  }
 
   // C_b = op(A_b)^T op(A_b) (n x n, full), op(A) k x n: the Gram matrices of the blocks. By
   // default a gemm; a backend with a symmetric rank-k update (syrk) does half the work.
@@ -61,28 +53,71 @@ class Backend {
     gemm(!trans_a, trans_a, n, n, k, T(1), a, lda, sa, a, lda, sa, T(0), c, ldc, sc, batch);
   }
 
+  // B_b = A_b, m x n, any element strides on either side.
+  virtual void copy(index_t m, index_t n, Strided<const T> a, Strided<T> b,
+                    index_t batch) const = 0;
+
+  // A_b = offdiag everywhere except diag on the diagonal (LAPACK's laset), A m x n.
+  virtual void set(index_t m, index_t n, T offdiag, T diag, T* a, index_t lda, index_t sa,
+                   index_t batch) const = 0;
+
+  // T factors of `count` blocks of m reflectors (LAPACK's larft on a Gram matrix): T_b
+  // (m x m, upper triangular, written whole: zeros below) from G_b = Y_b^T Y_b and the
+  // reflectors' tau_b[i] (at tau + b * stau + i; tau == nullptr: tau_i = 2 / G_ii, 0 where
+  // G_ii == 0):  T_ii = tau_i,  T[0:i, i] = -tau_i T[0:i, 0:i] G[0:i, i].
+  virtual void larft(index_t count, index_t m, const T* g, index_t ldg, index_t sg,
+                     const T* tau, index_t stau, T* t, index_t ldt, index_t st) const = 0;
+  // The widest block larft handles well. The algorithm builds the T of wider blocks from
+  // leaves of at most this width, merged with gemm:
+  //   T = [[T_1, -T_1 (Y_1^T Y_2) T_2], [0, T_2]] for Y = [Y_1, Y_2].
+  virtual index_t larft_max() const { return INT64_MAX; }
+
+  // A_b = striu(A_b) + striu(A_b)^T + diag(A_b): the upper triangle mirrored, m x m.
+  virtual void mirror_upper(index_t m, T* a, index_t lda, index_t sa, index_t batch) const = 0;
+
+  // Y_b = V_b with unit columns and norms_b[j] = |v_j|, computed without overflow or
+  // underflow for any finite column; a zero column stays zero, with norm 0. V d x k;
+  // Y column-major (leading dimension d, entries ys apart); norms ns apart.
+  virtual void normalize(index_t batch, index_t d, index_t k, Strided<const T> v, T* y,
+                         index_t ys, T* norms, index_t ns) const = 0;
+  // The gradient through normalize: dV_b = (dY_b - Y_b diag(Y_b^T dY_b)) / norms_b, column
+  // by column (zero where the norm is zero). Y and dY column-major with leading dimension d.
+  virtual void normalize_backward(index_t batch, index_t d, index_t k, const T* y, index_t ys,
+                                  const T* norms, index_t ns, const T* dy, index_t dys,
+                                  Strided<T> dv) const = 0;
+  // B_b = the strictly lower part of A_b (d x k), `diag` on the diagonal and zeros above:
+  // LAPACK's unit lower reflectors (diag 1), or the gradient of A from theirs (diag 0).
+  virtual void lower(index_t batch, index_t d, index_t k, Strided<const T> a, Strided<T> b,
+                     T diag) const = 0;
+
   // Optional fast path for small d (launch-bound sizes): U and its backward built reflector
-  // by reflector, each in one step for the whole batch, without the T factors. small_path
-  // says whether this backend takes it for V of d x k; the algorithm then calls the two
-  // functions below for matrix, matrix_backward and the materialize strategy, and factors()
-  // skips its work for materialize shapes. A backend that says yes must accept every batch,
-  // layout and cols <= d for that (d, k).
+  // by reflector, each in one step for the whole batch, without T factors, and with the
+  // normalisation inside. small_path says whether this backend takes it for V of d x k; the
+  // algorithm then calls the two functions below for the householder kind's single block
+  // (matrix, and U of the materialised apply). A backend that says yes must accept every
+  // batch, layout and cols <= d for that (d, k).
   virtual bool small_path(index_t d, index_t k) const {
     (void)d, (void)k;
     return false;
   }
-  // U_b = (H_1 ... H_k)[:, :cols] (d x cols) for b < batch; V.bs == 0: one V for all.
+  // U_b = (H_1 ... H_k)[:, :cols] (d x cols) from V_b (V.bs == 0: one V for all), and what
+  // the backward reads: the unit vectors Y_b and norms_b as normalize leaves them, and, when
+  // u2 is not null, U_b again (column-major, leading dimension d, entries u2s apart).
   virtual void small_matrix(index_t batch, index_t d, index_t k, index_t cols,
-                            Strided<const T> V, Strided<T> U) const {
-    (void)batch, (void)d, (void)k, (void)cols, (void)V, (void)U;
+                            Strided<const T> V, Strided<T> U, T* y, index_t ys, T* norms,
+                            index_t ns, T* u2, index_t u2s) const {
+    (void)batch, (void)d, (void)k, (void)cols, (void)V, (void)U, (void)y, (void)ys, (void)norms,
+        (void)ns, (void)u2, (void)u2s;
     throw std::logic_error("fasth: this backend has no small-d path");
   }
-  // dV_b from U_b = small_matrix(V_b) and G_b = dL/dU_b (d x cols). dV.bs == 0 with
-  // batch > 1: dV is the sum over the batch.
+  // dV_b from what small_matrix left (Y, norms, and U column-major with leading dimension d)
+  // and G_b = dL/dU_b (d x cols).
   virtual void small_matrix_backward(index_t batch, index_t d, index_t k, index_t cols,
-                                     Strided<const T> V, Strided<const T> U,
-                                     Strided<const T> G, Strided<T> dV) const {
-    (void)batch, (void)d, (void)k, (void)cols, (void)V, (void)U, (void)G, (void)dV;
+                                     const T* y, index_t ys, const T* norms, index_t ns,
+                                     const T* u, index_t us, Strided<const T> G,
+                                     Strided<T> dV) const {
+    (void)batch, (void)d, (void)k, (void)cols, (void)y, (void)ys, (void)norms, (void)ns, (void)u,
+        (void)us, (void)G, (void)dV;
     throw std::logic_error("fasth: this backend has no small-d path");
   }
 };

@@ -1,9 +1,11 @@
 // The CPU backend: BLAS through a table of function pointers, so that nothing is linked at
-// build time. The Python package fills it from SciPy's BLAS; a C++ program fills it from any
-// BLAS it links (Fortran ABI, 32-bit integers), e.g. with CMake's FindBLAS:
+// build time. Each backend object uses the table it is made with (a property of the call,
+// not of the process). A C++ program fills one from any BLAS it links (Fortran ABI, 32-bit
+// integers), e.g. with CMake's FindBLAS:
 //
 //   extern "C" void sgemm_(...); extern "C" void dgemm_(...);
-//   fasth::cpu::set_blas({&sgemm_, &dgemm_});
+//   const fasth::cpu::Blas blas{&sgemm_, &dgemm_};
+//   fasth::cpu::CpuBackend<float> be(blas);
 #pragma once
 
 #include "fasth/backend.hpp"
@@ -20,6 +22,11 @@ using syrk_fn = void(const char* uplo, const char* trans, const int* n, const in
                      const T* alpha, const T* a, const int* lda, const T* beta, T* c,
                      const int* ldc);
 
+template <class T>
+using trmm_fn = void(const char* side, const char* uplo, const char* transa, const char* diag,
+                     const int* m, const int* n, const T* alpha, const T* a, const int* lda,
+                     T* b, const int* ldb);
+
 // MKL's ?gemm_batch (Fortran ABI, group interface): group_count groups of group_size
 // products, each group with one set of the scalar arguments.
 template <class T>
@@ -33,6 +40,8 @@ struct Blas {
   gemm_fn<double>* dgemm = nullptr;
   syrk_fn<float>* ssyrk = nullptr;  // optional: the Gram matrices then cost half
   syrk_fn<double>* dsyrk = nullptr;
+  trmm_fn<float>* strmm = nullptr;  // optional: triangular products then cost half
+  trmm_fn<double>* dtrmm = nullptr;
   // Optional: sets this thread's BLAS thread count and returns the previous setting (MKL's
   // C-ABI MKL_Set_Num_Threads_Local). Products too small to gain from threads then run on one:
   // on 2 cores MKL spent 4-10x longer on the 12..64-sized products of a small U than with
@@ -44,25 +53,38 @@ struct Blas {
   gemm_batch_fn<double>* dgemm_batch = nullptr;
 };
 
-void set_blas(const Blas& blas);
-const Blas& blas();  // throws std::runtime_error while unset
-
 template <class T>
 class CpuBackend final : public Backend<T> {
  public:
+  // `blas` must outlive the backend; it needs at least the gemm of T.
+  explicit CpuBackend(const Blas& blas);
+
   void gemm(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T alpha, const T* a,
             index_t lda, index_t sa, const T* b, index_t ldb, index_t sb, T beta, T* c,
             index_t ldc, index_t sc, index_t batch) const override;
-  void copy(bool trans_a, index_t m, index_t n, const T* a, index_t lda, index_t sa, T* b,
-            index_t ldb, index_t sb, index_t batch) const override;
-  void set(index_t m, index_t n, T offdiag, T diag, T* a, index_t lda, index_t sa,
-           index_t batch) const override;
-  void larft(index_t count, index_t m, T* f) const override;
-  // larft is a scalar loop of m^3 / 3 steps: wider blocks merge leaves of 32 with gemm.
-  index_t larft_max() const override { return 32; }
-  void mirror_upper(index_t m, T* a, index_t lda, index_t sa, index_t batch) const override;
+  void trmm(bool right, bool trans, index_t m, index_t n, T alpha, const T* r, index_t ldr,
+            index_t sr, const T* b, index_t ldb, index_t sb, T* c, index_t ldc, index_t sc,
+            index_t batch) const override;
   void gram(bool trans_a, index_t n, index_t k, const T* a, index_t lda, index_t sa, T* c,
             index_t ldc, index_t sc, index_t batch) const override;
+  void copy(index_t m, index_t n, Strided<const T> a, Strided<T> b, index_t batch) const override;
+  void set(index_t m, index_t n, T offdiag, T diag, T* a, index_t lda, index_t sa,
+           index_t batch) const override;
+  void larft(index_t count, index_t m, const T* g, index_t ldg, index_t sg, const T* tau,
+             index_t stau, T* t, index_t ldt, index_t st) const override;
+  // larft is a scalar loop of m^3 / 3 steps: wider blocks merge leaves of 32 with trmm.
+  index_t larft_max() const override { return 32; }
+  void mirror_upper(index_t m, T* a, index_t lda, index_t sa, index_t batch) const override;
+  void normalize(index_t batch, index_t d, index_t k, Strided<const T> v, T* y, index_t ys,
+                 T* norms, index_t ns) const override;
+  void normalize_backward(index_t batch, index_t d, index_t k, const T* y, index_t ys,
+                          const T* norms, index_t ns, const T* dy, index_t dys,
+                          Strided<T> dv) const override;
+  void lower(index_t batch, index_t d, index_t k, Strided<const T> a, Strided<T> b,
+             T diag) const override;
+
+ private:
+  const Blas& blas_;
 };
 
 }  // namespace fasth::cpu

@@ -1,97 +1,185 @@
 // fasth: products of Householder reflectors, U = H_1 ... H_k, in blocked compact-WY form.
 //
-// The public C++ API. Every function takes raw pointers with strides, a Backend (which
-// carries the BLAS, or the CUDA stream and cuBLAS handle), outputs and a workspace that the
-// caller allocates; the core never allocates memory and never picks a stream.
+// The public C++ API, shaped like tiny-cuda-nn's: a Plan is made once for the arrays'
+// shapes and strides (it validates them, picks the block size and strategy, and sizes
+// every buffer), then runs forward and backward on raw pointers with a Backend, which
+// carries the BLAS (CPU) or the device and stream (CUDA). The core never allocates memory
+// and never picks a stream: the caller passes the outputs, a workspace of
+// workspace_size(pass) elements, and a factors buffer of factors_size() elements, the
+// opaque context that the forward fills and the backward reads.
 //
-//   V  (batch, d, k)  Householder vectors in columns, H_i = I - 2 v_i v_i^T / |v_i|^2
-//   X  (batch, d, n)  apply:      out = U X, or U^T X with transpose
-//                     matrix:     out = U (d x d), or its thin frame U[:, :k]
+//   householder  H_i = I - 2 v_i v_i^T / |v_i|^2, v_i column i of V (d x k, any k >= 0;
+//                a zero column is the identity, with zero gradient)
+//   lapack       H_i = I - tau_i v_i v_i^T, v_i the unit lower part of column i of A
+//                (geqrf's output: ones on the diagonal, zeros above; any tau; k <= d)
 //
-// A V with batch stride 0 is shared by every batch entry; its gradient is then summed.
-// Call order: factors() once per V, then any forward/backward op with those factors and the
-// same Shape (a materialize shape on a backend with a small-d path leaves them zero: unused).
+//   apply    out = U X, or U^T X with transpose           X (..., d, n)
+//   matrix   out = U (d x d), its thin frame U[:, :min(k, d)] (householder, thin), or
+//            U[:, :c] for A of c columns (lapack: householder_product)
+//
+// Arrays are N-d, matrices in their last two dimensions; leading dimensions are a batch, the
+// same on V and X, or absent from V (one V shared by the batch: its gradient is summed).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 
 #include "fasth/backend.hpp"
 
 namespace fasth {
 
-// A batch of matrices: element (i, j) of entry b is data[b * bs + i * rs + j * cs].
-// Usable without a copy when BLAS can address it: rs == 1 (column-major) or cs == 1
-// (row-major), with a leading dimension that covers the other extent.
-template <class T>
-struct Matrix {
-  T* data = nullptr;
-  index_t rows = 0, cols = 0;
-  index_t rs = 1, cs = 1, bs = 0;
+constexpr int kMaxRank = 8;
+
+// An N-d array's shape and element strides (any strides: the core copies what BLAS cannot
+// address).
+struct Array {
+  int rank = 0;
+  index_t shape[kMaxRank] = {};
+  index_t strides[kMaxRank] = {};
+
+  Array() = default;
+  Array(std::initializer_list<index_t> shape, std::initializer_list<index_t> strides);
+  // C order (row-major, the last dimension contiguous).
+  static Array dense(std::initializer_list<index_t> shape);
 };
 
-// True when a rows x cols matrix with these element strides can be handed to BLAS.
-bool addressable(index_t rows, index_t cols, index_t rs, index_t cs);
-
+enum class Kind : int { householder = 0, lapack = 1 };
+enum class Op : int { apply = 0, matrix = 1 };
 enum class Strategy : int {
-  automatic = 0,    // chosen by flop count, see choose_strategy
-  blockwise = 1,    // k/m sequential block steps of compact-WY products
-  materialize = 2,  // build U once, then one GEMM (the regime n >> d)
+  automatic = 0,    // chosen by cost, see Plan::strategy()
+  blockwise = 1,    // k/m sequential steps of compact-WY blocks
+  materialize = 2,  // build U once in one block, then one GEMM (the regime n >> d)
+};
+enum class Device : int { cpu = 0, cuda = 1 };
+enum class Pass : int { forward = 0, backward = 1 };
+
+struct Problem {
+  Op op = Op::apply;
+  Kind kind = Kind::householder;
+  Array V;                 // (..., d, k); lapack: A (..., d, c) with its reflectors in front
+  Array tau;               // lapack: (..., k)
+  Array X;                 // apply: (..., d, n)
+  bool transpose = false;  // apply: U^T X
+  bool thin = false;       // householder matrix: U[:, :min(k, d)]
+  index_t block = 0;       // reflectors per block; 0: chosen for the sizes and device
+  Strategy strategy = Strategy::automatic;
+  const char* x_name = "X";  // how errors name X (read while the plan is made, then cleared)
 };
 
-enum class Device : int { cpu = 0, cuda = 1 };
+// Where a run reads and writes; pointers to the first element of arrays laid out as the
+// plan's Arrays say (inputs as given to the plan, outputs as out(), d_V(), ...).
+template <class T>
+struct Forward {
+  const T* V = nullptr;
+  const T* tau = nullptr;  // lapack
+  const T* X = nullptr;    // apply
+  T* out = nullptr;
+  T* factors = nullptr;    // filled here, for the backward (and further forward_with calls)
+  T* workspace = nullptr;  // workspace_size(Pass::forward)
+};
 
-// Block size m (reflectors per compact-WY block) for this problem on this kind of device.
+template <class T>
+struct Backward {
+  const T* factors = nullptr;
+  // The forward's output (householder apply: its input is recovered from it through
+  // orthogonality), or its input X (lapack apply); unused by matrix. Any strides, as
+  // `saved_layout` says.
+  const T* saved = nullptr;
+  Array saved_layout;
+  const T* grad = nullptr;  // dL/dout, laid out as `grad_layout` (any strides)
+  Array grad_layout;
+  T* dV = nullptr;          // laid out as d_V(); lapack: dL/dA
+  T* dtau = nullptr;        // lapack: laid out as d_tau()
+  T* dX = nullptr;          // apply: laid out as d_X(); nullptr: not wanted
+  T* workspace = nullptr;   // workspace_size(Pass::backward)
+};
+
+namespace detail {
+// A batch of matrices: element (i, j) of entry b at b * bs + i * rs + j * cs.
+struct Mat3 {
+  index_t batch = 0, rows = 0, cols = 0, rs = 1, cs = 1, bs = 0;
+};
+// Everything a run needs to know, resolved once by the plan (fasth's own code reads it).
+struct Layout {
+  Op op = Op::apply;
+  Kind kind = Kind::householder;
+  Device device = Device::cpu;
+  bool transpose = false;
+  index_t B = 0, bv = 0, d = 0, k = 0, n = 0, m = 1, nb = 0;
+  bool shared = true;       // one V (and its factors) for the whole batch
+  bool single = false;      // one block with the full T: matrix, and the materialised apply
+  Strategy strategy = Strategy::blockwise;
+  Mat3 V, tau, X, out, dV, dtau, dX;  // the arrays as batches of matrices
+  Array out_array, dV_array, dtau_array, dX_array;
+  // Factors of one V entry, fstride apart: unit reflectors Y (d x k), their norms or taus
+  // (nb * m, zero past k), per block its T and Gram matrix (m x m each), and U itself for the
+  // materialised apply (d x d) and, on CUDA, for matrix (d x n: a small-d path's backward
+  // reads it).
+  std::size_t fstride = 0, f_aux = 0, f_blocks = 0, f_u = 0;
+  std::size_t ws[2] = {0, 0};  // forward, backward
+};
+}  // namespace detail
+
+class Plan {
+ public:
+  // Validates the problem (std::invalid_argument, naming the argument) and resolves it.
+  Plan(const Problem& problem, Device device);
+
+  const Problem& problem() const { return p_; }
+  Device device() const { return device_; }
+  index_t batch() const { return L_.B; }    // entries of X / out
+  bool shared() const { return L_.shared; }  // one V for the whole batch
+  index_t d() const { return L_.d; }
+  index_t k() const { return L_.k; }        // reflectors
+  index_t n() const { return L_.n; }        // columns of X / out
+  index_t block() const { return L_.m; }
+  Strategy strategy() const { return L_.strategy; }
+
+  std::size_t factors_size() const { return static_cast<std::size_t>(L_.bv) * L_.fstride; }
+  // Elements; the forward's covers factors() and forward_with() as well.
+  std::size_t workspace_size(Pass pass) const { return L_.ws[static_cast<int>(pass)]; }
+  // The outputs' shapes and strides (dense), for the caller to allocate.
+  const Array& out() const { return L_.out_array; }
+  const Array& d_V() const { return L_.dV_array; }
+  const Array& d_tau() const { return L_.dtau_array; }
+  const Array& d_X() const { return L_.dX_array; }
+
+  // factors() then forward_with() (unless a.out is null): the usual forward.
+  template <class T>
+  void forward(const Backend<T>& be, const Forward<T>& a) const;
+  // The T factors (and unit reflectors) of V alone, into a.factors; X and out unused.
+  template <class T>
+  void factors(const Backend<T>& be, const Forward<T>& a) const;
+  // The forward with factors that an earlier factors() or forward() of this plan filled
+  // (a V applied again and again: no work per V); V and tau unused.
+  template <class T>
+  void forward_with(const Backend<T>& be, const Forward<T>& a) const;
+  template <class T>
+  void backward(const Backend<T>& be, const Backward<T>& a) const;
+
+  const detail::Layout& layout() const { return L_; }
+
+ private:
+  Problem p_;
+  Device device_;
+  detail::Layout L_;
+};
+
+// The block size m for a problem of these sizes on this kind of device, and the strategy
+// (blockwise or materialize) that costs less for forward + backward.
 index_t choose_block(index_t d, index_t k, index_t n, Device device);
-// blockwise or materialize, whichever costs fewer flops for forward + backward.
 Strategy choose_strategy(index_t d, index_t k, index_t n);
 
-// Everything an operation needs to know about its sizes.
-struct Shape {
-  index_t batch = 1;      // batch entries of X / out
-  bool shared_v = false;  // V (and its factors) has batch stride 0
-  index_t d = 0, k = 0;   // V is d x k
-  index_t n = 0;          // columns of X; for matrix(): d, or k when thin
-  index_t block = 0;      // 0: choose_block(d, k, n, device)
-  Strategy strategy = Strategy::automatic;
+// Backend calls (each one BLAS call or kernel launch on a batch), counted by operation
+// while counting is on; process-wide, thread-safe.
+enum class Call : int {
+  gemm, trmm, gram, copy, set, larft, mirror_upper, normalize, normalize_backward, lower,
+  small_matrix, small_matrix_backward, count_
 };
-
-enum class Op : int { factors, apply, apply_backward, matrix, matrix_backward };
-
-// Resolves block == 0 and Strategy::automatic; done by every entry point below as well.
-Shape resolve(Shape s, Device device);
-// Elements of T in the factors buffer: for each V-batch entry and block, T and the Gram Y^T Y.
-std::size_t factors_size(const Shape& s);
-// Elements of T of workspace that `op` needs. Every op's workspace also serves factors() of
-// the same shape, so one buffer can go to both calls.
-std::size_t workspace_size(Op op, const Shape& s);
-
-// The T factors of every block, once per V. `factors` holds factors_size(s) elements; the
-// workspace, workspace_size(Op::factors, s) (scratch for blocks wider than the backend's
-// larft_max()).
-template <class T>
-void factors(const Backend<T>& be, const Shape& s, Matrix<const T> V, T* factors, T* workspace);
-
-// out = U X, or U^T X. out may not overlap X.
-template <class T>
-void apply(const Backend<T>& be, const Shape& s, bool transpose, Matrix<const T> V,
-           const T* factors, Matrix<const T> X, Matrix<T> out, T* workspace);
-
-// Gradients of apply from its output alone: dX (may alias nothing) and dV (batch stride 0
-// when V is shared: summed over the batch).
-template <class T>
-void apply_backward(const Backend<T>& be, const Shape& s, bool transpose, Matrix<const T> V,
-                    const T* factors, Matrix<const T> out, Matrix<const T> grad, Matrix<T> dX,
-                    Matrix<T> dV, T* workspace);
-
-// out = U (s.n == d) or the thin frame U[:, :k] (s.n == k).
-template <class T>
-void matrix(const Backend<T>& be, const Shape& s, Matrix<const T> V, const T* factors,
-            Matrix<T> out, T* workspace);
-
-// dV from out = matrix(V) and grad = dL/dout.
-template <class T>
-void matrix_backward(const Backend<T>& be, const Shape& s, Matrix<const T> V, const T* factors,
-                     Matrix<const T> out, Matrix<const T> grad, Matrix<T> dV, T* workspace);
+const char* call_name(Call c);
+void count_calls(bool on);
+void reset_call_counts();
+std::int64_t call_count(Call c);
 
 }  // namespace fasth

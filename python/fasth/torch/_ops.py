@@ -1,335 +1,377 @@
-"""fasth's operations as torch custom ops: ``torch.library.custom_op`` with a fake kernel
-(the same allocation code run without computing) and autograd whose backward is itself a
-custom op. Clean under ``torch.library.opcheck`` and ``torch.compile(fullgraph=True)``.
+"""fasth's operations for torch, with autograd: ``apply``, ``matrix``, and LAPACK's (A, tau)
+form as drop-ins for ``torch.linalg.householder_product`` and ``torch.ormqr``.
 
-Only the output is saved for the backward (the input is recovered through orthogonality),
-with the T factors that the forward built."""
+Every op is one forward and one backward of the core's plan (``fasth._api``), reached two
+ways:
+
+* eagerly and under ``torch.func``: an ``autograd.Function`` (setup_context form, with a
+  vmap rule) that calls the plan directly, one crossing into the extension each way;
+* under ``torch.compile``: two custom ops, ``fasth::forward`` and ``fasth::backward``, with
+  fake kernels (the plan's output shapes), ``register_autograd`` and vmap rules; clean under
+  ``torch.library.opcheck``.
+
+The householder apply keeps its output for the backward (its input is recovered through
+orthogonality) and its input: if the caller modifies the output in place, the backward
+recomputes it from the input, so outputs behave as ordinary tensors. Under
+``create_graph``, the input gradient is ``apply`` again (differentiable: gradient
+penalties), while the gradient of V raises if it is differentiated again."""
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
+from typing import Optional
 
 import torch
 from torch import Tensor
 
 from .. import _api, _core
 
+APPLY, MATRIX = int(_api.APPLY.value), int(_api.MATRIX.value)
+HOUSEHOLDER, LAPACK = int(_api.HOUSEHOLDER.value), int(_api.LAPACK.value)
+_OPS = {APPLY: _api.APPLY, MATRIX: _api.MATRIX}
+_KINDS = {HOUSEHOLDER: _api.HOUSEHOLDER, LAPACK: _api.LAPACK}
 
-def _use_torch_blas(gemm_batch: bool = True) -> None:
-    """fasth's CPU products through the BLAS inside libtorch (MKL, or OpenBLAS, 32-bit
-    integers in the official builds), which shares torch's threads. SciPy's OpenBLAS, with
-    threads of its own, fought torch's OpenMP threads: in a torch process on 2 cores,
-    fasth.apply at d = 1024, n = 64 took 19x a GEMM instead of 3x. Builds that do not export
-    the Fortran symbols keep SciPy's BLAS. With MKL, small products run on one thread
-    (``MKL_Set_Num_Threads_Local``): waking MKL's threads cost more than they gave below
-    about a 64^3 product, and a batch of products goes to MKL's ``?gemm_batch`` in one call."""
+
+@functools.cache
+def torch_blas(gemm_batch: bool = True) -> int | None:
+    """Registers the BLAS inside libtorch (MKL, or OpenBLAS, 32-bit integers in the official
+    builds) for fasth's CPU calls on torch tensors: it shares torch's threads. SciPy's
+    OpenBLAS, with threads of its own, fought torch's OpenMP threads: in a torch process on 2
+    cores, fasth.apply at d = 1024, n = 64 took 19x a GEMM instead of 3x. Builds that do not
+    export the Fortran symbols keep SciPy's BLAS. With MKL, small products run on one thread
+    (``MKL_Set_Num_Threads_Local``) and a batch of products goes to ``?gemm_batch``. Returns
+    the table's id, or None where libtorch has no BLAS to register."""
     path = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
     if not os.path.exists(path) or "BLAS_INFO=" not in torch.__config__.show():
-        return
+        return None
     try:
         lib = ctypes.CDLL(path)
-        sgemm, dgemm = (ctypes.cast(getattr(lib, f), ctypes.c_void_p).value for f in ("sgemm_", "dgemm_"))
+        getattr(lib, "sgemm_"), getattr(lib, "dgemm_")
     except (OSError, AttributeError):
-        return
+        return None
 
     def address(name: str) -> int:  # 0 where absent
         f = getattr(lib, name, None)
         return ctypes.cast(f, ctypes.c_void_p).value if f else 0
 
-    _core.use_blas(sgemm, dgemm,
-                   set_threads_local=address("MKL_Set_Num_Threads_Local"),  # by value (lowercase: Fortran)
-                   sgemm_batch=address("sgemm_batch_") if gemm_batch else 0,
-                   dgemm_batch=address("dgemm_batch_") if gemm_batch else 0)
+    blas = _core.register_blas(
+        address("sgemm_"), address("dgemm_"), address("ssyrk_"), address("dsyrk_"),
+        address("strmm_"), address("dtrmm_"),
+        set_threads_local=address("MKL_Set_Num_Threads_Local"),
+        sgemm_batch=address("sgemm_batch_") if gemm_batch else 0,
+        dgemm_batch=address("dgemm_batch_") if gemm_batch else 0)
+    return blas
 
 
-_use_torch_blas()
+if torch_blas() is not None:
+    _api.use_blas_for("torch", torch_blas())
 
 
-def _tf32(t: Tensor) -> bool:
-    return t.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
+Spec = _api.Spec
 
 
-def _block(block: int) -> int | None:
-    return block if block > 0 else None
+def _call(s: Spec, V: Tensor, tau: Optional[Tensor], X: Optional[Tensor]) -> _api.Call:
+    names = ("A" if s.kind == LAPACK else "V", "tau", "C" if s.kind == LAPACK else "X")
+    return _api.resolve(s.name("torch"), _OPS[s.op], _KINDS[s.kind], names, (V, tau, X),
+                        transpose=s.transpose, thin=s.thin, block=s.block or None,
+                        strategy=s.strategy, tf32=s.tf32)
 
 
-# apply ----------------------------------------------------------------------------------
-
-def _apply_impl(V: Tensor, X: Tensor, transpose: bool, block: int, strategy: str) -> tuple[Tensor, Tensor]:
-    return _api.apply_with_factors(V, X, transpose, block=_block(block), strategy=strategy, tf32=_tf32(V))
+def _empty(like: Tensor) -> Tensor:
+    return like.new_empty((0,))
 
 
-_apply = torch.library.custom_op("fasth::apply", _apply_impl, mutates_args=())
+def _forward(s: Spec, V, tau, X) -> tuple[Tensor, Tensor]:
+    return _api.forward(_call(s, V, tau, X), V, tau, X)
 
 
-@_apply.register_fake
-def _(V, X, transpose, block, strategy):
-    return _api.apply_with_factors(V, X, transpose, block=_block(block), strategy=strategy, dry_run=True)
+def _backward(s: Spec, V, tau, saved, factors, grad, want_dx: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(dV, dtau, dX), empty tensors for those the op has not."""
+    c = _call(s, V, tau, saved)
+    dV, dtau, dX = _api.backward(c, factors, saved, grad, want_dx)
+    return dV, _empty(V) if dtau is None else dtau, _empty(V) if dX is None else dX
 
 
-def _apply_backward_impl(V: Tensor, factors: Tensor, out: Tensor, grad: Tensor, transpose: bool,
-                         block: int, strategy: str) -> tuple[Tensor, Tensor]:
-    return _api.apply_backward(V, out, grad, transpose, factors=factors, block=_block(block),
-                               strategy=strategy, tf32=_tf32(V))
+# ---------------------------------------------------------------------------------------
+# Custom ops (torch.compile)
+
+@torch.library.custom_op("fasth::forward", mutates_args=())
+def _forward_op(V: Tensor, tau: Optional[Tensor], X: Optional[Tensor], op: int, kind: int,
+                transpose: bool, thin: bool, block: int, strategy: str,
+                tf32: bool) -> tuple[Tensor, Tensor]:
+    return _forward(Spec(op, kind, transpose, thin, block, strategy, tf32), V, tau, X)
 
 
-_apply_backward = torch.library.custom_op("fasth::apply_backward", _apply_backward_impl,
-                                          mutates_args=())
+@_forward_op.register_fake
+def _(V, tau, X, op, kind, transpose, thin, block, strategy, tf32):
+    p = _call(Spec(op, kind, transpose, thin, block, strategy, tf32), V, tau, X).plan
+    return (V.new_empty_strided(*p.out), V.new_empty((p.factors_size,)))
 
 
-@_apply_backward.register_fake
-def _(V, factors, out, grad, transpose, block, strategy):
-    return _api.apply_backward(V, out, grad, transpose, block=_block(block), strategy=strategy,
-                               dry_run=True)
+@torch.library.custom_op("fasth::backward", mutates_args=())
+def _backward_op(V: Tensor, tau: Optional[Tensor], saved: Optional[Tensor], factors: Tensor,
+                 grad: Tensor, op: int, kind: int, transpose: bool, thin: bool, block: int,
+                 strategy: str, tf32: bool, want_dx: bool) -> tuple[Tensor, Tensor, Tensor]:
+    return _backward(Spec(op, kind, transpose, thin, block, strategy, tf32), V, tau, saved,
+                     factors, grad, want_dx)
 
 
-def _apply_setup(ctx, inputs, output):
-    V, _, transpose, block, strategy = inputs
+@_backward_op.register_fake
+def _(V, tau, saved, factors, grad, op, kind, transpose, thin, block, strategy, tf32, want_dx):
+    c = _call(Spec(op, kind, transpose, thin, block, strategy, tf32), V, tau, saved)
+    p = c.plan
+    return (V.new_empty_strided(*p.dV),
+            V.new_empty_strided(*p.dtau) if c.lapack else V.new_empty((0,)),
+            V.new_empty_strided(*p.dX) if c.apply and want_dx else V.new_empty((0,)))
+
+
+def _saved_input(s: Spec, X, out):
+    """What the backward reads: the output (householder apply), the input (LAPACK apply)."""
+    if s.op != APPLY:
+        return None
+    return X if s.kind == LAPACK else out
+
+
+def _op_setup(ctx, inputs, output):
+    V, tau, X, *spec, = inputs
+    s = Spec(*spec)
     out, factors = output
-    ctx.save_for_backward(V, factors, out)
-    ctx.args = (transpose, block, strategy)
-    ctx.set_materialize_grads(False)  # no zero-filled gradient for the factors output
-
-
-def _apply_grad(ctx, grad_out, _grad_factors=None, backward=_apply_backward):
-    if grad_out is None:
-        return None, None, None, None, None
-    V, factors, out = ctx.saved_tensors
-    if torch.is_grad_enabled():  # create_graph=True: a gradient of this gradient follows
-        transpose, block, strategy = ctx.args
-        need_V, need_X = ctx.needs_input_grad[:2]
-        dX = apply(V, grad_out, not transpose, block=_block(block), strategy=strategy) if need_X else None
-        dV = _ApplyGradV.apply(lambda *a: backward(*a)[0], V, factors, out, grad_out,
-                               *ctx.args) if need_V else None
-        return dV, dX, None, None, None
-    dV, dX = backward(V, factors, out, grad_out, *ctx.args)
-    return dV, dX, None, None, None
-
-
-def _first_order_only(fn: str) -> type[torch.autograd.Function]:
-    """A Function that returns a gradient of V computed by a backward op and says so if that
-    gradient is differentiated again: fasth has no second derivative in V (Hessian-vector
-    products in V), while gradients of the input gradient (gradient penalties) are supported.
-    In setup_context form with a generated vmap rule, so that it also works under torch.func."""
-    def forward(backward, *args):
-        return backward(*args)
-    def setup_context(ctx, inputs, output):
-        pass
-    def backward(ctx, *_):
-        raise RuntimeError(
-            f"{fn}: the gradient of V cannot be differentiated again (fasth has no second "
-            "derivative for it); gradients of the input gradient (gradient penalties) are supported")
-    return type("_FirstOrderOnly", (torch.autograd.Function,), {
-        "generate_vmap_rule": True, "forward": staticmethod(forward),
-        "setup_context": staticmethod(setup_context), "backward": staticmethod(backward)})
-
-
-_ApplyGradV = _first_order_only("fasth.apply")
-_MatrixGradV = _first_order_only("fasth.matrix")
-
-
-_apply.register_autograd(_apply_grad, setup_context=_apply_setup)
-
-
-# matrix ---------------------------------------------------------------------------------
-
-def _matrix_impl(V: Tensor, thin: bool, block: int) -> tuple[Tensor, Tensor]:
-    return _api.matrix_with_factors(V, thin, block=_block(block), tf32=_tf32(V))
-
-
-_matrix = torch.library.custom_op("fasth::matrix", _matrix_impl, mutates_args=())
-
-
-@_matrix.register_fake
-def _(V, thin, block):
-    return _api.matrix_with_factors(V, thin, block=_block(block), dry_run=True)
-
-
-def _matrix_backward_impl(V: Tensor, factors: Tensor, U: Tensor, grad: Tensor, thin: bool,
-                          block: int) -> Tensor:
-    return _api.matrix_backward(V, U, grad, thin, factors=factors, block=_block(block), tf32=_tf32(V))
-
-
-_matrix_backward = torch.library.custom_op("fasth::matrix_backward", _matrix_backward_impl,
-                                           mutates_args=())
-
-
-@_matrix_backward.register_fake
-def _(V, factors, U, grad, thin, block):
-    return _api.matrix_backward(V, U, grad, thin, block=_block(block), dry_run=True)
-
-
-def _matrix_setup(ctx, inputs, output):
-    V, thin, block = inputs
-    U, factors = output
-    ctx.save_for_backward(V, factors, U)
-    ctx.args = (thin, block)
+    ctx.save_for_backward(V, tau, _saved_input(s, X, out), factors)
+    ctx.spec = s
     ctx.set_materialize_grads(False)
 
 
-def _matrix_grad(ctx, grad_U, _grad_factors=None, backward=_matrix_backward):
-    if grad_U is None:
-        return None, None, None
-    V, factors, U = ctx.saved_tensors
-    if torch.is_grad_enabled():  # create_graph=True: the gradient of dV raises
-        return _MatrixGradV.apply(backward, V, factors, U, grad_U, *ctx.args), None, None
-    return backward(V, factors, U, grad_U, *ctx.args), None, None
+def _op_grad(ctx, grad_out, _grad_factors):
+    if grad_out is None:
+        return (None,) * 10
+    V, tau, saved, factors = ctx.saved_tensors
+    s = ctx.spec
+    dV, dtau, dX = _backward_op(V, tau, saved, factors, grad_out, *s, ctx.needs_input_grad[2])
+    return (dV, dtau if s.kind == LAPACK else None, dX if s.op == APPLY else None) + (None,) * 7
 
 
-_matrix.register_autograd(_matrix_grad, setup_context=_matrix_setup)
-
-
-# torch.func ------------------------------------------------------------------------------
-# vmap rules, for the custom ops and the eager Functions alike: the vmapped dimension becomes
-# a leading batch dimension of the same op, which runs a batch in one call. An unbatched V
-# under a batched X stays shared in the forward; in the backward vmap wants a dV per
-# example, so V (and its factors) are expanded instead of letting the op sum dV over the
-# batch.
-
-def _front(a: Tensor, dim: int | None, size: int) -> Tensor:
-    return a.expand(size, *a.shape) if dim is None else a.movedim(dim, 0)
-
-
-def _per_entry(factors: Tensor, dim: int | None, size: int) -> Tensor:
-    """Factors of a batch of V, one row each, as the op's flat layout."""
-    return _front(factors, dim, size).reshape(-1)
-
-
-def _vmap_apply(op):
-    def rule(info, in_dims, V, X, transpose, block, strategy):
-        B, (vd, xd) = info.batch_size, in_dims[:2]
-        if vd is None and V.ndim == 2:  # one V for every example: the op's shared V
-            out, factors = op(V, _front(X, xd, B), transpose, block, strategy)
-            return (out, factors), (0, None)
-        out, factors = op(_front(V, vd, B), _front(X, xd, B), transpose, block, strategy)
-        return (out, factors.reshape(B, -1)), (0, 0)
-    return rule
-
-
-def _vmap_apply_backward(info, in_dims, V, factors, out, grad, transpose, block, strategy):
-    B, (vd, fd, od, gd) = info.batch_size, in_dims[:4]
-    return _apply_backward(_front(V, vd, B), _per_entry(factors, fd, B), _front(out, od, B),
-                           _front(grad, gd, B), transpose, block, strategy), (0, 0)
-
-
-def _vmap_matrix(op):
-    def rule(info, in_dims, V, thin, block):
-        B = info.batch_size
-        U, factors = op(_front(V, in_dims[0], B), thin, block)
-        return (U, factors.reshape(B, -1)), (0, 0)
-    return rule
-
-
-def _vmap_matrix_backward(info, in_dims, V, factors, U, grad, thin, block):
-    B, (vd, fd, ud, gd) = info.batch_size, in_dims[:4]
-    return _matrix_backward(_front(V, vd, B), _per_entry(factors, fd, B), _front(U, ud, B),
-                            _front(grad, gd, B), thin, block), 0
-
-
-_apply.register_vmap(_vmap_apply(_apply))
-_apply_backward.register_vmap(_vmap_apply_backward)
-_matrix.register_vmap(_vmap_matrix(_matrix))
-_matrix_backward.register_vmap(_vmap_matrix_backward)
-
-
-# eager mode -----------------------------------------------------------------------------
-# The same implementations and autograd wiring without the dispatcher: a custom op's
-# Python dispatch cost about 0.5 ms per forward + backward on an H200 (d = 48 matrix:
-# 761 us through the op, 242 us functional), which dominated small layers such as Glow's
-# 1x1 convolutions. torch.compile traces the custom ops instead.
-
-class _ApplyEager(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, V, X, transpose, block, strategy):
-        out, factors = _apply_impl(V, X, transpose, block, strategy)
-        _apply_setup(ctx, (V, X, transpose, block, strategy), (out, factors))
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):  # differentiable in dX under create_graph (_ApplyGradV)
-        return _apply_grad(ctx, grad_out, backward=_apply_backward_impl)
-
-
-class _MatrixEager(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, V, thin, block):
-        U, factors = _matrix_impl(V, thin, block)
-        _matrix_setup(ctx, (V, thin, block), (U, factors))
-        return U
-
-    @staticmethod
-    def backward(ctx, grad_U):  # differentiating dV again raises (_MatrixGradV)
-        return _matrix_grad(ctx, grad_U, backward=_matrix_backward_impl)
-
-
-# Under torch.func transforms: the same wiring in setup_context form with vmap rules (custom
-# ops with register_autograd do not support the transforms yet, pytorch/pytorch#168393), the
-# backward through the backward custom op, which vmap can batch. Not the eager default: the
-# setup_context form cost about 60 us more per forward + backward.
-
-def _functorch() -> bool:
-    return torch._C._are_functorch_transforms_active()
-
-
-def _transformable(name: str, impl, setup, grad, vmap_rule) -> type[torch.autograd.Function]:
-    """An autograd.Function for one op: forward `impl`, `setup` as setup_context, backward
-    `grad` through the backward custom op, and the op's vmap rule over this Function."""
-    def backward(ctx, grad_out, _grad_factors=None):
-        return grad(ctx, grad_out)
-
-    cls = type(name, (torch.autograd.Function,), {
-        "forward": staticmethod(impl), "setup_context": staticmethod(setup),
-        "backward": staticmethod(backward)})
-    cls.vmap = staticmethod(vmap_rule(cls.apply))
-    return cls
-
-
-_ApplyFunction = _transformable("_ApplyFunction", _apply_impl, _apply_setup, _apply_grad, _vmap_apply)
-_MatrixFunction = _transformable("_MatrixFunction", _matrix_impl, _matrix_setup, _matrix_grad,
-                                 _vmap_matrix)
-
-
-# autocast -------------------------------------------------------------------------------
-# Under torch.autocast fasth runs in float32, as torch's float32-list ops (linalg among them)
-# do: float16 and bfloat16 inputs are cast up, float64 is left alone, and the result is
-# float32. The custom ops carry the same rule for callers of torch.ops.fasth.* directly.
-
-def _autocast(*tensors: Tensor) -> tuple[Tensor, ...]:
-    dev = tensors[0].device.type
-    if not (torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev)):
-        return tensors
-    return tuple(t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors)
-
-
-for _op in (_apply, _apply_backward, _matrix, _matrix_backward):
-    for _dev in ("cpu", "cuda"):
+_forward_op.register_autograd(_op_grad, setup_context=_op_setup)
+for _op in (_forward_op, _backward_op):
+    for _dev in ("cpu", "cuda"):  # under torch.autocast: float32, as torch's linalg ops
         _op.register_autocast(_dev, torch.float32)
 
 
-# public functions -----------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------
+# vmap: the mapped dimension becomes a leading batch dimension of the same op, one call.
+# An unbatched V under a batched X stays shared in the forward; the backward gives a dV
+# per example, so V and its factors are expanded there (a view, and a copy of the factors).
+
+def _front(a: Optional[Tensor], dim: Optional[int], size: int) -> Optional[Tensor]:
+    if a is None:
+        return None
+    return a.expand(size, *a.shape) if dim is None else a.movedim(dim, 0)
+
+
+def _vmap_forward(fn):
+    def rule(info, in_dims, V, tau, X, *spec):
+        B = info.batch_size
+        vd, td, xd = in_dims[:3]
+        if vd is None and td is None and Spec(*spec).op == APPLY:  # one V for every example
+            out, f = fn(V, tau, _front(X, xd, B), *spec)
+            return (out, f), (0, None)
+        out, f = fn(_front(V, vd, B), _front(tau, td, B), _front(X, xd, B), *spec)
+        return (out, f.reshape(B, -1)), (0, 0)
+    return rule
+
+
+def _vmap_backward(info, in_dims, V, tau, saved, factors, grad, *rest):
+    B = info.batch_size
+    vd, td, sd, fd, gd = in_dims[:5]
+    f = factors.expand(B, *factors.shape) if fd is None else factors.movedim(fd, 0)
+    out = _backward_op(_front(V, vd, B), _front(tau, td, B), _front(saved, sd, B),
+                       f.reshape(-1), _front(grad, gd, B), *rest)
+    return out, (0, 0 if rest[1] == LAPACK else None, 0 if rest[0] == APPLY and rest[-1] else None)
+
+
+_forward_op.register_vmap(_vmap_forward(_forward_op))
+_backward_op.register_vmap(_vmap_backward)
+
+
+# ---------------------------------------------------------------------------------------
+# Eager and torch.func: one autograd.Function over the same plan, without the dispatcher.
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """The gradient of V (and tau), computed by the backward; differentiating it again
+    raises: fasth has no second derivative in V."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(fn, *args):
+        return fn(*args)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.fn = inputs[0]
+
+    @staticmethod
+    def backward(ctx, *_):
+        raise RuntimeError(
+            f"{ctx.fn.name}: the gradient of V cannot be differentiated again (fasth has no "
+            "second derivative for it); gradients of the input gradient (gradient penalties) "
+            "are supported")
+
+
+class _Grads:
+    """(dV, dtau) of a backward, for _FirstOrderOnly (named in its error)."""
+
+    def __init__(self, name, run):
+        self.name, self.run = name, run
+
+    def __call__(self, *tensors):
+        return self.run(*tensors)
+
+
+def _transforming() -> bool:
+    """Whether torch.func transforms are active: the backward then runs through the custom
+    ops, whose vmap rules batch it (eagerly it calls the plan directly)."""
+    return torch._C._are_functorch_transforms_active()
+
+
+class _Fasth(torch.autograd.Function):
+    @staticmethod
+    def forward(V, tau, X, s):
+        c = _call(s, V, tau, X)
+        out, f = _api.forward(c, V, tau, X)
+        return out, f, c
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        V, tau, X, s = inputs
+        out, f, c = output
+        ctx.spec, ctx.call = s, c
+        ctx.set_materialize_grads(False)
+        ctx.mark_non_differentiable(f)
+        ctx.out = None
+        if s.op == APPLY and s.kind == HOUSEHOLDER:
+            if _transforming():
+                ctx.save_for_backward(V, tau, X, f, out)
+                return
+            # The output as it is now, by a detached alias that shares its version counter
+            # (no reference cycle): if the caller changes it in place, the backward
+            # recomputes it from X.
+            ctx.out, ctx.version = out.detach(), out._version
+        ctx.save_for_backward(V, tau, X, f, None)
+
+    @staticmethod
+    def backward(ctx, grad_out, _gf=None, _gc=None):
+        if grad_out is None:
+            return None, None, None, None
+        V, tau, X, f, out = ctx.saved_tensors
+        s, c = ctx.spec, ctx.call
+        need_v, need_tau, need_x = ctx.needs_input_grad[:3]
+        apply = s.op == APPLY
+        saved = None
+        if apply:
+            saved = X if s.kind == LAPACK else out if out is not None else ctx.out
+            if ctx.out is not None and saved._version != ctx.version:
+                saved = _api.forward_with(c, f, X)
+        transforming = _transforming()
+
+        def grads(want_dx, V, tau, f, saved, g):
+            if transforming:
+                return _backward_op(V, tau, saved, f, g, *s, want_dx)
+            return _api.backward(c, f, saved, g, want_dx)
+
+        if torch.is_grad_enabled():  # create_graph: a gradient of this gradient follows
+            dX = None
+            if apply and need_x:  # U^T g is apply again (P^T g for LAPACK's too)
+                dX = _run(s._replace(transpose=not s.transpose), V, tau, grad_out)
+            dV = dtau = None
+            if need_v or need_tau:
+                dV, dtau = _FirstOrderOnly.apply(
+                    _Grads(s.name("torch"), lambda *t: grads(False, *t)[:2]), V, tau, f,
+                    saved, grad_out)
+            return dV, dtau if s.kind == LAPACK else None, dX, None
+        dV, dtau, dX = grads(apply and need_x, V, tau, f, saved, grad_out)
+        return (dV if need_v else None, dtau if need_tau and s.kind == LAPACK else None,
+                dX if apply and need_x else None, None)
+
+    @staticmethod
+    def vmap(info, in_dims, V, tau, X, s):
+        B = info.batch_size
+        vd, td, xd = in_dims[:3]
+        if vd is None and td is None and s.op == APPLY:
+            out, f, c = _Fasth.apply(V, tau, _front(X, xd, B), s)
+            return (out, f, c), (0, None, None)
+        out, f, c = _Fasth.apply(_front(V, vd, B), _front(tau, td, B), _front(X, xd, B), s)
+        return (out, f.reshape(B, -1), c), (0, 0, None)
+
+
+def _run(s: Spec, V: Tensor, tau: Optional[Tensor], X: Optional[Tensor]) -> Tensor:
+    if torch.compiler.is_compiling():
+        return _forward_op(V, tau, X, *s)[0]
+    return _Fasth.apply(V, tau, X, s)[0]
+
+
+# ---------------------------------------------------------------------------------------
+# dtypes: under torch.autocast fasth runs in float32, as torch's float32-list ops (linalg
+# among them) do (float16 and bfloat16 cast up, float64 left alone, a float32 result).
+# Outside it, float16 and bfloat16 are computed in float32 and returned in their own dtype,
+# as torch.matmul does (float32 accumulation).
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _prepare(*tensors: Optional[Tensor]):
+    """(tensors to compute with, the dtype to return or None)."""
+    t0 = tensors[0]
+    dev = t0.device.type
+    if torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev):
+        return tuple(t.float() if t is not None and t.dtype in _HALF else t for t in tensors), None
+    if t0.dtype in _HALF and all(t is None or t.dtype == t0.dtype for t in tensors):
+        return tuple(None if t is None else t.float() for t in tensors), t0.dtype
+    return tensors, None
+
+
+def _public(s: Spec, V, tau, X) -> Tensor:
+    (V, tau, X), back = _prepare(V, tau, X)
+    if V.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+        s = s._replace(tf32=True)
+    out = _run(s, V, tau, X)
+    return out if back is None else out.to(back)
+
+
+# ---------------------------------------------------------------------------------------
+# Public functions
 
 def apply(V: Tensor, X: Tensor, transpose: bool = False, *, block: int | None = None,
           strategy: _api.StrategyName = "auto") -> Tensor:
     """``U X`` (``U^T X`` with ``transpose``), differentiable in ``V`` and ``X``.
 
-    ``V``: ``(..., d, k)``, Householder vectors in columns; ``X``: ``(..., d, n)``; ``V``
-    unbatched is shared by a batch of ``X``. ``strategy``: ``"blockwise"``, ``"materialize"``
-    (build ``U`` once, then one GEMM) or ``"auto"`` (by flop count). Under ``torch.autocast``
-    float16/bfloat16 inputs are computed in float32."""
-    args = (*_autocast(V, X), transpose, block or 0, strategy)
-    if torch.compiler.is_compiling():
-        return _apply(*args)[0]
-    if _functorch():
-        return _ApplyFunction.apply(*args)[0]
-    return _ApplyEager.apply(*args)
+    ``V``: ``(..., d, k)``, Householder vectors in columns (any ``k``); ``X``: ``(..., d, n)``;
+    ``V`` unbatched is shared by a batch of ``X``. ``strategy``: ``"blockwise"``,
+    ``"materialize"`` (build ``U`` once, then one GEMM) or ``"auto"`` (by cost)."""
+    return _public(Spec(APPLY, HOUSEHOLDER, bool(transpose), False, block or 0, strategy),
+                   V, None, X)
 
 
 def matrix(V: Tensor, thin: bool = False, *, block: int | None = None) -> Tensor:
-    """``U`` (``d x d``), or with ``thin`` its first ``k`` columns, differentiable in ``V``."""
-    args = (*_autocast(V), thin, block or 0)
-    if torch.compiler.is_compiling():
-        return _matrix(*args)[0]
-    if _functorch():
-        return _MatrixFunction.apply(*args)[0]
-    return _MatrixEager.apply(*args)
+    """``U`` (``d x d``), or with ``thin`` its first ``min(k, d)`` columns, differentiable in
+    ``V``."""
+    return _public(Spec(MATRIX, HOUSEHOLDER, False, bool(thin), block or 0), V, None, None)
+
+
+def householder_product(A: Tensor, tau: Tensor) -> Tensor:
+    """``torch.linalg.householder_product``: the first ``n`` columns of ``H_1 ... H_k``,
+    ``H_i = I - tau_i v_i v_i^T`` with ``v_i`` the unit lower part of column ``i`` of ``A``
+    (``(..., m, n)``, ``m >= n >= k``), for any ``tau`` (``(..., k)``). Differentiable in
+    ``A`` and ``tau``."""
+    return _public(Spec(MATRIX, LAPACK), A, tau, None)
+
+
+def ormqr(A: Tensor, tau: Tensor, C: Tensor, left: bool = True, transpose: bool = False) -> Tensor:
+    """``torch.ormqr``: ``op(Q) C`` (``left``) or ``C op(Q)``, ``Q = H_1 ... H_k`` from
+    ``(A, tau)`` as ``householder_product`` takes them, ``op(Q) = Q^T`` with ``transpose``.
+    Differentiable in ``A``, ``tau`` and ``C``."""
+    if left:
+        return _public(Spec(APPLY, LAPACK, bool(transpose)), A, tau, C)
+    # C op(Q) = (op(Q)^T C^T)^T
+    return _public(Spec(APPLY, LAPACK, not transpose), A, tau, C.mT).mT

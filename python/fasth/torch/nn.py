@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from .._layers import dense_weight
 from ._ops import apply, matrix
 
 
@@ -127,10 +128,8 @@ class SVDLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         xt, lead = _features_first(x, self.in_features, "SVDLinear")
-        n, r, m = xt.shape[1], self.S.shape[0], max(self.in_features, self.out_features)
-        if n >= 2 * m or m <= 64:
-            # Many rows, or a small layer (whose cost is the fixed cost of each fasth call, two
-            # each way when applied): one GEMM with the materialised weight is cheaper.
+        n, r = xt.shape[1], self.S.shape[0]
+        if dense_weight(n, self.in_features, self.out_features, eager=not torch.compiler.is_compiling()):
             return nn.functional.linear(x, self.weight(), self.bias)
         z = apply(self.V, xt, transpose=True)[:r] * self.S[:, None]   # diag(s) V^T x
         if self.out_features > r:

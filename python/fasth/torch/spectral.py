@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .._bounds import check_bound
+from .._layers import check_bound, initial_raw
 from .nn import SVDLinear
 
 
@@ -58,12 +58,6 @@ class BoundedSingularValues(nn.Module):
         return f"bound={self.bound}, mode={self.mode!r}" + (f", lo={self.lo}" if self.mode == "clip" else "")
 
 
-def _initial_s(r: int, bound: float, mode: str, lo: float, **kw) -> Tensor:
-    # normalize: all ones (orthogonal start, norm = bound); sigmoid/clip: 0.9 * bound.
-    s = torch.ones(r, **kw)
-    return s if mode == "normalize" else s * max(0.9 * bound, lo)
-
-
 class SpectralLinear(SVDLinear):
     """``SVDLinear`` whose singular values are bounded by construction: ``||W||_2 <= bound``
     (``= bound`` for ``mode="normalize"``), reported exactly by ``spectral_norm()``.
@@ -75,9 +69,10 @@ class SpectralLinear(SVDLinear):
                  bound: float = 1.0, mode: str = "normalize", lo: float = 0.0, device=None,
                  dtype=None) -> None:
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
-        with torch.no_grad():
-            self.S.copy_(_initial_s(self.S.shape[0], bound, mode, lo))
-        parametrize.register_parametrization(self, "S", BoundedSingularValues(bound, mode, lo))
+        bounded = BoundedSingularValues(bound, mode, lo)
+        with torch.no_grad():  # the raw parameter's start, as fasth.jax.SpectralDense's
+            self.S.copy_(bounded(torch.full_like(self.S, initial_raw(bound, mode, lo))))
+        parametrize.register_parametrization(self, "S", bounded)
 
     @property
     def bound(self) -> float:

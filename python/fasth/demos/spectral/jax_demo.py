@@ -1,6 +1,6 @@
 """The spectral demo in JAX / Flax NNX: power-iteration spectral norm (one iteration per
 training step, written as torch's ``spectral_norm`` does it) against
-``fasth.jax_spectral.SpectralDense`` (exact, ``mode="normalize"``)."""
+``fasth.jax.SpectralDense`` (exact, ``mode="normalize"``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ...jax_spectral import SpectralDense
+from ...jax.spectral import SpectralDense
 from . import (BOUND_IRESNET, METHODS, classifier_result, collect, fixed_point, iresnet_result,
                median_step_ms, train_loop)
 

@@ -4,12 +4,9 @@ maths and the convolution bound).
 
     layer = SpectralDense(in_features, out_features, *, bound=1.0, mode="normalize", lo=0.0,
                           use_bias=True, rngs, param_dtype=jnp.float32)
-        W = U diag(s) Vt^T, U (out, r), Vt (in, r) Householder vectors (r = min(in, out)),
-        s = bounded(raw): "normalize" s = bound raw / max|raw| (||W||_2 = bound exactly),
-                          "sigmoid"   s = bound sigmoid(raw),  "clip" s = clip(raw, lo, bound)
-        layer(x)               x (..., in) -> x W^T + b
+        an SVDDense whose s = bounded(raw): "normalize" s = bound raw / max|raw|
+        (||W||_2 = bound exactly), "sigmoid" s = bound sigmoid(raw), "clip" s = clip(raw, lo, bound)
         layer.singular_values() s;  layer.spectral_norm() ||W||_2 = max|s| (exact)
-        layer.matrix()         W (out x in)
         params: layer.U, layer.Vt, layer.raw, layer.b (absent without use_bias)
 
     SpectralConv1x1(in_channels, out_channels, ...)  SpectralDense over the channel (last)
@@ -17,13 +14,7 @@ maths and the convolution bound).
     SpectralConv(in_channels, out_channels, kernel_size, strides=1, padding="SAME", ...)
         NHWC convolution whose reshaped kernel K (out x kh*kw*in) is a SpectralDense weight;
         reshaped_norm() = ||K||_2 exactly, spectral_norm() = sqrt(kh*kw) ||K||_2, an upper
-        bound on the operator norm (not its exact value).
-
-Rectangular layers compose ``fasth.jax.apply`` / ``fasth.jax.matrix`` as
-``fasth.jax.SVDDense`` does for square ones; the forward materialises ``W`` once when the
-batch has at least ``2 * max(in, out)`` rows, where that became cheaper under ``jit``
-(``fasth.torch.SVDLinear`` also materialises layers of up to 64 features, whose eager calls
-cost more than their flops)."""
+        bound on the operator norm (not its exact value)."""
 
 from __future__ import annotations
 
@@ -34,8 +25,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ._bounds import MODES, check_bound as _check
-from .jax import _promote, apply, matrix
+from .._layers import MODES, check_bound, initial_raw
+from .nn import SVDDense
 
 
 def bounded_singular_values(raw: jax.Array, bound: float = 1.0, mode: str = "normalize",
@@ -50,64 +41,23 @@ def bounded_singular_values(raw: jax.Array, bound: float = 1.0, mode: str = "nor
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
-def _initial_raw(r: int, bound: float, mode: str, lo: float, dtype: Any) -> jax.Array:
-    # normalize: ones (orthogonal start); sigmoid / clip: s = max(0.9 bound, lo).
-    if mode == "normalize":
-        return jnp.ones((r,), dtype)
-    s = max(0.9 * bound, lo)
-    if mode == "clip":
-        return jnp.full((r,), s, dtype)
-    p = s / bound
-    return jnp.full((r,), math.log(p) - math.log1p(-p), dtype)
-
-
-class SpectralDense(nnx.Module):
-    """``x -> x W^T + b`` with ``||W||_2 <= bound`` by construction, reported exactly."""
+class SpectralDense(SVDDense):
+    """``x -> x W^T + b`` with ``||W||_2 <= bound`` by construction, reported exactly: an
+    ``SVDDense`` whose singular values are bounded functions of the free ``raw``."""
 
     def __init__(self, in_features: int, out_features: int, *, bound: float = 1.0,
                  mode: str = "normalize", lo: float = 0.0, use_bias: bool = True, rngs: Any,
                  param_dtype: Any = jnp.float32):
-        _check(bound, mode, lo)
-        self.in_features, self.out_features = int(in_features), int(out_features)
+        check_bound(bound, mode, lo)
+        super().__init__(in_features, out_features, use_bias=use_bias, rngs=rngs,
+                         param_dtype=param_dtype)
         self.bound, self.mode, self.lo = float(bound), mode, float(lo)
-        r = min(self.in_features, self.out_features)
-        self.U = nnx.Param(jax.random.normal(rngs.params(), (self.out_features, r), param_dtype))
-        self.Vt = nnx.Param(jax.random.normal(rngs.params(), (self.in_features, r), param_dtype))
-        self.raw = nnx.Param(_initial_raw(r, self.bound, mode, self.lo, param_dtype))
-        self.b = nnx.Param(jnp.zeros((self.out_features,), param_dtype)) if use_bias else None
+        r = self.s.shape[0]
+        del self.s
+        self.raw = nnx.Param(jnp.full((r,), initial_raw(self.bound, mode, self.lo), param_dtype))
 
     def singular_values(self) -> jax.Array:
         return bounded_singular_values(self.raw[...], self.bound, self.mode, self.lo)
-
-    def spectral_norm(self) -> jax.Array:
-        """``||W||_2 = max |s|``, exact."""
-        return jnp.max(jnp.abs(self.singular_values()))
-
-    def _matrix(self, U: jax.Array, Vt: jax.Array, s: jax.Array) -> jax.Array:
-        return (matrix(U, thin=True) * s) @ matrix(Vt, thin=True).T
-
-    def matrix(self) -> jax.Array:
-        """The dense ``W`` (``out x in``)."""
-        return self._matrix(self.U[...], self.Vt[...], self.singular_values())
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        if x.shape[-1] != self.in_features:
-            raise ValueError(f"{type(self).__name__}: expected {self.in_features} features in the "
-                             f"last dimension, got shape {x.shape}")
-        bias = [] if self.b is None else [self.b[...]]
-        (x, U, Vt, s, *b), rt = _promote(x, self.U[...], self.Vt[...], self.singular_values(), *bias)
-        lead = x.shape[:-1]
-        X = jnp.reshape(x, (-1, self.in_features))
-        n, r = X.shape[0], s.shape[0]
-        if n >= 2 * max(self.in_features, self.out_features):
-            Y = X @ self._matrix(U, Vt, s).T
-        else:
-            Z = apply(Vt, X.T, True)[:r] * s[:, None]            # diag(s) V^T x
-            if self.out_features > r:
-                Z = jnp.concatenate([Z, jnp.zeros((self.out_features - r, n), Z.dtype)])
-            Y = apply(U, Z).T
-        Y = jnp.reshape(Y, (*lead, self.out_features))
-        return (Y if not b else Y + b[0]).astype(rt)
 
 
 class SpectralConv1x1(SpectralDense):

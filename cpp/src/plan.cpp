@@ -1,0 +1,259 @@
+// Planning: validation of a Problem, its arrays as batches of matrices, the block size and
+// strategy, the outputs' layouts and the sizes of the factors and workspaces. The workspace
+// sizes come from the same carving functions the runs use (algorithm.hpp), so they cannot
+// drift apart.
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include "algorithm.hpp"
+#include "fasth/fasth.hpp"
+
+namespace fasth {
+
+Array::Array(std::initializer_list<index_t> shape, std::initializer_list<index_t> strides) {
+  if (shape.size() != strides.size() || shape.size() > static_cast<std::size_t>(kMaxRank))
+    throw std::invalid_argument("fasth: an Array needs as many strides as dimensions (at most 8)");
+  rank = static_cast<int>(shape.size());
+  std::copy(shape.begin(), shape.end(), this->shape);
+  std::copy(strides.begin(), strides.end(), this->strides);
+}
+
+Array Array::dense(std::initializer_list<index_t> shape) {
+  Array a;
+  if (shape.size() > static_cast<std::size_t>(kMaxRank))
+    throw std::invalid_argument("fasth: at most 8 dimensions");
+  a.rank = static_cast<int>(shape.size());
+  std::copy(shape.begin(), shape.end(), a.shape);
+  index_t s = 1;
+  for (int i = a.rank - 1; i >= 0; --i) a.strides[i] = s, s *= std::max<index_t>(a.shape[i], 1);
+  return a;
+}
+
+namespace {
+
+using detail::Layout;
+using detail::Mat3;
+
+[[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument("fasth: " + msg); }
+
+std::string shape_str(const Array& a, int from = 0, int to = -1) {
+  if (to < 0) to = a.rank;
+  std::string s = "(";
+  for (int i = from; i < to; ++i) s += std::to_string(a.shape[i]) + (to - from == 1 || i + 1 < to ? "," : "");
+  if (to - from > 1) s.pop_back();
+  return s + ")";
+}
+
+index_t lead_size(const Array& a, int tail) {
+  index_t p = 1;
+  for (int i = 0; i < a.rank - tail; ++i) p *= a.shape[i];
+  return p;
+}
+
+bool same_lead(const Array& a, int ta, const Array& b, int tb) {
+  if (a.rank - ta != b.rank - tb) return false;
+  for (int i = 0; i < a.rank - ta; ++i)
+    if (a.shape[i] != b.shape[i]) return false;
+  return true;
+}
+
+// The batch stride of the leading dimensions (all but the last `tail`) when one stride
+// walks them all; sets ok = false otherwise.
+index_t batch_stride(const Array& a, int tail, bool& ok) {
+  ok = true;
+  index_t stride = 0, expect = 0;
+  bool first = true;
+  for (int i = a.rank - tail - 1; i >= 0; --i) {
+    if (a.shape[i] == 1) continue;
+    if (a.shape[i] == 0) return 0;
+    if (first) {
+      stride = a.strides[i], expect = stride * a.shape[i], first = false;
+    } else if (a.strides[i] != expect) {
+      ok = false;
+      return 0;
+    } else {
+      expect *= a.shape[i];
+    }
+  }
+  return stride;
+}
+
+Mat3 matrices(const Array& a, const char* name) {
+  bool ok = true;
+  Mat3 m;
+  m.batch = lead_size(a, 2);
+  m.rows = a.shape[a.rank - 2];
+  m.cols = a.shape[a.rank - 1];
+  m.rs = a.strides[a.rank - 2];
+  m.cs = a.strides[a.rank - 1];
+  m.bs = m.batch > 1 ? batch_stride(a, 2, ok) : 0;
+  if (!ok) bad(std::string(name) + "'s batch dimensions cannot be walked with one stride; pass a contiguous copy");
+  return m;
+}
+
+Mat3 vectors(const Array& a, const char* name) {  // (..., k) as a batch of k x 1 matrices
+  bool ok = true;
+  Mat3 m;
+  m.batch = lead_size(a, 1);
+  m.rows = a.shape[a.rank - 1];
+  m.cols = 1;
+  m.rs = a.strides[a.rank - 1];
+  m.cs = std::max<index_t>(m.rows, 1);
+  m.bs = m.batch > 1 ? batch_stride(a, 1, ok) : 0;
+  if (!ok) bad(std::string(name) + "'s batch dimensions cannot be walked with one stride; pass a contiguous copy");
+  return m;
+}
+
+void need_rank(const Array& a, int rank, const char* name) {
+  if (a.rank < rank)
+    bad(std::string(name) + " must have at least " + std::to_string(rank) + " dimension" +
+        (rank > 1 ? "s" : "") + ", got shape " + shape_str(a));
+  for (int i = 0; i < a.rank; ++i)
+    if (a.shape[i] < 0) bad(std::string(name) + " has a negative size");
+}
+
+// A dense array of `lead` + (rows, cols), column-major matrices when `col_major`.
+Array dense_like(const Array& lead_of, int tail, index_t rows, index_t cols, bool col_major) {
+  Array a;
+  a.rank = lead_of.rank - tail + 2;
+  for (int i = 0; i < a.rank - 2; ++i) a.shape[i] = lead_of.shape[i];
+  a.shape[a.rank - 2] = rows, a.shape[a.rank - 1] = cols;
+  const index_t r = std::max<index_t>(rows, 1), c = std::max<index_t>(cols, 1);
+  a.strides[a.rank - 2] = col_major ? 1 : c;
+  a.strides[a.rank - 1] = col_major ? r : 1;
+  index_t s = r * c;
+  for (int i = a.rank - 3; i >= 0; --i) a.strides[i] = s, s *= std::max<index_t>(a.shape[i], 1);
+  return a;
+}
+
+Array dense_vectors(const Array& lead_of, int tail, index_t k) {
+  Array a;
+  a.rank = lead_of.rank - tail + 1;
+  for (int i = 0; i < a.rank - 1; ++i) a.shape[i] = lead_of.shape[i];
+  a.shape[a.rank - 1] = k;
+  index_t s = 1;
+  for (int i = a.rank - 1; i >= 0; --i) a.strides[i] = s, s *= std::max<index_t>(a.shape[i], 1);
+  return a;
+}
+
+// Column-major when the matrices are stored by columns (as a features-last activation's
+// transpose is), so that outputs keep the layout of what they come from.
+bool column_major(const Mat3& m) { return m.rows > 1 && m.cols > 1 && m.rs == 1 && m.cs != 1; }
+
+}  // namespace
+
+// GPU: each block step is a few launches, which dominate at small n, and its Y^T A product
+// has an m x n output that must fill the GPU: blocks of 128 (at 64, d = 1024, n = 2048 took
+// 7.4x U @ X on an H200). CPU: each block step costs several BLAS calls, and thin products
+// run far below the BLAS's speed, so even at small n wide blocks win although their T work
+// (about m / 4n of the flops) grows: forward + backward with MKL on 2 cores, d = 1024:
+// n = 8, blocks of 4 / 32: 88 / 16 ms; n = 64, 32 / 64: 24 / 21 ms; n = 1024, 64 / 128:
+// 273 / 242 ms, where at k = 512, 64 won (56 / 61 ms).
+index_t choose_block(index_t d, index_t k, index_t n, Device device) {
+  (void)d;
+  constexpr index_t kGpuBlock = 128, kCpuBlock = 64, kCpuWideBlock = 128, kCpuWideFrom = 1024;
+  const index_t m = device == Device::cuda                      ? kGpuBlock
+                    : n >= kCpuWideFrom && k >= kCpuWideFrom ? kCpuWideBlock
+                                                                : kCpuBlock;
+  return std::max<index_t>(1, std::min(m, k));
+}
+
+Strategy choose_strategy(index_t d, index_t k, index_t n) {
+  return detail::materialize_cost(d, k, n) < detail::blockwise_cost(d, k, n)
+             ? Strategy::materialize
+             : Strategy::blockwise;
+}
+
+Plan::Plan(const Problem& p, Device device) : p_(p), device_(device) {
+  Layout& L = L_;
+  const bool lapack = p.kind == Kind::lapack;
+  const char* vname = lapack ? "A" : "V";
+  L.op = p.op, L.kind = p.kind, L.device = device, L.transpose = p.op == Op::apply && p.transpose;
+  need_rank(p.V, 2, vname);
+  L.V = matrices(p.V, vname);
+  L.d = L.V.rows;
+  L.k = L.V.cols;
+  if (lapack) {
+    need_rank(p.tau, 1, "tau");
+    L.tau = vectors(p.tau, "tau");
+    L.k = L.tau.rows;
+    if (!same_lead(p.tau, 1, p.V, 2))
+      bad("tau has batch dimensions " + shape_str(p.tau, 0, p.tau.rank - 1) + " but A has " +
+          shape_str(p.V, 0, p.V.rank - 2));
+    if (L.k > L.V.cols)
+      bad("tau has " + std::to_string(L.k) + " reflectors but A has only " +
+          std::to_string(L.V.cols) + " columns");
+    if (L.k > L.d)
+      bad("tau has " + std::to_string(L.k) + " reflectors but A has only d = " +
+          std::to_string(L.d) + " rows");
+  }
+  if (p.block < 0) bad("block must be a positive integer, got " + std::to_string(p.block));
+  if (p.op == Op::apply) {
+    const std::string xn = p.x_name ? p.x_name : "X";
+    need_rank(p.X, 2, xn.c_str());
+    L.X = matrices(p.X, xn.c_str());
+    if (L.X.rows != L.d)
+      bad(xn + " has " + std::to_string(L.X.rows) + " rows (shape " + shape_str(p.X) + ") but " +
+          vname + " has d = " + std::to_string(L.d));
+    const bool same = same_lead(p.V, 2, p.X, 2);
+    if (!same && L.V.batch != 1)
+      bad(std::string("batch dimensions of ") + vname + " " + shape_str(p.V, 0, p.V.rank - 2) +
+          " and " + xn + " " + shape_str(p.X, 0, p.X.rank - 2) + " must match, or " + vname +
+          " must have none");
+    L.B = L.X.batch;
+    L.n = L.X.cols;
+    L.shared = !same || L.B == 1;
+    L.out_array = dense_like(p.X, 2, L.d, L.n, column_major(L.X));
+    L.dX_array = L.out_array;
+  } else {
+    L.B = L.V.batch;
+    L.shared = L.B == 1;
+    if (lapack) {
+      if (L.V.cols > L.d)
+        bad("A has more columns (" + std::to_string(L.V.cols) + ") than rows (" +
+            std::to_string(L.d) + ")");
+      L.n = L.V.cols;
+    } else {
+      L.n = p.thin ? std::min(L.k, L.d) : L.d;
+    }
+    L.out_array = dense_like(p.V, 2, L.d, L.n, false);
+  }
+  L.bv = L.shared ? std::min<index_t>(L.B, 1) : L.B;
+  if (L.shared && p.op == Op::apply) L.bv = 1;  // even for an empty batch: V still has a gradient
+  if (L.shared) L.V.bs = 0, L.tau.bs = 0;
+  L.dV_array = dense_like(p.V, 2, L.d, L.V.cols, column_major(L.V));
+  if (lapack) L.dtau_array = dense_vectors(p.tau, 1, L.k);
+
+  // Strategy and blocks.
+  if (p.op == Op::matrix) {
+    L.single = true;
+    L.strategy = Strategy::materialize;
+  } else if (lapack) {
+    L.single = false;  // apply with LAPACK's reflectors: always blockwise
+    L.strategy = Strategy::blockwise;
+  } else {
+    L.strategy = p.strategy == Strategy::automatic ? choose_strategy(L.d, L.k, L.n) : p.strategy;
+    if (L.k == 0) L.strategy = Strategy::blockwise;  // U = I: nothing to materialise
+    L.single = L.strategy == Strategy::materialize;
+  }
+  if (L.single) {
+    L.m = std::max<index_t>(L.k, 1);
+  } else {
+    const index_t m = p.block > 0 ? p.block : choose_block(L.d, L.k, L.n, device);
+    L.m = std::max<index_t>(1, std::min(m, std::max<index_t>(L.k, 1)));
+  }
+  L.nb = L.k == 0 ? 0 : (L.k + L.m - 1) / L.m;
+
+  // Output layouts as batches of matrices.
+  L.out = matrices(L.out_array, "out");
+  L.dV = matrices(L.dV_array, "dV");
+  if (L.shared) L.dV.bs = 0;
+  if (lapack) L.dtau = vectors(L.dtau_array, "dtau"), L.dtau.bs = L.shared ? 0 : L.dtau.bs;
+  if (p.op == Op::apply) L.dX = matrices(L.dX_array, "dX");
+
+  detail::size_plan(L);
+  p_.x_name = nullptr;  // read during construction only
+}
+
+}  // namespace fasth

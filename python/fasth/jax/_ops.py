@@ -1,0 +1,353 @@
+"""fasth's operations for JAX: two XLA FFI custom calls, ``fasth_forward`` and
+``fasth_backward`` (CPU and CUDA, from the same C++ handlers, bindings/jax_ffi.hpp), each a
+run of the core's plan on row-major arrays of any rank, with batching rules (custom_vmap)
+and a custom VJP.
+
+The forward call also returns the T factors, saved for the backward, and the workspace: XLA
+allocates both with the call's other buffers (the handlers allocate nothing, run on XLA's
+stream and may be captured in CUDA graphs). Their sizes are those of the largest device's
+plan, so one lowering serves any device.
+
+``vmap`` makes the mapped axis a leading batch dimension of the same call, not a loop. An
+unbatched 2-d ``V`` stays shared in the forward (no copy); in the backward JAX asks for
+per-example gradients of it, so ``V`` and its factors are broadcast there and JAX sums.
+
+Second derivatives (gradient penalties differentiate the input gradient): JAX then
+differentiates the VJP rules themselves, so they call custom_vjp functions rather than the
+custom calls. The input gradient is ``apply`` again with the other ``transpose`` (``P^T g``
+for LAPACK's reflectors too), so its derivative is known; the gradient of V has none, and
+differentiating it raises instead of returning a wrong zero."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.custom_batching import custom_vmap
+from jax.custom_derivatives import SymbolicZero
+
+from .. import _api, _arrays, _core
+
+APPLY, MATRIX = int(_api.APPLY.value), int(_api.MATRIX.value)
+HOUSEHOLDER, LAPACK = int(_api.HOUSEHOLDER.value), int(_api.LAPACK.value)
+
+
+def _register_cpu() -> None:
+    targets = _core.jax_registrations()
+    if not targets:
+        raise ImportError("fasth.jax: this build of fasth has no XLA FFI handlers (jax was not "
+                          "found when it was built); reinstall fasth with jax installed")
+    for name, capsule in targets.items():
+        jax.ffi.register_ffi_target(name, capsule, platform="cpu")
+
+
+_register_cpu()
+
+
+@functools.cache
+def _register_cuda() -> None:
+    """The CUDA handlers, registered on first use where JAX has a GPU: fasth._cuda is imported
+    only then (a clear error if it cannot be)."""
+    try:
+        has_gpu = bool(jax.devices("gpu"))
+    except RuntimeError:
+        return
+    if has_gpu:
+        for name, capsule in _api.cuda_module().jax_registrations().items():
+            jax.ffi.register_ffi_target(name, capsule, platform="CUDA")
+
+
+Spec = _api.Spec
+_dense = _api.dense_strides
+
+
+class Sizes(NamedTuple):
+    out: tuple[int, ...]
+    dV: tuple[int, ...]
+    dtau: tuple[int, ...]
+    dX: tuple[int, ...]
+    factors: int
+    forward_ws: int
+    backward_ws: int
+
+
+@functools.cache
+def sizes(s: Spec, v: tuple, tau: tuple, x: tuple) -> Sizes:
+    """Output shapes and buffer sizes of the call on row-major arrays of these shapes: the
+    largest over the devices (raises ValueError, naming the argument, for bad shapes)."""
+    plans = []
+    for dev in (_core.Device.cpu, _core.Device.cuda):
+        try:
+            plans.append(_core.Plan(_api.APPLY if s.op == APPLY else _api.MATRIX,
+                                    _api.LAPACK if s.kind == LAPACK else _api.HOUSEHOLDER,
+                                    v, _dense(v), tau, _dense(tau), x, _dense(x), s.transpose,
+                                    s.thin, s.block, _api._STRATEGIES[s.strategy], dev))
+        except ValueError as e:
+            raise ValueError(f"{s.name('jax')}: {str(e).removeprefix('fasth: ')}") from None
+    p = plans[0]
+    return Sizes(tuple(p.out[0]), tuple(p.dV[0]), tuple(p.dtau[0]), tuple(p.dX[0]),
+                 max(q.factors_size for q in plans), max(q.forward_workspace for q in plans),
+                 max(q.backward_workspace for q in plans))
+
+
+def _attrs(s: Spec) -> dict[str, Any]:
+    return {"op": np.int64(s.op), "kind": np.int64(s.kind), "block": np.int64(s.block),
+            "strategy": np.int64(_api._STRATEGIES[s.strategy].value), "transpose": bool(s.transpose),
+            "thin": bool(s.thin), "tf32": bool(s.tf32)}
+
+
+def _sds(shape, dtype) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(tuple(shape), dtype)
+
+
+def _shapes(s: Spec, arrays) -> tuple:
+    """(V, tau, X) shapes of the op's arrays ((): absent)."""
+    it = iter(arrays)
+    v = next(it).shape
+    tau = next(it).shape if s.kind == LAPACK else ()
+    x = next(it).shape if s.op == APPLY else ()
+    return tuple(v), tuple(tau), tuple(x)
+
+
+def _front(x: Any, batched: bool, B: int) -> Any:
+    """x with the mapped axis (size B) in front, broadcast when it was not mapped."""
+    return x if batched else jnp.broadcast_to(x, (B, *x.shape))
+
+
+# ---------------------------------------------------------------------------------------------
+# The custom calls, each with a batching rule.
+
+@functools.cache
+def _calls(s: Spec) -> tuple[Any, Any]:
+    attrs = _attrs(s)
+
+    @custom_vmap
+    def forward(*arrays):
+        z = sizes(s, *_shapes(s, arrays))
+        dt = arrays[0].dtype
+        out, f, _ = jax.ffi.ffi_call(
+            "fasth_forward", (_sds(z.out, dt), _sds((z.factors,), dt), _sds((z.forward_ws,), dt)),
+        )(*arrays, **attrs)
+        return out, f
+
+    @forward.def_vmap
+    def _(B, batched, *arrays):
+        if s.op == APPLY and not any(batched[:-1]) and arrays[0].ndim == 2:  # one shared V
+            out, f = forward(*arrays[:-1], _front(arrays[-1], batched[-1], B))
+            return (out, f), (True, False)
+        out, f = forward(*(_front(a, b, B) for a, b in zip(arrays, batched)))
+        return (out, jnp.reshape(f, (B, -1))), (True, True)
+
+    @custom_vmap
+    def backward(*arrays):
+        """arrays: V, [tau], [S], factors, grad -> (dV, [dtau], [dX])."""
+        ins = arrays[:-2]
+        z = sizes(s, *_shapes(s, ins))
+        dt = arrays[0].dtype
+        rets = [_sds(z.dV, dt)]
+        if s.kind == LAPACK:
+            rets.append(_sds(z.dtau, dt))
+        if s.op == APPLY:
+            rets.append(_sds(z.dX, dt))
+        rets.append(_sds((z.backward_ws,), dt))
+        return tuple(jax.ffi.ffi_call("fasth_backward", tuple(rets))(*arrays, **attrs)[:-1])
+
+    @backward.def_vmap
+    def _(B, batched, *arrays):
+        # Per-example gradients: V (and its factors) broadcast where not mapped.
+        f = arrays[-2] if batched[-2] else jnp.broadcast_to(arrays[-2], (B, *arrays[-2].shape))
+        out = backward(*(_front(a, b, B) for a, b in zip(arrays[:-2], batched[:-2])),
+                       jnp.reshape(f, (-1,)), _front(arrays[-1], batched[-1], B))
+        return out, tuple(True for _ in out)
+
+    return forward, backward
+
+
+# ---------------------------------------------------------------------------------------------
+# shard_map: the custom calls drop the varying-axes type of their operands.
+
+def _vma(*likes: Any) -> frozenset:
+    """The shard_map axes the arrays vary over."""
+    out: frozenset = frozenset()
+    for a in likes:
+        t = jax.typeof(a)
+        mat = getattr(t, "manual_axis_type", None)  # jax >= 0.10; `vma` before
+        out |= mat.varying if mat is not None else getattr(t, "vma", frozenset())
+    return out
+
+
+def _varying(x: Any, *likes: Any) -> Any:
+    """x typed as varying over the shard_map axes its inputs `likes` vary over, and summed
+    over axes they do not (the cotangent of an invariant input)."""
+    want, have = _vma(*likes), _vma(x)
+    if have - want:
+        x = jax.lax.psum(x, tuple(sorted(have - want)))
+    if want - have:
+        x = jax.lax.pcast(x, tuple(sorted(want - have)), to="varying")
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Differentiable ops: arrays = (V, [tau], [X]).
+
+def _saved(s: Spec, arrays: tuple, out: Any) -> tuple:
+    """What the backward reads besides the factors: the output (householder apply) or the
+    input X (LAPACK apply); nothing for matrix."""
+    if s.op != APPLY:
+        return ()
+    return (arrays[-1],) if s.kind == LAPACK else (out,)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def run(s: Spec, *arrays):
+    """(out, the factors, which the backward reuses)."""
+    out, f = _calls(s)[0](*arrays)
+    return _varying(out, *arrays), _varying(f, *arrays[:1 + (s.kind == LAPACK)])
+
+
+def _run_fwd(s, *arrays):
+    out, f = run(s, *arrays)
+    x = (jnp.reshape(arrays[-1], (-1,))[:0],) if s.op == APPLY else ()  # X's type, for dX
+    return (out, f), (arrays[:1 + (s.kind == LAPACK)], f, _saved(s, arrays, out), x)
+
+
+def _run_bwd(s, res, cts):
+    v, f, saved, x = res
+    grads = grad(s, *v, *saved, f, cts[0])  # the factors' cotangent is zero
+    out = [_varying(grads[0], v[0])]
+    if s.kind == LAPACK:
+        out.append(_varying(grads[1], v[1]))
+    if s.op == APPLY:
+        out.append(_varying(grads[-1], x[0]))
+    return tuple(out)
+
+
+run.defvjp(_run_fwd, _run_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def grad(s: Spec, *arrays):
+    """(dV, [dtau], [dX]) from arrays = (V, [tau], [S], factors, cotangent)."""
+    return _calls(s)[1](*arrays)
+
+
+def _grad_fwd(s, *arrays):
+    arrays = tuple(a.value for a in arrays)
+    out = grad(s, *arrays)
+    return out, (arrays, out)
+
+
+def _grad_bwd(s, res, cts):
+    arrays, out = res
+    nv = 1 + (s.kind == LAPACK)
+    for ct in cts[:nv]:
+        if not isinstance(ct, SymbolicZero):
+            raise NotImplementedError(
+                f"{s.name('jax')}: the gradient of V cannot be differentiated again (fasth has no second "
+                "derivative for it); gradients of the input gradient (gradient penalties) are "
+                "supported")
+    none = [None] * len(arrays)
+    if s.op != APPLY or isinstance(cts[-1], SymbolicZero):
+        return tuple(none)
+    # dX = apply(V, g, not transpose); its backward at the cotangent of dX gives the
+    # cotangents of V (and tau) and of g.
+    v, f, g = arrays[:nv], arrays[-2], arrays[-1]
+    t = s._replace(transpose=not s.transpose)  # the same factors serve both directions
+    second = grad(t, *v, g if s.kind == LAPACK else out[-1], f, cts[-1])
+    res = list(none)
+    for i in range(nv):
+        res[i] = _varying(second[i], v[i])
+    res[-1] = _varying(second[-1], g)
+    return tuple(res)
+
+
+grad.defvjp(_grad_fwd, _grad_bwd, symbolic_zeros=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The public functions
+
+_HALF = (jnp.float16, jnp.bfloat16)
+
+
+def _prepare(fn: str, names: tuple[str, ...], arrays: tuple):
+    """Arrays checked (a JAX array each, float32 or float64, one dtype; float16 and bfloat16
+    are computed in float32 and returned in their dtype, as matmul accumulates), and the
+    dtype to return."""
+    for name, a in zip(names, arrays):
+        if not hasattr(a, "shape") or not hasattr(a, "dtype"):
+            raise TypeError(f"{fn}: {name} must be a JAX array, got {type(a).__name__}")
+    arrays = tuple(jnp.asarray(a) for a in arrays)
+    back = None
+    dts = {a.dtype for a in arrays}
+    if len(dts) == 1 and next(iter(dts)) in _HALF:
+        back = arrays[0].dtype
+        arrays = tuple(a.astype(jnp.float32) for a in arrays)
+    _api.check_dtypes(fn, _Namespace(), dict(zip(names, arrays)))
+    return arrays, back
+
+
+class _Namespace(_arrays.Namespace):
+    name = "jax"
+
+    def dtype(self, a: Any) -> str:
+        return np.dtype(a.dtype).name
+
+
+def _strategy(fn: str, strategy: str) -> str:
+    if strategy not in _api._STRATEGIES:
+        raise ValueError(f"{fn}: strategy must be one of {list(_api._STRATEGIES)}, got {strategy!r}")
+    return strategy
+
+
+def _block(fn: str, block: int | None) -> int:
+    if block is not None and int(block) < 1:
+        raise ValueError(f"{fn}: block must be a positive integer, got {block}")
+    return int(block or 0)
+
+
+def _public(s: Spec, names: tuple[str, ...], *arrays) -> jax.Array:
+    _register_cuda()
+    arrays, back = _prepare(s.name("jax"), names, arrays)
+    sizes(s, *_shapes(s, arrays))  # validates the shapes, naming the argument
+    out = run(s, *arrays)[0]
+    return out if back is None else out.astype(back)
+
+
+def apply(V, X, transpose: bool = False, *, block: int | None = None,
+          strategy: _api.StrategyName = "auto", tf32: bool = False) -> jax.Array:
+    """``U X`` (``U^T X`` with ``transpose``) for ``U = H_1 ... H_k`` built from the columns of
+    ``V`` (shape ``(..., d, k)``, any ``k``), ``X`` of shape ``(..., d, n)``; ``V`` may be
+    unbatched and shared by a batch of ``X``. Differentiable in ``V`` and ``X``; works under
+    ``jit``, ``vmap``, ``grad`` and ``checkpoint``."""
+    fn = "fasth.jax.apply"
+    s = Spec(APPLY, HOUSEHOLDER, bool(transpose), False, _block(fn, block), _strategy(fn, strategy),
+             bool(tf32))
+    return _public(s, ("V", "X"), V, X)
+
+
+def matrix(V, thin: bool = False, *, block: int | None = None, tf32: bool = False) -> jax.Array:
+    """``U = H_1 ... H_k`` (``d x d``), or with ``thin`` its first ``min(k, d)`` columns, for
+    ``V`` of shape ``(..., d, k)``. Differentiable in ``V``."""
+    s = Spec(MATRIX, HOUSEHOLDER, False, bool(thin), _block("fasth.jax.matrix", block), "auto",
+             bool(tf32))
+    return _public(s, ("V",), V)
+
+
+def householder_product(A, taus) -> jax.Array:
+    """``jax.lax.linalg.householder_product``: the first ``n`` columns of ``H_1 ... H_k``,
+    ``H_i = I - tau_i v_i v_i^T``, ``v_i`` the unit lower part of column ``i`` of ``A``
+    (``(..., m, n)``, ``m >= n >= k``), any ``taus`` (``(..., k)``). Differentiable in both."""
+    return _public(Spec(MATRIX, LAPACK), ("A", "tau"), A, taus)
+
+
+def ormqr(A, taus, C, left: bool = True, transpose: bool = False) -> jax.Array:
+    """``op(Q) C`` (``left``) or ``C op(Q)`` for ``Q`` from ``(A, taus)`` as
+    ``householder_product`` takes them, ``op(Q) = Q^T`` with ``transpose``."""
+    if left:
+        return _public(Spec(APPLY, LAPACK, bool(transpose)), ("A", "tau", "C"), A, taus, C)
+    Ct = jnp.swapaxes(jnp.asarray(C), -1, -2)
+    return jnp.swapaxes(_public(Spec(APPLY, LAPACK, not transpose), ("A", "tau", "C"), A, taus, Ct), -1, -2)
