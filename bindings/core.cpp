@@ -90,7 +90,10 @@ int register_blas(std::uintptr_t sgemm, std::uintptr_t dgemm, std::uintptr_t ssy
 
 NB_MODULE(_core, m) {
   m.doc() = "fasth core on CPU arrays";
+  // Plans live on in caches and autograd graphs until the interpreter is gone: not leaks.
+  nb::set_leak_warnings(false);
   fasth::bindings::def_plan(m);
+  fasth::bindings::def_counts(m);
   fasth::bindings::def_runs<MakeCpu, nb::device::cpu::value>(m);
   fasth::bindings::def_jax_ffi<fasth::Device::cpu, MakeCpu>(m);
   m.def("scipy_blas", &scipy_blas,

@@ -8,6 +8,7 @@
 #include "fasth/cuda.hpp"
 #include "jax_ffi.hpp"
 #include "ops.hpp"
+#include "plan.hpp"
 
 namespace nb = nanobind;
 
@@ -27,10 +28,12 @@ struct MakeCuda {
 
 NB_MODULE(_cuda, m) {
   m.doc() = "fasth core on CUDA arrays (cuBLAS and fasth's kernels, on the caller's stream)";
+  nb::set_leak_warnings(false);
   try {
     nb::module_::import_("fasth._core");  // the Plan type (absent only for stub generation)
   } catch (const nb::python_error&) {
   }
+  fasth::bindings::def_counts(m);
   fasth::bindings::def_runs<MakeCuda, nb::device::cuda::value>(m);
   fasth::bindings::def_jax_ffi<fasth::Device::cuda, MakeCuda>(m);
   m.def("unavailable_reason", &fasth::cuda::unavailable_reason,

@@ -98,7 +98,10 @@ inline void def_plan(nb::module_& m) {
         "Whether the leading dimensions (all but the last `tail`) can be walked with one stride.");
   m.def("choose_block", &choose_block, nb::arg("d"), nb::arg("k"), nb::arg("n"), nb::arg("device"));
   m.def("choose_strategy", &choose_strategy, nb::arg("d"), nb::arg("k"), nb::arg("n"));
+}
 
+// The call counters of this module's copy of the core (each device module has its own).
+inline void def_counts(nb::module_& m) {
   m.def("count_calls", &count_calls, nb::arg("on"), "Counts backend calls while on.");
   m.def("reset_call_counts", &reset_call_counts);
   m.def("call_counts", []() {

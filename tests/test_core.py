@@ -672,3 +672,28 @@ def test_any_finite_scale_is_its_reflector(xp, rng, dtype, strategy, op):
         got = xp.numpy(dV).astype(np.float64) * scale
         assert np.isfinite(got).all(), scale
         assert_close(got.astype(dtype), want, dtype, 2 * d + n)
+
+
+# ---------------------------------------------------------------------------------------
+# Householder vectors of a given matrix, and the call counter.
+
+@pytest.mark.parametrize("shape", [(5, 5), (9, 4), (70, 40), (2, 40, 40)])
+def test_householder_vectors_reproduce_q(rng, shape):
+    A = randn(rng, shape)
+    V = fasth.householder_vectors(A)
+    Q, R = np.linalg.qr(A)
+    Q = Q * np.sign(np.diagonal(R, axis1=-2, axis2=-1))[..., None, :]  # diag(R) >= 0
+    assert_close(fasth.matrix(V, thin=True), Q, "float64", 4 * shape[-2])
+    assert_close(fasth.matrix(fasth.householder_vectors(Q), thin=True), Q, "float64", shape[-2])
+
+
+def test_profile_counts_backend_calls(rng):
+    V, X = random_v(rng, (64, 64)), randn(rng, (64, 8))
+    with fasth.profile() as p:
+        fasth.apply(V, X, block=16)
+    assert p.calls == sum(p.by_op.values()) > 0
+    assert p.by_op["gemm"] >= 4 * 2  # four blocks of two gemms and a trmm each
+    assert p.by_op["trmm"] >= 4
+    with fasth.profile() as q:
+        pass
+    assert q.calls == 0

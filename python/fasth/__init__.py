@@ -14,14 +14,18 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._api import apply, apply_backward, matrix, matrix_backward
+    from ._profile import Profile, profile
+    from ._vectors import householder_vectors
 
 __version__ = "0.1.0"
-__all__ = ["apply", "apply_backward", "matrix", "matrix_backward", "__version__"]
+_HOMES = {"apply": "_api", "apply_backward": "_api", "matrix": "_api", "matrix_backward": "_api",
+          "profile": "_profile", "Profile": "_profile", "householder_vectors": "_vectors"}
+__all__ = [*_HOMES, "__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from . import _api
+    if name in _HOMES:
+        import importlib
 
-        return getattr(_api, name)
+        return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
     raise AttributeError(f"module 'fasth' has no attribute {name!r}")

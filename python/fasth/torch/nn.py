@@ -15,28 +15,13 @@ from ._ops import apply, matrix
 
 
 def householder_vectors(A: Tensor, k: int | None = None) -> Tensor:
-    """Householder vectors ``V`` (``d x k``) with ``matrix(V, thin=True) = Q``, where
-    ``A[:, :k] = Q R`` is the QR factorisation with ``diag(R) >= 0``: for an orthonormal
+    """``fasth.householder_vectors`` for a tensor: ``V`` (``d x k``, A's dtype and device) with
+    ``matrix(V, thin=True) = Q`` for ``A[:, :k] = Q R``, ``diag(R) >= 0``; for an orthonormal
     ``A``, ``Q = A[:, :k]`` exactly. Used to start a layer from a given weight."""
-    d = A.shape[-2]
-    k = A.shape[-1] if k is None else k
-    R = A.detach().to(torch.float64).clone()
-    V = torch.zeros(d, k, dtype=torch.float64, device=A.device)
-    for j in range(k):
-        x = R[j:, j]
-        norm = torch.linalg.vector_norm(x)
-        v = x.clone()
-        # v = x - |x| e_1 maps x to +|x| e_1; the stable form avoids cancellation for x_0 > 0.
-        if x[0] > 0:
-            v[0] = -(x[1:] @ x[1:]) / (x[0] + norm)
-        else:
-            v[0] = x[0] - norm
-        vv = v @ v
-        if vv <= torch.finfo(torch.float64).tiny:
-            continue  # already +|x| e_1: the identity
-        R[j:, j:] -= (2 / vv) * torch.outer(v, v @ R[j:, j:])
-        V[j:, j] = v
-    return V.to(A.dtype)
+    from .._vectors import householder_vectors as vectors
+
+    V = vectors(A.detach().to("cpu", torch.float64).numpy(), k)
+    return torch.from_numpy(V).to(device=A.device, dtype=A.dtype)
 
 
 def _features_first(x: Tensor, d: int, name: str) -> tuple[Tensor, tuple[int, ...]]:
