@@ -176,14 +176,18 @@ def _new_call(fn, op, kind, names, arrays, transpose, thin, block, strategy, tf3
     return c
 
 
-def check_dtypes(fn: str, xp: _arrays.Namespace, arrays: dict[str, Any]) -> str:
-    """Each array float32 or float64, all of one dtype: that dtype (fasth.jax checks its
-    arrays here too)."""
+HALF_DTYPES = ("float16", "bfloat16")
+
+
+def check_dtypes(fn: str, xp: _arrays.Namespace, arrays: dict[str, Any],
+                 accept: tuple[str, ...] = _arrays.FLOAT_DTYPES) -> str:
+    """Each array of an accepted dtype (float32 or float64; the adapters take half precision
+    too), all of one dtype: that dtype."""
     dtypes = {}
     for name, a in arrays.items():
         dt = xp.dtype(a)
-        if dt not in _arrays.FLOAT_DTYPES:
-            raise TypeError(f"{fn}: {name} has dtype {dt}; expected float32 or float64")
+        if dt not in accept:
+            raise TypeError(f"{fn}: {name} has dtype {dt}; expected {' or '.join(accept)}")
         dtypes[name] = dt
     if len(set(dtypes.values())) > 1:
         desc = ", ".join(f"{n} is {d}" for n, d in dtypes.items())

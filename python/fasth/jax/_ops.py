@@ -270,9 +270,6 @@ grad.defvjp(_grad_fwd, _grad_bwd, symbolic_zeros=True)
 # ---------------------------------------------------------------------------------------------
 # The public functions
 
-_HALF = (jnp.float16, jnp.bfloat16)
-
-
 def _prepare(fn: str, names: tuple[str, ...], arrays: tuple):
     """Arrays checked (a JAX array each, float32 or float64, one dtype; float16 and bfloat16
     are computed in float32 and returned in their dtype, as matmul accumulates), and the
@@ -281,13 +278,11 @@ def _prepare(fn: str, names: tuple[str, ...], arrays: tuple):
         if not hasattr(a, "shape") or not hasattr(a, "dtype"):
             raise TypeError(f"{fn}: {name} must be a JAX array, got {type(a).__name__}")
     arrays = tuple(jnp.asarray(a) for a in arrays)
-    back = None
-    dts = {a.dtype for a in arrays}
-    if len(dts) == 1 and next(iter(dts)) in _HALF:
-        back = arrays[0].dtype
-        arrays = tuple(a.astype(jnp.float32) for a in arrays)
-    _api.check_dtypes(fn, _Namespace(), dict(zip(names, arrays)))
-    return arrays, back
+    dt = _api.check_dtypes(fn, _Namespace(), dict(zip(names, arrays)),
+                           _arrays.FLOAT_DTYPES + _api.HALF_DTYPES)
+    if dt in _api.HALF_DTYPES:
+        return tuple(a.astype(jnp.float32) for a in arrays), arrays[0].dtype
+    return arrays, None
 
 
 class _Namespace(_arrays.Namespace):

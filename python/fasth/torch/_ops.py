@@ -26,7 +26,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .. import _api, _core
+from .. import _api, _arrays, _core
 
 APPLY, MATRIX = int(_api.APPLY.value), int(_api.MATRIX.value)
 HOUSEHOLDER, LAPACK = int(_api.HOUSEHOLDER.value), int(_api.LAPACK.value)
@@ -320,19 +320,23 @@ def _run(s: Spec, V: Tensor, tau: Optional[Tensor], X: Optional[Tensor]) -> Tens
 _HALF = (torch.float16, torch.bfloat16)
 
 
-def _prepare(*tensors: Optional[Tensor]):
+def _prepare(s: Spec, *tensors: Optional[Tensor]):
     """(tensors to compute with, the dtype to return or None)."""
     t0 = tensors[0]
     dev = t0.device.type
     if torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev):
         return tuple(t.float() if t is not None and t.dtype in _HALF else t for t in tensors), None
-    if t0.dtype in _HALF and all(t is None or t.dtype == t0.dtype for t in tensors):
+    if t0.dtype in _HALF or any(t is not None and t.dtype in _HALF for t in tensors):
+        names = ("A" if s.kind == LAPACK else "V", "tau", "C" if s.kind == LAPACK else "X")
+        named = {n: t for n, t in zip(names, tensors) if t is not None}
+        ns = _arrays.namespace(t0)
+        _api.check_dtypes(s.name("torch"), ns, named, _arrays.FLOAT_DTYPES + _api.HALF_DTYPES)
         return tuple(None if t is None else t.float() for t in tensors), t0.dtype
     return tensors, None
 
 
 def _public(s: Spec, V, tau, X) -> Tensor:
-    (V, tau, X), back = _prepare(V, tau, X)
+    (V, tau, X), back = _prepare(s, V, tau, X)
     if V.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
         s = s._replace(tf32=True)
     out = _run(s, V, tau, X)
@@ -359,12 +363,26 @@ def matrix(V: Tensor, thin: bool = False, *, block: int | None = None) -> Tensor
     return _public(Spec(MATRIX, HOUSEHOLDER, False, bool(thin), block or 0), V, None, None)
 
 
+class DropInError(ValueError, RuntimeError):
+    """Bad input to a drop-in for a torch function: a ValueError naming the argument, and a
+    RuntimeError, as torch's own error for it is."""
+
+
+def _drop_in(s: Spec, A, tau, C) -> Tensor:
+    try:
+        return _public(s, A, tau, C)
+    except ValueError as e:
+        if isinstance(e, DropInError):
+            raise
+        raise DropInError(str(e)) from None
+
+
 def householder_product(A: Tensor, tau: Tensor) -> Tensor:
     """``torch.linalg.householder_product``: the first ``n`` columns of ``H_1 ... H_k``,
     ``H_i = I - tau_i v_i v_i^T`` with ``v_i`` the unit lower part of column ``i`` of ``A``
     (``(..., m, n)``, ``m >= n >= k``), for any ``tau`` (``(..., k)``). Differentiable in
     ``A`` and ``tau``."""
-    return _public(Spec(MATRIX, LAPACK), A, tau, None)
+    return _drop_in(Spec(MATRIX, LAPACK), A, tau, None)
 
 
 def ormqr(A: Tensor, tau: Tensor, C: Tensor, left: bool = True, transpose: bool = False) -> Tensor:
@@ -372,6 +390,6 @@ def ormqr(A: Tensor, tau: Tensor, C: Tensor, left: bool = True, transpose: bool 
     ``(A, tau)`` as ``householder_product`` takes them, ``op(Q) = Q^T`` with ``transpose``.
     Differentiable in ``A``, ``tau`` and ``C``."""
     if left:
-        return _public(Spec(APPLY, LAPACK, bool(transpose)), A, tau, C)
+        return _drop_in(Spec(APPLY, LAPACK, bool(transpose)), A, tau, C)
     # C op(Q) = (op(Q)^T C^T)^T
-    return _public(Spec(APPLY, LAPACK, not transpose), A, tau, C.mT).mT
+    return _drop_in(Spec(APPLY, LAPACK, not transpose), A, tau, C.mT).mT

@@ -38,13 +38,14 @@ def _features_last(y: Tensor, lead: tuple[int, ...]) -> Tensor:
 class Orthogonal(nn.Module):
     """``y = x U^T`` with ``U = H_1 ... H_k`` (``d x d``, orthogonal by construction).
 
-    ``k`` reflectors (default ``d``: every orthogonal matrix of determinant ``(-1)^d``)."""
+    ``k`` reflectors, any ``k >= 0`` (default ``d``: every orthogonal matrix of determinant
+    ``(-1)^d``)."""
 
     def __init__(self, d: int, k: int | None = None, *, device=None, dtype=None) -> None:
         super().__init__()
         k = d if k is None else k
-        if not 0 <= k <= d:
-            raise ValueError(f"Orthogonal: k must be in [0, d = {d}], got {k}")
+        if k < 0:
+            raise ValueError(f"Orthogonal: k must be nonnegative, got {k}")
         self.d, self.k = d, k
         self.V = nn.Parameter(torch.randn(d, k, device=device, dtype=dtype))
 
@@ -148,28 +149,57 @@ class SVDLinear(nn.Module):
 
 
 class _Householder(nn.Module):
-    """Parametrisation: Householder vectors -> the orthonormal weight (out x in)."""
+    """Parametrisation: Householder vectors -> the orthonormal weight (a matrix, or a batch of
+    them in its last two dimensions), as torch's ``_Orthogonal`` with its householder map."""
 
-    def __init__(self, out_features: int, in_features: int) -> None:
+    def __init__(self, weight: Tensor) -> None:
         super().__init__()
-        self.transposed = out_features < in_features
+        self.shape = weight.shape
+        self.transposed = weight.shape[-2] < weight.shape[-1]
 
     def forward(self, V: Tensor) -> Tensor:
         Q = matrix(V, thin=True)
-        return Q.T if self.transposed else Q
+        return Q.mT if self.transposed else Q
 
+    @torch.no_grad()
     def right_inverse(self, W: Tensor) -> Tensor:
-        return householder_vectors(W.T if self.transposed else W)
+        if W.shape != self.shape:
+            raise ValueError(f"Expected a matrix or batch of matrices of shape {self.shape}. "
+                             f"Got a tensor of shape {W.shape}.")
+        return householder_vectors(W.mT if self.transposed else W)
 
 
-def orthogonal(module: nn.Module, name: str = "weight") -> nn.Module:
-    """Make ``module.<name>`` (a 2-d weight) orthogonal through Householder vectors, used like
-    ``torch.nn.utils.parametrizations.orthogonal``. The current weight becomes the ``Q`` of its
-    QR factorisation (``diag(R) >= 0``)."""
+_TORCH_MAPS = ("matrix_exp", "cayley", "householder")
+
+
+def orthogonal(module: nn.Module, name: str = "weight", orthogonal_map: str | None = None, *,
+               use_trivialization: bool = True) -> nn.Module:
+    """A drop-in for ``torch.nn.utils.parametrizations.orthogonal``: ``module.<name>`` (a matrix,
+    or a batch of matrices in its last two dimensions) becomes orthogonal (orthonormal
+    columns, or rows when wide) through Householder vectors, computed by fasth. The current
+    weight becomes the ``Q`` of its QR factorisation (``diag(R) >= 0``), as does a tensor
+    assigned to ``module.<name>`` later (of the same shape).
+
+    ``orthogonal_map``: None or ``"householder"`` (fasth's map); torch's ``"matrix_exp"`` and
+    ``"cayley"`` are refused (use torch's own function for them). ``use_trivialization`` is
+    accepted with either value: the Householder vectors reach every orthogonal matrix without a
+    base to move (torch's trivialization), so both give the same parametrisation. Complex
+    weights are refused, as torch's householder map refuses them."""
     W = getattr(module, name, None)
-    if not isinstance(W, Tensor) or W.ndim != 2:
-        raise ValueError(f"orthogonal: module.{name} must be a 2-d tensor parameter")
-    parametrize.register_parametrization(module, name, _Householder(*W.shape), unsafe=True)
+    if not isinstance(W, Tensor):
+        raise ValueError(f"Module '{module}' has no parameter or buffer with name '{name}'")
+    if W.ndim < 2:
+        raise ValueError(f"Expected a matrix or batch of matrices. Got a tensor of {W.ndim} dimensions.")
+    if orthogonal_map is not None and orthogonal_map not in _TORCH_MAPS:
+        raise ValueError('orthogonal_map has to be one of "matrix_exp", "cayley", "householder". '
+                         f"Got: {orthogonal_map}")
+    if orthogonal_map not in (None, "householder"):
+        raise ValueError(f"fasth.torch.orthogonal parametrises by Householder products; "
+                         f"orthogonal_map={orthogonal_map!r} is torch's own: use "
+                         "torch.nn.utils.parametrizations.orthogonal for it")
+    if W.is_complex():
+        raise ValueError("The householder parametrization does not support complex tensors.")
+    if not isinstance(use_trivialization, bool):
+        raise TypeError(f"use_trivialization must be a bool, got {type(use_trivialization).__name__}")
+    parametrize.register_parametrization(module, name, _Householder(W), unsafe=True)
     return module
-
-
