@@ -463,3 +463,17 @@ def test_more_reflectors_than_rows_through_autograd(device):
     layer = ft.Orthogonal(3, 4).double().to(device)
     torch.testing.assert_close(layer.weight().T @ layer.weight(),
                                torch.eye(3, dtype=torch.float64, device=device))
+
+
+def test_large_workspaces_stay_alive_during_the_call():
+    """Workspaces of more than glibc's mmap threshold (128 KiB) are unmapped as soon as they
+    are freed: a buffer whose address alone reached the extension would fault here."""
+    torch.manual_seed(0)
+    V = torch.randn(1500, 16, dtype=torch.float64, requires_grad=True)
+    X = torch.randn(1500, 12, dtype=torch.float64, requires_grad=True)
+    U = ft.matrix(V)
+    np.testing.assert_allclose(U.detach().numpy(), ref_matrix(V.detach().numpy()), atol=1e-12)
+    U.sum().backward()
+    Y = ft.apply(V, X, strategy="materialize")
+    Y.sum().backward()
+    assert torch.isfinite(V.grad).all() and torch.isfinite(X.grad).all()

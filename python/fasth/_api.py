@@ -88,7 +88,8 @@ class Call:
     """A resolved call: the plan, and what allocating and running it needs."""
 
     __slots__ = ("fn", "plan", "xp", "dtype", "code", "device", "module", "blas", "tf32",
-                 "copies", "lapack", "apply")
+                 "copies", "lapack", "apply", "wraps", "out", "dV", "dtau", "dX", "fsize", "fws",
+                 "bws")
 
     def fail(self, cls: type[Exception], msg: str) -> Exception:
         return cls(f"{self.fn}: {msg}")
@@ -173,6 +174,10 @@ def _new_call(fn, op, kind, names, arrays, transpose, thin, block, strategy, tf3
     c.device, c.module = dev0, cuda_module() if cuda else _core
     c.blas = _library_blas.get(xp.name, SCIPY_BLAS)
     c.tf32, c.copies, c.lapack, c.apply = bool(tf32), tuple(copies), lapack, op == APPLY
+    c.wraps = type(xp).wrap is not _arrays.Namespace.wrap  # arrays viewed through numpy
+    # The plan's sizes as Python values, read on every run.
+    c.out, c.dV, c.dtau, c.dX = plan.out, plan.dV, plan.dtau, plan.dX
+    c.fsize, c.fws, c.bws = plan.factors_size, plan.forward_workspace, plan.backward_workspace
     return c
 
 
@@ -201,18 +206,30 @@ def _fix(c: Call, arrays: list) -> list:
     return arrays
 
 
-def forward(c: Call, V: Any, tau: Any, X: Any) -> tuple[Any, Any]:
-    """(out, factors) of the call on these arrays, in the arrays' library."""
-    xp, p = c.xp, c.plan
+# Below this many elements the forward's workspace shares one allocation with the factors
+# (for callers that take factors longer than factors_size): one allocation fewer a call.
+PACK_WORKSPACE = 1 << 14
+
+
+def forward(c: Call, V: Any, tau: Any, X: Any, pack: bool = False) -> tuple[Any, Any]:
+    """(out, factors) of the call on these arrays, in the arrays' library. With `pack`, a
+    small workspace trails the factors in one buffer (the factors returned are longer)."""
+    xp = c.xp
     if c.copies:
         V, tau, X = _fix(c, [V, tau, X])
-    V, tau, X = xp.wrap(V), tau if tau is None else xp.wrap(tau), X if X is None else xp.wrap(X)
-    out = xp.empty(*p.out, c.dtype, V)
-    f = xp._empty((p.factors_size,), c.dtype, V)
-    ws = xp._empty((p.forward_workspace,), c.dtype, V)
+    if c.wraps:
+        V, tau, X = (None if a is None else xp.wrap(a) for a in (V, tau, X))
+    out = xp.empty(*c.out, c.dtype, V)
     arg = xp.arg
-    c.module.forward(p, c.code, arg(V), arg(tau), arg(X), arg(out), arg(f), arg(ws),
-                     xp.stream(V), c.device[1], c.tf32, c.blas)
+    if pack and c.fws <= PACK_WORKSPACE and xp.addressable:
+        f = ws = xp._empty((c.fsize + c.fws,), c.dtype, V)
+        fp = arg(f)
+        wp = fp + c.fsize * (4 if c.code == 0 else 8)
+    else:
+        f, ws = xp._empty((c.fsize,), c.dtype, V), xp._empty((c.fws,), c.dtype, V)
+        fp, wp = arg(f), arg(ws)  # (ws stays referenced: an address alone keeps nothing alive)
+    c.module.forward(c.plan, c.code, arg(V), arg(tau), arg(X), arg(out), fp, wp, xp.stream(V),
+                     c.device[1], c.tf32, c.blas)
     return out, f
 
 
@@ -220,19 +237,19 @@ def backward(c: Call, factors: Any, saved: Any, grad: Any, want_dx: bool = True)
     """(dV, dtau, dX) from the forward's factors, its saved output (householder apply) or
     input (LAPACK apply), and grad; dtau None unless LAPACK, dX None unless apply and
     wanted."""
-    xp, p = c.xp, c.plan
-    like = factors
-    gshape, gstrides = tuple(grad.shape), xp.strides(grad)
+    xp = c.xp
+    gshape, gstrides = grad.shape, xp.strides(grad)
     if len(gshape) > 3 and not _core.collapsible(gshape, gstrides, 2):
         grad = xp.contiguous(grad)
         gstrides = xp.strides(grad)
-    dV = xp.empty(*p.dV, c.dtype, like)
-    dtau = xp.empty(*p.dtau, c.dtype, like) if c.lapack else None
-    dX = xp.empty(*p.dX, c.dtype, like) if c.apply and want_dx else None
-    ws = xp._empty((p.backward_workspace,), c.dtype, like)
-    sshape, sstrides = ((), ()) if saved is None else (tuple(saved.shape), xp.strides(saved))
+    dt, like = c.dtype, factors
+    dV = xp.empty(*c.dV, dt, like)
+    dtau = xp.empty(*c.dtau, dt, like) if c.lapack else None
+    dX = xp.empty(*c.dX, dt, like) if c.apply and want_dx else None
+    ws = xp._empty((c.bws,), dt, like)
+    sshape, sstrides = ((), ()) if saved is None else (saved.shape, xp.strides(saved))
     arg = xp.arg
-    c.module.backward(p, c.code, arg(factors), arg(saved), sshape, sstrides, arg(grad), gshape,
+    c.module.backward(c.plan, c.code, arg(factors), arg(saved), sshape, sstrides, arg(grad), gshape,
                       gstrides, arg(dV), arg(dtau), arg(dX), arg(ws), xp.stream(like), c.device[1],
                       c.tf32, c.blas)
     return dV, dtau, dX
@@ -240,11 +257,11 @@ def backward(c: Call, factors: Any, saved: Any, grad: Any, want_dx: bool = True)
 
 def forward_with(c: Call, factors: Any, X: Any) -> Any:
     """The op again with factors an earlier forward of this call built."""
-    xp, p = c.xp, c.plan
-    out = xp.empty(*p.out, c.dtype, factors)
-    ws = xp._empty((p.forward_workspace,), c.dtype, factors)
+    xp = c.xp
+    out = xp.empty(*c.out, c.dtype, factors)
+    ws = xp._empty((c.fws,), c.dtype, factors)
     arg = xp.arg
-    c.module.forward_with(p, c.code, arg(factors), arg(X), arg(out), arg(ws), xp.stream(factors),
+    c.module.forward_with(c.plan, c.code, arg(factors), arg(X), arg(out), arg(ws), xp.stream(factors),
                           c.device[1], c.tf32, c.blas)
     return out
 
@@ -316,11 +333,11 @@ def _factors(c: Call, V: Any, factors: Any) -> Any:
 
 def _factors_of(c: Call, V: Any) -> Any:
     """The factors of V alone (a forward with neither X nor out)."""
-    xp, p = c.xp, c.plan
+    xp = c.xp
     V = _fix(c, [V, None, None])[0] if c.copies else xp.wrap(V)
-    f = xp._empty((p.factors_size,), c.dtype, V)
-    ws = xp._empty((p.forward_workspace,), c.dtype, V)
-    c.module.forward(p, c.code, xp.arg(V), None, None, None, xp.arg(f), xp.arg(ws), xp.stream(V),
+    f = xp._empty((c.fsize,), c.dtype, V)
+    ws = xp._empty((c.fws,), c.dtype, V)
+    c.module.forward(c.plan, c.code, xp.arg(V), None, None, None, xp.arg(f), xp.arg(ws), xp.stream(V),
                      c.device[1], c.tf32, c.blas)
     return f
 

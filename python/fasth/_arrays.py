@@ -16,6 +16,7 @@ class Namespace:
     """numpy-like arrays on the CPU (numpy itself, and DLPack views of other libraries)."""
 
     name = "numpy"
+    addressable = False  # arg() gives the address of the first element
 
     def wrap(self, a: Any) -> Any:
         return a
@@ -66,14 +67,13 @@ class Namespace:
 
 class TorchNamespace(Namespace):
     name = "torch"
+    addressable = True
 
     def __init__(self) -> None:
         import torch
 
         self.torch = torch
-
-    def wrap(self, a: Any) -> Any:
-        return a.detach()
+        self.dtypes = {"float32": torch.float32, "float64": torch.float64}
 
     def arg(self, a: Any) -> Any:
         # The tensor's address: its layout is what the plan was made for (a DLPack capsule
@@ -91,20 +91,18 @@ class TorchNamespace(Namespace):
         return (d.type, d.index or 0)
 
     def stream(self, a: Any) -> int:
-        if a.device.type != "cuda":
-            return 0
-        return self.torch.cuda.current_stream(a.device).cuda_stream
+        d = a.device
+        return 0 if d.type != "cuda" else self.torch.cuda.current_stream(d).cuda_stream
 
     def strides(self, a: Any) -> tuple[int, ...]:
         return tuple(a.stride())
 
     def empty(self, shape, strides, dtype, like):
         # Not a view: autograd lets a caller modify an output in place only if it is none.
-        return self.torch.empty_strided(shape, strides, dtype=getattr(self.torch, dtype),
-                                        device=like.device)
+        return self.torch.empty_strided(shape, strides, dtype=self.dtypes[dtype], device=like.device)
 
     def _empty(self, shape, dtype, like):
-        return self.torch.empty(shape, dtype=getattr(self.torch, dtype), device=like.device)
+        return self.torch.empty(shape, dtype=self.dtypes[dtype], device=like.device)
 
     def transpose_last(self, a):
         return a.transpose(-1, -2)
@@ -115,6 +113,7 @@ class TorchNamespace(Namespace):
 
 class CupyNamespace(Namespace):
     name = "cupy"
+    addressable = True
 
     def __init__(self) -> None:
         import cupy

@@ -4,8 +4,9 @@ form as drop-ins for ``torch.linalg.householder_product`` and ``torch.ormqr``.
 Every op is one forward and one backward of the core's plan (``fasth._api``), reached two
 ways:
 
-* eagerly and under ``torch.func``: an ``autograd.Function`` (setup_context form, with a
-  vmap rule) that calls the plan directly, one crossing into the extension each way;
+* eagerly: an ``autograd.Function`` that calls the plan directly, one crossing into the
+  extension each way; under ``torch.func``, the same in the setup_context form with a vmap
+  rule, its backward through the custom op (which vmap batches);
 * under ``torch.compile``: two custom ops, ``fasth::forward`` and ``fasth::backward``, with
   fake kernels (the plan's output shapes), ``register_autograd`` and vmap rules; clean under
   ``torch.library.opcheck``.
@@ -195,7 +196,7 @@ _backward_op.register_vmap(_vmap_backward)
 
 
 # ---------------------------------------------------------------------------------------
-# Eager and torch.func: one autograd.Function over the same plan, without the dispatcher.
+# Eager and torch.func: autograd.Functions over the same plan, without the dispatcher.
 
 class _FirstOrderOnly(torch.autograd.Function):
     """The gradient of V (and tau), computed by the backward; differentiating it again
@@ -235,7 +236,75 @@ def _transforming() -> bool:
     return torch._C._are_functorch_transforms_active()
 
 
-class _Fasth(torch.autograd.Function):
+def _setup(ctx, V, tau, X, s: Spec, c: _api.Call, out: Tensor, f: Tensor, transforming: bool):
+    ctx.spec, ctx.call = s, c
+    ctx.set_materialize_grads(False)
+    ctx.mark_non_differentiable(f)
+    ctx.out = None
+    if s.op == APPLY and s.kind == HOUSEHOLDER:
+        if transforming:
+            ctx.save_for_backward(V, tau, X, f, out)
+            return
+        # The output as it is now, by a detached alias that shares its version counter (no
+        # reference cycle): if the caller changes it in place, the backward recomputes it.
+        ctx.out, ctx.version = out.detach(), out._version
+    ctx.save_for_backward(V, tau, X, f, None)
+
+
+def _grad(ctx, grad_out, transforming: bool):
+    """(dV, dtau, dX, None) for the Functions' backward."""
+    if grad_out is None:
+        return None, None, None, None
+    V, tau, X, f, out = ctx.saved_tensors
+    s, c = ctx.spec, ctx.call
+    need_v, need_tau, need_x = ctx.needs_input_grad[:3]
+    apply = s.op == APPLY
+    saved = None
+    if apply:
+        saved = X if s.kind == LAPACK else out if out is not None else ctx.out
+        if ctx.out is not None and saved._version != ctx.version:
+            saved = _api.forward_with(c, f, X)
+
+    def grads(want_dx, V, tau, f, saved, g):
+        if transforming:  # through the custom op, whose vmap rule batches it
+            return _backward_op(V, tau, saved, f, g, *s, want_dx)
+        return _api.backward(c, f, saved, g, want_dx)
+
+    if torch.is_grad_enabled():  # create_graph: a gradient of this gradient follows
+        dX = None
+        if apply and need_x:  # U^T g is apply again (P^T g for LAPACK's too)
+            dX = _run(s._replace(transpose=not s.transpose), V, tau, grad_out)
+        dV = dtau = None
+        if need_v or need_tau:
+            dV, dtau = _FirstOrderOnly.apply(
+                _Grads(s.name("torch"), lambda *t: grads(False, *t)[:2]), V, tau, f, saved,
+                grad_out)
+        return dV, dtau if s.kind == LAPACK else None, dX, None
+    dV, dtau, dX = grads(apply and need_x, V, tau, f, saved, grad_out)
+    return (dV if need_v else None, dtau if need_tau and s.kind == LAPACK else None,
+            dX if apply and need_x else None, None)
+
+
+class _Eager(torch.autograd.Function):
+    """Eager mode: the plan called directly, one crossing each way. The classic form
+    (forward with ctx): torch binds a setup_context form's arguments through
+    inspect.signature on every call, about 25 us here."""
+
+    @staticmethod
+    def forward(ctx, V, tau, X, s):
+        c = _call(s, V, tau, X)
+        out, f = _api.forward(c, V, tau, X, pack=True)
+        _setup(ctx, V, tau, X, s, c, out, f, False)
+        return out, f
+
+    @staticmethod
+    def backward(ctx, grad_out, _gf=None):
+        return _grad(ctx, grad_out, False)
+
+
+class _Transformable(torch.autograd.Function):
+    """Under torch.func transforms: the setup_context form they need, with a vmap rule."""
+
     @staticmethod
     def forward(V, tau, X, s):
         c = _call(s, V, tau, X)
@@ -244,71 +313,29 @@ class _Fasth(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        V, tau, X, s = inputs
-        out, f, c = output
-        ctx.spec, ctx.call = s, c
-        ctx.set_materialize_grads(False)
-        ctx.mark_non_differentiable(f)
-        ctx.out = None
-        if s.op == APPLY and s.kind == HOUSEHOLDER:
-            if _transforming():
-                ctx.save_for_backward(V, tau, X, f, out)
-                return
-            # The output as it is now, by a detached alias that shares its version counter
-            # (no reference cycle): if the caller changes it in place, the backward
-            # recomputes it from X.
-            ctx.out, ctx.version = out.detach(), out._version
-        ctx.save_for_backward(V, tau, X, f, None)
+        _setup(ctx, *inputs, output[2], output[0], output[1], True)
 
     @staticmethod
     def backward(ctx, grad_out, _gf=None, _gc=None):
-        if grad_out is None:
-            return None, None, None, None
-        V, tau, X, f, out = ctx.saved_tensors
-        s, c = ctx.spec, ctx.call
-        need_v, need_tau, need_x = ctx.needs_input_grad[:3]
-        apply = s.op == APPLY
-        saved = None
-        if apply:
-            saved = X if s.kind == LAPACK else out if out is not None else ctx.out
-            if ctx.out is not None and saved._version != ctx.version:
-                saved = _api.forward_with(c, f, X)
-        transforming = _transforming()
-
-        def grads(want_dx, V, tau, f, saved, g):
-            if transforming:
-                return _backward_op(V, tau, saved, f, g, *s, want_dx)
-            return _api.backward(c, f, saved, g, want_dx)
-
-        if torch.is_grad_enabled():  # create_graph: a gradient of this gradient follows
-            dX = None
-            if apply and need_x:  # U^T g is apply again (P^T g for LAPACK's too)
-                dX = _run(s._replace(transpose=not s.transpose), V, tau, grad_out)
-            dV = dtau = None
-            if need_v or need_tau:
-                dV, dtau = _FirstOrderOnly.apply(
-                    _Grads(s.name("torch"), lambda *t: grads(False, *t)[:2]), V, tau, f,
-                    saved, grad_out)
-            return dV, dtau if s.kind == LAPACK else None, dX, None
-        dV, dtau, dX = grads(apply and need_x, V, tau, f, saved, grad_out)
-        return (dV if need_v else None, dtau if need_tau and s.kind == LAPACK else None,
-                dX if apply and need_x else None, None)
+        return _grad(ctx, grad_out, True)
 
     @staticmethod
     def vmap(info, in_dims, V, tau, X, s):
         B = info.batch_size
         vd, td, xd = in_dims[:3]
         if vd is None and td is None and s.op == APPLY:
-            out, f, c = _Fasth.apply(V, tau, _front(X, xd, B), s)
+            out, f, c = _Transformable.apply(V, tau, _front(X, xd, B), s)
             return (out, f, c), (0, None, None)
-        out, f, c = _Fasth.apply(_front(V, vd, B), _front(tau, td, B), _front(X, xd, B), s)
+        out, f, c = _Transformable.apply(_front(V, vd, B), _front(tau, td, B), _front(X, xd, B), s)
         return (out, f.reshape(B, -1), c), (0, 0, None)
 
 
 def _run(s: Spec, V: Tensor, tau: Optional[Tensor], X: Optional[Tensor]) -> Tensor:
     if torch.compiler.is_compiling():
         return _forward_op(V, tau, X, *s)[0]
-    return _Fasth.apply(V, tau, X, s)[0]
+    if _transforming():
+        return _Transformable.apply(V, tau, X, s)[0]
+    return _Eager.apply(V, tau, X, s)[0]
 
 
 # ---------------------------------------------------------------------------------------
