@@ -178,10 +178,13 @@ struct Ops {
   }
 
   // C = alpha op(R) B (left, B w x n) or alpha B op(R) (right, B n x w), R w x w upper
-  // triangular in a factors block; B and C column-major buffers.
+  // triangular in a factors block; B and C stored alike (both transposed: the product is
+  // taken on the other side, C^T = B^T op(R)^T).
   void tr(index_t batch, bool right, bool trans, index_t w, index_t n, T alpha, M<const T> r,
           M<const T> b, M<T> c) const {
     if (w == 0 || n == 0 || batch == 0) return;
+    if (b.t != c.t) throw std::logic_error("fasth: trmm operands stored differently");
+    if (c.t) right = !right, trans = !trans;
     counted(Call::trmm);
     be.trmm(right, trans, w, n, alpha, r.p, r.ld, r.bs, b.p, b.ld, b.bs, c.p, c.ld, c.bs, batch);
   }
@@ -532,7 +535,13 @@ struct Run {
     M<T> A = o3;
     index_t batch = B, cols = n;
     if (L.shared && B > 1 && !A.t && A.bs == n * A.ld) batch = 1, cols = B * n, A.bs = 0;
-    const M<T> W1 = buffer(w.w1, L.m, L.m * cols), W2 = buffer(w.w2, L.m, L.m * cols);
+    // The block products W = Y^T A (m x cols) stored as A is (transposed when A is row-major):
+    // every gemm is then NN or NT, which BLAS libraries run fast for thin blocks (MKL took up
+    // to 8x longer on TT products at m <= 8).
+    auto scratch = [&](T* p) {
+      return A.t ? M<T>{p, std::max<index_t>(cols, 1), true, L.m * cols} : buffer(p, L.m, L.m * cols);
+    };
+    const M<T> W1 = scratch(w.w1), W2 = scratch(w.w2);
     for (index_t s = 0; s < L.nb; ++s) {
       const index_t j = forward_block(s), wd = width(j);
       const M<const T> y = in(Y(F)).cols(j * L.m);
