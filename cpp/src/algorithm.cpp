@@ -258,12 +258,14 @@ struct FactorsWs {
 };
 
 template <class T>
-FactorsWs<T> carve_factors(const Layout& L, Arena<T>& a, index_t larft_max) {
+FactorsWs<T> carve_factors(const Layout& L, Arena<T>& a) {
+  // A merge level of q-wide pairs batches its largest level (entries, blocks or pairs) and
+  // takes q x q per batched entry: at most max(entries, blocks) (m / 2)^2 at the top level,
+  // and (m / 2q) q^2 <= m^2 / 4 below it, whatever the leaf width.
   FactorsWs<T> w{};
-  const index_t h = leaf_width(L.m, larft_max);
-  if (h < L.m && L.k > 0) {
-    const index_t most = std::max({L.bv, L.nb, L.m / h});
-    w.merge = a.take(sz(most) * sz(L.m / 2 + 1) * sz(L.m / 2 + 1));
+  if (L.k > 0 && L.m > 1) {
+    const std::size_t half = sz(L.m / 2);
+    w.merge = a.take(sz(std::max(L.bv, L.nb)) * half * half);
   }
   return w;
 }
@@ -476,7 +478,7 @@ struct Run {
            o.larft(count, h, g0 + ot, m, st, tau ? tau + otau : nullptr, stau, t0 + ot, m, st);
          });
     Arena<T> arena{ws};
-    T* w = carve_factors(L, arena, o.be.larft_max()).merge;
+    T* w = carve_factors(L, arena).merge;
     for (index_t q = h; q < m; q *= 2) {  // pairs of q-wide groups, then the short tail pair
       const index_t pairs = m / (2 * q), tail = m - pairs * 2 * q;
       auto merge = [&](index_t a, index_t np, index_t p, index_t qq) {
@@ -827,9 +829,8 @@ void size_plan(Layout& L) {
   const bool u_matrix = L.op == Op::matrix && L.kind == Kind::householder && L.device == Device::cuda;
   L.fstride = L.f_u + (L.op == Op::apply && L.single ? d * d : u_matrix ? d * sz(L.n) : 0);
   if (L.k == 0) L.fstride = 0;
-  // The widest leaves any backend takes are 1 (the bound is the narrowest's).
   Arena<float> f{nullptr}, fw{nullptr}, bw{nullptr};
-  carve_factors<float>(L, f, 1);
+  carve_factors<float>(L, f);
   if (L.op == Op::apply && L.single) carve_u<float>(L.bv, L.d, L.k, f);
   carve_forward<float>(L, fw);
   carve_backward<float>(L, bw);

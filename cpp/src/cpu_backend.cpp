@@ -201,35 +201,68 @@ void CpuBackend<T>::mirror_upper(index_t m, T* a, index_t lda, index_t sa, index
       for (index_t r = j + 1; r < m; ++r) a[i * sa + r + j * lda] = a[i * sa + j + r * lda];
 }
 
+// Columns in tiles, rows outer: each pass walks kColumnTile columns at once, so that rows of
+// a row-major V and columns of a column-major one both stream through the cache; the inner
+// loops carry no branches, so that they vectorise.
+constexpr index_t kColumnTile = 32;
+
 template <class T>
 void CpuBackend<T>::normalize(index_t batch, index_t d, index_t k, Strided<const T> v, T* y,
                               index_t ys, T* norms, index_t ns) const {
+  alignas(64) T amax[kColumnTile], scale[kColumnTile], sum[kColumnTile];
   for (index_t e = 0; e < batch; ++e)
-    for (index_t j = 0; j < k; ++j) {
-      const T* col = v.p + e * v.bs + j * v.cs;
-      T* out = y + e * ys + j * d;
-      // |v| as amax * sqrt(sum (v / amax)^2): no overflow or underflow on the way.
-      T amax = 0;
+    for (index_t j0 = 0; j0 < k; j0 += kColumnTile) {
+      const index_t w = std::min(kColumnTile, k - j0);
+      const T* ve = v.p + e * v.bs + j0 * v.cs;
+      T* ye = y + e * ys + j0 * d;
+      const index_t rs = v.rs, cs = v.cs;
+      // |v| as amax * sqrt(sum (v / amax)^2): no overflow or underflow on the way. NaNs pass
+      // through the sums; a column of NaNs alone is caught by `nan`.
+      std::fill(amax, amax + w, T(0));
       bool nan = false;
-      for (index_t i = 0; i < d; ++i) {
-        const T x = std::abs(col[i * v.rs]);
-        nan |= x != x;
-        amax = std::max(amax, x);
+      for (index_t i = 0; i < d; ++i)
+        for (index_t j = 0; j < w; ++j) {
+          const T x = std::abs(ve[i * rs + j * cs]);
+          nan |= x != x;
+          amax[j] = std::max(amax[j], x);
+        }
+      bool subnormal = false;  // 1 / amax overflows: divide instead
+      for (index_t j = 0; j < w; ++j) {
+        scale[j] = amax[j] == T(0) ? T(0) : T(1) / amax[j];
+        subnormal |= !std::isfinite(scale[j]);
+        sum[j] = 0;
       }
-      if (nan) amax = std::numeric_limits<T>::quiet_NaN();
-      if (amax == T(0)) {
-        std::fill(out, out + d, T(0));
-        norms[e * ns + j] = 0;
+      if (subnormal || nan) {  // the rare case, element by element
+        for (index_t j = 0; j < w; ++j) {
+          T a = 0, q = 0;
+          for (index_t i = 0; i < d; ++i) {
+            const T x = std::abs(ve[i * rs + j * cs]);
+            a = x > a || x != x ? x : a;
+          }
+          for (index_t i = 0; i < d && a != T(0); ++i) q += (ve[i * rs + j * cs] / a) * (ve[i * rs + j * cs] / a);
+          const T rt = std::sqrt(q);
+          for (index_t i = 0; i < d; ++i) ye[i + j * d] = a == T(0) ? T(0) : ve[i * rs + j * cs] / a / rt;
+          norms[e * ns + j0 + j] = a * rt;
+        }
         continue;
       }
-      T s = 0;
-      for (index_t i = 0; i < d; ++i) {
-        const T x = col[i * v.rs] / amax;
-        s += x * x;
+      for (index_t i = 0; i < d; ++i)
+        for (index_t j = 0; j < w; ++j) {
+          const T x = ve[i * rs + j * cs] * scale[j];
+          sum[j] += x * x;
+        }
+      for (index_t j = 0; j < w; ++j) {
+        const T rt = std::sqrt(sum[j]);
+        norms[e * ns + j0 + j] = amax[j] * rt;
+        scale[j] = amax[j] == T(0) ? T(0) : scale[j] / rt;  // y = v * scale
       }
-      const T r = std::sqrt(s);
-      for (index_t i = 0; i < d; ++i) out[i] = col[i * v.rs] / amax / r;
-      norms[e * ns + j] = amax * r;
+      if (rs == 1) {
+        for (index_t j = 0; j < w; ++j)
+          for (index_t i = 0; i < d; ++i) ye[i + j * d] = ve[i + j * cs] * scale[j];
+      } else {
+        for (index_t i = 0; i < d; ++i)
+          for (index_t j = 0; j < w; ++j) ye[i + j * d] = ve[i * rs + j * cs] * scale[j];
+      }
     }
 }
 
@@ -237,19 +270,37 @@ template <class T>
 void CpuBackend<T>::normalize_backward(index_t batch, index_t d, index_t k, const T* y,
                                        index_t ys, const T* norms, index_t ns, const T* dy,
                                        index_t dys, Strided<T> dv) const {
+  alignas(64) T dot[kColumnTile], inv[kColumnTile];
   for (index_t e = 0; e < batch; ++e)
-    for (index_t j = 0; j < k; ++j) {
-      const T* yc = y + e * ys + j * d;
-      const T* dc = dy + e * dys + j * d;
-      T* out = dv.p + e * dv.bs + j * dv.cs;
-      const T nrm = norms[e * ns + j];
-      if (nrm == T(0)) {
-        for (index_t i = 0; i < d; ++i) out[i * dv.rs] = 0;
-        continue;
+    for (index_t j0 = 0; j0 < k; j0 += kColumnTile) {
+      const index_t w = std::min(kColumnTile, k - j0);
+      const T* ye = y + e * ys + j0 * d;
+      const T* de = dy + e * dys + j0 * d;
+      T* out = dv.p + e * dv.bs + j0 * dv.cs;
+      bool subnormal = false;  // 1 / |v| overflows: the gradient does too; divide
+      for (index_t j = 0; j < w; ++j) {
+        T acc = 0;
+        for (index_t i = 0; i < d; ++i) acc += ye[i + j * d] * de[i + j * d];
+        const T nrm = norms[e * ns + j0 + j];
+        dot[j] = acc;
+        inv[j] = nrm == T(0) ? T(0) : T(1) / nrm;
+        subnormal |= !std::isfinite(inv[j]);
       }
-      T dot = 0;
-      for (index_t i = 0; i < d; ++i) dot += yc[i] * dc[i];
-      for (index_t i = 0; i < d; ++i) out[i * dv.rs] = (dc[i] - yc[i] * dot) / nrm;
+      const index_t rs = dv.rs, cs = dv.cs;
+      if (subnormal) {
+        for (index_t j = 0; j < w; ++j) {
+          const T nrm = norms[e * ns + j0 + j];
+          for (index_t i = 0; i < d; ++i)
+            out[i * rs + j * cs] = nrm == T(0) ? T(0) : (de[i + j * d] - ye[i + j * d] * dot[j]) / nrm;
+        }
+      } else if (rs == 1) {
+        for (index_t j = 0; j < w; ++j)
+          for (index_t i = 0; i < d; ++i) out[i + j * cs] = (de[i + j * d] - ye[i + j * d] * dot[j]) * inv[j];
+      } else {
+        for (index_t i = 0; i < d; ++i)
+          for (index_t j = 0; j < w; ++j)
+            out[i * rs + j * cs] = (de[i + j * d] - ye[i + j * d] * dot[j]) * inv[j];
+      }
     }
 }
 
