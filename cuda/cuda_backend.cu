@@ -192,7 +192,7 @@ __device__ T block_reduce(T x, bool max_op) {
 // amax * sqrt(sum (v / amax)^2), so no finite column overflows or underflows.
 template <class T>
 __global__ void __launch_bounds__(kReduceThreads)
-    normalize_kernel(index_t batch, index_t d, index_t k, Strided<const T> v, T* y, index_t ys,
+    normalize_kernel(index_t batch, index_t d, index_t k, Strided<const T> v, Strided<T> y,
                      T* norms, index_t ns) {
   for (index_t e = blockIdx.y; e < batch; e += gridDim.y)
     for (index_t j = blockIdx.x; j < k; j += gridDim.x) {
@@ -203,9 +203,9 @@ __global__ void __launch_bounds__(kReduceThreads)
         amax = x > amax || x != x ? x : amax;
       }
       amax = block_reduce(amax, true);
-      T* out = y + e * ys + j * d;
+      T* out = y.p + e * y.bs + j * y.cs;
       if (amax == T(0)) {
-        for (index_t i = threadIdx.x; i < d; i += blockDim.x) out[i] = 0;
+        for (index_t i = threadIdx.x; i < d; i += blockDim.x) out[i * y.rs] = 0;
         if (threadIdx.x == 0) norms[e * ns + j] = 0;
         continue;
       }
@@ -216,7 +216,7 @@ __global__ void __launch_bounds__(kReduceThreads)
       }
       s = block_reduce(s, false);
       const T r = sqrt(s);
-      for (index_t i = threadIdx.x; i < d; i += blockDim.x) out[i] = col[i * v.rs] / amax / r;
+      for (index_t i = threadIdx.x; i < d; i += blockDim.x) out[i * y.rs] = col[i * v.rs] / amax / r;
       if (threadIdx.x == 0) norms[e * ns + j] = amax * r;
     }
 }
@@ -224,20 +224,19 @@ __global__ void __launch_bounds__(kReduceThreads)
 // dV = (dY - Y (Y . dY)) / |v| column by column (0 where |v| = 0).
 template <class T>
 __global__ void __launch_bounds__(kReduceThreads)
-    normalize_backward_kernel(index_t batch, index_t d, index_t k, const T* y, index_t ys,
-                              const T* norms, index_t ns, const T* dy, index_t dys,
-                              Strided<T> dv) {
+    normalize_backward_kernel(index_t batch, index_t d, index_t k, Strided<const T> y,
+                              const T* norms, index_t ns, Strided<const T> dy, Strided<T> dv) {
   for (index_t e = blockIdx.y; e < batch; e += gridDim.y)
     for (index_t j = blockIdx.x; j < k; j += gridDim.x) {
-      const T* yc = y + e * ys + j * d;
-      const T* dc = dy + e * dys + j * d;
+      const T* yc = y.p + e * y.bs + j * y.cs;
+      const T* dc = dy.p + e * dy.bs + j * dy.cs;
       T* out = dv.p + e * dv.bs + j * dv.cs;
       const T nrm = norms[e * ns + j];
       T dot = 0;
-      for (index_t i = threadIdx.x; i < d; i += blockDim.x) dot += yc[i] * dc[i];
+      for (index_t i = threadIdx.x; i < d; i += blockDim.x) dot += yc[i * y.rs] * dc[i * dy.rs];
       dot = block_reduce(dot, false);
       for (index_t i = threadIdx.x; i < d; i += blockDim.x)
-        out[i * dv.rs] = nrm == T(0) ? T(0) : (dc[i] - yc[i] * dot) / nrm;
+        out[i * dv.rs] = nrm == T(0) ? T(0) : (dc[i * dy.rs] - yc[i * y.rs] * dot) / nrm;
     }
 }
 
@@ -721,24 +720,24 @@ void CudaBackend<T>::trmm(bool right, bool trans, index_t m, index_t n, T alpha,
 }
 
 template <class T>
-void CudaBackend<T>::normalize(index_t batch, index_t d, index_t k, Strided<const T> v, T* y,
-                               index_t ys, T* norms, index_t ns) const {
+void CudaBackend<T>::normalize(index_t batch, index_t d, index_t k, Strided<const T> v,
+                               Strided<T> y, T* norms, index_t ns) const {
   if (batch <= 0 || k <= 0) return;
   DeviceGuard guard(device_);
   const dim3 grid(grid_dim(k, kMaxGridX), grid_dim(batch, kMaxGridY));
-  normalize_kernel<T><<<grid, kReduceThreads, 0, stream_>>>(batch, d, k, v, y, ys, norms, ns);
+  normalize_kernel<T><<<grid, kReduceThreads, 0, stream_>>>(batch, d, k, v, y, norms, ns);
   check(cudaGetLastError(), "normalize_kernel launch");
 }
 
 template <class T>
-void CudaBackend<T>::normalize_backward(index_t batch, index_t d, index_t k, const T* y,
-                                        index_t ys, const T* norms, index_t ns, const T* dy,
-                                        index_t dys, Strided<T> dv) const {
+void CudaBackend<T>::normalize_backward(index_t batch, index_t d, index_t k, Strided<const T> y,
+                                        const T* norms, index_t ns, Strided<const T> dy,
+                                        Strided<T> dv) const {
   if (batch <= 0 || k <= 0 || d <= 0) return;
   DeviceGuard guard(device_);
   const dim3 grid(grid_dim(k, kMaxGridX), grid_dim(batch, kMaxGridY));
-  normalize_backward_kernel<T><<<grid, kReduceThreads, 0, stream_>>>(batch, d, k, y, ys, norms,
-                                                                     ns, dy, dys, dv);
+  normalize_backward_kernel<T><<<grid, kReduceThreads, 0, stream_>>>(batch, d, k, y, norms, ns,
+                                                                     dy, dv);
   check(cudaGetLastError(), "normalize_backward_kernel launch");
 }
 

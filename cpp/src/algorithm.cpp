@@ -222,19 +222,18 @@ struct Ops {
     be.mirror_upper(m, a.p, a.ld, a.bs, batch);
   }
 
-  void normalize(index_t batch, index_t d, index_t k, Strided<const T> v, T* y, index_t ys,
-                 T* norms, index_t ns) const {
+  void normalize(index_t batch, index_t d, index_t k, Strided<const T> v, M<T> y, T* norms,
+                 index_t ns) const {
     if (batch == 0 || k == 0) return;
     counted(Call::normalize);
-    be.normalize(batch, d, k, v, y, ys, norms, ns);
+    be.normalize(batch, d, k, v, strided(y), norms, ns);
   }
 
-  void normalize_backward(index_t batch, index_t d, index_t k, const T* y, index_t ys,
-                          const T* norms, index_t ns, const T* dy, index_t dys,
-                          Strided<T> dv) const {
+  void normalize_backward(index_t batch, index_t d, index_t k, M<const T> y, const T* norms,
+                          index_t ns, M<const T> dy, Strided<T> dv) const {
     if (batch == 0 || k == 0 || d == 0) return;
     counted(Call::normalize_backward);
-    be.normalize_backward(batch, d, k, y, ys, norms, ns, dy, dys, dv);
+    be.normalize_backward(batch, d, k, strided(y), norms, ns, strided(dy), dv);
   }
 
   void lower(index_t batch, index_t d, index_t k, Strided<const T> a, Strided<T> b,
@@ -395,8 +394,15 @@ struct Run {
   // The forward walks j = nb-1 .. 0 for U X = P_0 (P_1 (... X)), and 0 .. nb-1 for U^T X.
   index_t forward_block(index_t step) const { return L.transpose ? step : L.nb - 1 - step; }
 
+  // A d x k (or c x k) buffer stored as Y is: transposed (row-major) where V is, on the CPU,
+  // so that normalising V and its gradient moves no data across.
   template <class P>
-  M<P> Y(P* F) const { return {F, std::max<index_t>(L.d, 1), false, fbs()}; }
+  M<P> like_y(P* p, index_t rows, index_t bs) const {
+    return L.yt ? M<P>{p, std::max<index_t>(L.k, 1), true, bs}
+                : M<P>{p, std::max<index_t>(rows, 1), false, bs};
+  }
+  template <class P>
+  M<P> Y(P* F) const { return like_y(F, L.d, fbs()); }
   template <class P>
   M<P> Tf(P* F, index_t j) const { return {F + L.f_blocks + j * 2 * L.m * L.m, L.m, false, fbs()}; }
   template <class P>
@@ -407,7 +413,7 @@ struct Run {
   M<P> Uf(P* F) const { return {F + L.f_u, std::max<index_t>(L.d, 1), false, fbs()}; }
 
   bool small() const {
-    return L.kind == Kind::householder && L.single && o.be.small_path(L.d, L.k);
+    return L.kind == Kind::householder && L.single && !L.yt && o.be.small_path(L.d, L.k);
   }
 
   // ---- factors
@@ -417,9 +423,9 @@ struct Run {
     const index_t d = L.d, k = L.k, m = L.m, bv = L.bv, fs = static_cast<index_t>(L.fstride);
     if (small()) return small_factors(V, F, nullptr);
     if (L.kind == Kind::householder) {
-      o.normalize(bv, d, k, strided(L.V, V), F, fs, aux(F), fs);
+      o.normalize(bv, d, k, strided(L.V, V), Y(F), aux(F), fs);
     } else {
-      o.lower(bv, d, k, strided(L.V, V), Strided<T>{F, 1, std::max<index_t>(d, 1), fs}, T(1));
+      o.lower(bv, d, k, strided(L.V, V), strided(Y(F)), T(1));
       o.copy(bv, k, 1, strided(L.tau, tau), Strided<T>{aux(F), 1, k, fs});
       if (L.nb * m > k)  // taus of a short last block's padding
         o.set(bv, L.nb * m - k, 1, T(0), T(0), M<T>{aux(F) + k, L.nb * m - k, false, fs});
@@ -429,9 +435,9 @@ struct Run {
     const index_t full = k / m, r = k - full * m, m2 = 2 * m * m;
     const M<const T> y = in(Y(F));
     if (full > 0) {
-      each(Level{bv, fs, fs}, Level{full, m * std::max<index_t>(d, 1), m2}, Level{1, 0, 0},
+      each(Level{bv, fs, fs}, Level{full, y.cols(m).p - y.p, m2}, Level{1, 0, 0},
            [&](index_t oy, index_t og, index_t count, index_t sy, index_t sg) {
-             o.gram(count, m, d, M<const T>{y.p + oy, y.ld, false, sy},
+             o.gram(count, m, d, M<const T>{y.p + oy, y.ld, y.t, sy},
                     M<T>{Gf(F, 0).p + og, m, false, sg});
            });
     }
@@ -509,7 +515,7 @@ struct Run {
       return o.copy(batch, d, c, strided(in(Uf(F))), strided(U));
     Arena<T> arena{ws};
     const UWs<T> w = carve_u<T>(batch, c, k, arena);
-    const M<T> Z = buffer(w.z, c, c * k);
+    const M<T> Z = like_y(w.z, c, c * k);
     o.tr(batch, true, true, k, c, T(1), in(Tf(F, 0)), in(Y(F)), Z);
     o.identity(batch, d, c, U);
     o.mm(batch, d, c, k, T(-1), in(Y(F)), false, in(Z), true, T(1), U);
@@ -636,7 +642,7 @@ struct Run {
                B2 = buffer(w.b2, m, m * 3 * cols),     // [Q0 | dZ' | Q]
                Ms = buffer(w.ms, m, m * m);
     const M<T> W = WdQ, Q0 = B2, dZ = B2.cols(cols), Q = B2.cols(2 * cols);  // dZ' = -dZ
-    const M<T> dYall = M<T>{w.dy, ld, false, L.shared ? 0 : d * L.k};
+    const M<T> dYall = like_y(w.dy, d, L.shared ? 0 : d * L.k);
     const T* F = a.factors;
     for (index_t s = L.nb - 1; s >= 0; --s) {
       const index_t j = forward_block(s), wd = width(j);
@@ -659,8 +665,7 @@ struct Run {
       o.mm(batch, d, 2 * cols, wd, T(-1), y, false, in(B2), false, T(1), AG);
     }
     if (a.dX) o.copy(B, d, n, Strided<const T>{gp, 1, ld, ebs}, strided(L.dX, a.dX));
-    o.normalize_backward(L.bv, d, L.k, F, fbs(), aux(F), fbs(), w.dy, L.shared ? 0 : d * L.k,
-                         strided(L.dV, a.dV));
+    o.normalize_backward(L.bv, d, L.k, in(Y(F)), aux(F), fbs(), in(dYall), strided(L.dV, a.dV));
   }
 
   // The materialised apply: out = op(U) X with U kept in the factors. dX = op(U)^T G, and
@@ -692,7 +697,7 @@ struct Run {
     const index_t bv = L.bv, d = L.d, k = L.k;
     const M<const T> G = addressable(g3, g, c, w.g);
     const M<const T> y = in(Y(F)), t = in(Tf(F, 0));
-    const M<T> dY = buffer(w.dy, d, d * k);
+    const M<T> dY = like_y(w.dy, d, d * k);
     if (L.kind == Kind::householder) {
       if (small()) {
         counted(Call::small_matrix_backward);
@@ -700,7 +705,7 @@ struct Run {
         return o.be.small_matrix_backward(bv, d, k, c, F, fs, aux(F), fs, Uf(F).p, fs,
                                           strided(G), strided(L.dV, dV));
       } else {
-        const M<T> A = buffer(w.a, d, d * k), BE = buffer(w.be, c, c * k),
+        const M<T> A = like_y(w.a, d, d * k), BE = like_y(w.be, c, c * k),
                    C = buffer(w.c, k, k * k);
         o.tr(bv, true, false, k, d, T(1), t, y, A);                        // A = Y T
         o.tr(bv, true, true, k, c, T(1), t, y, BE);                        // B_E = Y_E T^T
@@ -710,10 +715,9 @@ struct Run {
         o.mm(bv, d, k, k, T(1), y, false, in(C), false, T(1), dY);         // + Y mirror(C)
         o.mm(bv, c, k, d, T(-1), G, true, in(A), false, T(1), dY);         // - E G^T A
       }
-      return o.normalize_backward(bv, d, k, F, fbs(), aux(F), fbs(), w.dy, d * k,
-                                  strided(L.dV, dV));
+      return o.normalize_backward(bv, d, k, y, aux(F), fbs(), in(dY), strided(L.dV, dV));
     }
-    const M<T> GY = buffer(w.gy, d, d * k), H = buffer(w.h, k, k * k),
+    const M<T> GY = like_y(w.gy, d, d * k), H = buffer(w.h, k, k * k),
                GtY = buffer(w.gty, c, c * k);
     o.mm(bv, d, k, c, T(1), G, false, y, false, T(0), GY);                 // G Y_E
     o.mm(bv, k, k, d, T(-1), y, true, in(GY), false, T(0), H);             // dT = -Y^T G Y_E
@@ -784,7 +788,7 @@ struct Run {
       o.mm(batch, d, cols, wd, T(-1), y, false, in(Q), false, T(1), S(s + 1));
     }
     o.copy(B, d, n, Strided<const T>{a.grad, g3.rs, g3.cs, g3.bs}, Strided<T>{w.g, 1, ld, dn});
-    const M<T> dYall{w.dy, ld, false, L.shared ? 0 : d * L.k};
+    const M<T> dYall = like_y(w.dy, d, L.shared ? 0 : d * L.k);
     T* dtau = a.dtau;
     for (index_t s = L.nb - 1; s >= 0; --s) {
       const index_t j = forward_block(s), wd = width(j);
@@ -802,8 +806,7 @@ struct Run {
       lapack_t_backward(batch, wd, in(dT), F, j, w.tb, dY, y, dtau, L.dtau.bs);
     }
     if (a.dX) o.copy(B, d, n, Strided<const T>{w.g, 1, ld, dn}, strided(L.dX, a.dX));
-    o.lower(L.bv, d, L.k, Strided<const T>{w.dy, 1, ld, L.shared ? 0 : d * L.k},
-            strided(L.dV, a.dV), T(0));
+    o.lower(L.bv, d, L.k, strided(in(dYall)), strided(L.dV, a.dV), T(0));
   }
 };
 

@@ -201,107 +201,158 @@ void CpuBackend<T>::mirror_upper(index_t m, T* a, index_t lda, index_t sa, index
       for (index_t r = j + 1; r < m; ++r) a[i * sa + r + j * lda] = a[i * sa + j + r * lda];
 }
 
-// Columns in tiles, rows outer: each pass walks kColumnTile columns at once, so that rows of
-// a row-major V and columns of a column-major one both stream through the cache; the inner
-// loops carry no branches, so that they vectorise.
+// Column reductions over contiguous memory with eight independent accumulators (they
+// pipeline; floating-point sums do not vectorise without reassociating them).
+template <class T, class F>
+T reduce8(const T* p, index_t n, F&& step) {
+  T acc[8] = {};
+  index_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int u = 0; u < 8; ++u) acc[u] = step(acc[u], p[i + u]);
+  for (; i < n; ++i) acc[0] = step(acc[0], p[i]);
+  T r = acc[0];
+  for (int u = 1; u < 8; ++u) r = step(r, acc[u]);
+  return r;
+}
+
+// Row-contiguous data: kColumnTile columns at a time, rows outer, so that each row's slice
+// is contiguous and the columns' accumulators vectorise side by side. Column-contiguous
+// data: a column at a time, its reductions by reduce8.
 constexpr index_t kColumnTile = 32;
 
+// amax, then the scaled sum of squares, of a column (|v| = amax sqrt(sum)), NaN-aware.
 template <class T>
-void CpuBackend<T>::normalize(index_t batch, index_t d, index_t k, Strided<const T> v, T* y,
-                              index_t ys, T* norms, index_t ns) const {
+void column_norm(const T* c, index_t d, index_t rs, T& amax, T& sum) {
+  amax = 0, sum = 0;
+  for (index_t i = 0; i < d; ++i) {
+    const T x = std::abs(c[i * rs]);
+    amax = x > amax || x != x ? x : amax;
+  }
+  if (amax == T(0) || amax != amax) return;
+  const T s = T(1) / amax;
+  if (std::isfinite(s)) {
+    if (rs == 1) sum = reduce8(c, d, [s](T a, T x) { return a + (x * s) * (x * s); });
+    else for (index_t i = 0; i < d; ++i) sum += (c[i * rs] * s) * (c[i * rs] * s);
+  } else {  // a subnormal amax: divide
+    for (index_t i = 0; i < d; ++i) sum += (c[i * rs] / amax) * (c[i * rs] / amax);
+  }
+}
+
+// Column j of y = column j of v / |v| (norm = amax * rt), zero for a zero column.
+template <class T>
+void scale_column(const T* c, index_t rs, T* o, index_t ors, index_t d, T amax, T rt) {
+  const T sc = amax == T(0) ? T(0) : T(1) / amax / rt;
+  if (amax == T(0)) for (index_t i = 0; i < d; ++i) o[i * ors] = 0;
+  else if (std::isfinite(sc)) for (index_t i = 0; i < d; ++i) o[i * ors] = c[i * rs] * sc;
+  else for (index_t i = 0; i < d; ++i) o[i * ors] = c[i * rs] / amax / rt;
+}
+
+template <class T>
+void CpuBackend<T>::normalize(index_t batch, index_t d, index_t k, Strided<const T> v,
+                              Strided<T> y, T* norms, index_t ns) const {
   alignas(64) T amax[kColumnTile], scale[kColumnTile], sum[kColumnTile];
-  for (index_t e = 0; e < batch; ++e)
-    for (index_t j0 = 0; j0 < k; j0 += kColumnTile) {
-      const index_t w = std::min(kColumnTile, k - j0);
-      const T* ve = v.p + e * v.bs + j0 * v.cs;
-      T* ye = y + e * ys + j0 * d;
-      const index_t rs = v.rs, cs = v.cs;
-      // |v| as amax * sqrt(sum (v / amax)^2): no overflow or underflow on the way. NaNs pass
-      // through the sums; a column of NaNs alone is caught by `nan`.
+  for (index_t e = 0; e < batch; ++e) {
+    const T* ve = v.p + e * v.bs;
+    T* ye = y.p + e * y.bs;
+    if (!(v.cs == 1 && y.cs == 1)) {  // a column at a time
+      for (index_t j = 0; j < k; ++j) {
+        T a, q;
+        column_norm(ve + j * v.cs, d, v.rs, a, q);
+        const T rt = std::sqrt(q);
+        norms[e * ns + j] = a == T(0) ? T(0) : a * rt;
+        scale_column(ve + j * v.cs, v.rs, ye + j * y.cs, y.rs, d, a, rt);
+      }
+      continue;
+    }
+    for (index_t j0 = 0; j0 < k; j0 += kColumnTile) {  // rows contiguous on both sides
+      const index_t w = std::min(kColumnTile, k - j0), vr = v.rs, yr = y.rs;
+      const T* vt = ve + j0;
+      T* yt = ye + j0;
       std::fill(amax, amax + w, T(0));
-      bool nan = false;
+      std::fill(sum, sum + w, T(0));
       for (index_t i = 0; i < d; ++i)
-        for (index_t j = 0; j < w; ++j) {
-          const T x = std::abs(ve[i * rs + j * cs]);
-          nan |= x != x;
-          amax[j] = std::max(amax[j], x);
-        }
-      bool subnormal = false;  // 1 / amax overflows: divide instead
+        for (index_t j = 0; j < w; ++j) amax[j] = std::max(amax[j], std::abs(vt[i * vr + j]));
+      bool special = false;  // a zero or NaN column (std::max drops NaNs), or 1 / amax overflowing
       for (index_t j = 0; j < w; ++j) {
         scale[j] = amax[j] == T(0) ? T(0) : T(1) / amax[j];
-        subnormal |= !std::isfinite(scale[j]);
-        sum[j] = 0;
+        special |= amax[j] == T(0) || !std::isfinite(scale[j]);
       }
-      if (subnormal || nan) {  // the rare case, element by element
+      if (special) {  // the rare case, column by column
         for (index_t j = 0; j < w; ++j) {
-          T a = 0, q = 0;
-          for (index_t i = 0; i < d; ++i) {
-            const T x = std::abs(ve[i * rs + j * cs]);
-            a = x > a || x != x ? x : a;
-          }
-          for (index_t i = 0; i < d && a != T(0); ++i) q += (ve[i * rs + j * cs] / a) * (ve[i * rs + j * cs] / a);
+          T a, q;
+          column_norm(vt + j, d, vr, a, q);
           const T rt = std::sqrt(q);
-          for (index_t i = 0; i < d; ++i) ye[i + j * d] = a == T(0) ? T(0) : ve[i * rs + j * cs] / a / rt;
-          norms[e * ns + j0 + j] = a * rt;
+          norms[e * ns + j0 + j] = a == T(0) ? T(0) : a * rt;
+          scale_column(vt + j, vr, yt + j, yr, d, a, rt);
         }
         continue;
       }
       for (index_t i = 0; i < d; ++i)
-        for (index_t j = 0; j < w; ++j) {
-          const T x = ve[i * rs + j * cs] * scale[j];
-          sum[j] += x * x;
-        }
+        for (index_t j = 0; j < w; ++j) sum[j] += (vt[i * vr + j] * scale[j]) * (vt[i * vr + j] * scale[j]);
       for (index_t j = 0; j < w; ++j) {
         const T rt = std::sqrt(sum[j]);
         norms[e * ns + j0 + j] = amax[j] * rt;
-        scale[j] = amax[j] == T(0) ? T(0) : scale[j] / rt;  // y = v * scale
+        scale[j] /= rt;  // y = v * scale
       }
-      if (rs == 1) {
-        for (index_t j = 0; j < w; ++j)
-          for (index_t i = 0; i < d; ++i) ye[i + j * d] = ve[i + j * cs] * scale[j];
-      } else {
-        for (index_t i = 0; i < d; ++i)
-          for (index_t j = 0; j < w; ++j) ye[i + j * d] = ve[i * rs + j * cs] * scale[j];
-      }
+      for (index_t i = 0; i < d; ++i)
+        for (index_t j = 0; j < w; ++j) yt[i * yr + j] = vt[i * vr + j] * scale[j];
     }
+  }
 }
 
 template <class T>
-void CpuBackend<T>::normalize_backward(index_t batch, index_t d, index_t k, const T* y,
-                                       index_t ys, const T* norms, index_t ns, const T* dy,
-                                       index_t dys, Strided<T> dv) const {
+void CpuBackend<T>::normalize_backward(index_t batch, index_t d, index_t k, Strided<const T> y,
+                                       const T* norms, index_t ns, Strided<const T> dy,
+                                       Strided<T> dv) const {
   alignas(64) T dot[kColumnTile], inv[kColumnTile];
-  for (index_t e = 0; e < batch; ++e)
+  for (index_t e = 0; e < batch; ++e) {
+    const T* ye = y.p + e * y.bs;
+    const T* de = dy.p + e * dy.bs;
+    T* ve = dv.p + e * dv.bs;
+    const bool rows = y.cs == 1 && dy.cs == 1 && dv.cs == 1;
     for (index_t j0 = 0; j0 < k; j0 += kColumnTile) {
       const index_t w = std::min(kColumnTile, k - j0);
-      const T* ye = y + e * ys + j0 * d;
-      const T* de = dy + e * dys + j0 * d;
-      T* out = dv.p + e * dv.bs + j0 * dv.cs;
+      std::fill(dot, dot + w, T(0));
+      if (rows) {
+        for (index_t i = 0; i < d; ++i)
+          for (index_t j = 0; j < w; ++j) dot[j] += ye[i * y.rs + j0 + j] * de[i * dy.rs + j0 + j];
+      } else {
+        for (index_t j = 0; j < w; ++j) {
+          const T* yc = ye + (j0 + j) * y.cs;
+          const T* dc = de + (j0 + j) * dy.cs;
+          if (y.rs == 1 && dy.rs == 1) {
+            T acc[8] = {};
+            index_t i = 0;
+            for (; i + 8 <= d; i += 8)
+              for (int u = 0; u < 8; ++u) acc[u] += yc[i + u] * dc[i + u];
+            for (; i < d; ++i) acc[0] += yc[i] * dc[i];
+            dot[j] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+          } else {
+            for (index_t i = 0; i < d; ++i) dot[j] += yc[i * y.rs] * dc[i * dy.rs];
+          }
+        }
+      }
       bool subnormal = false;  // 1 / |v| overflows: the gradient does too; divide
       for (index_t j = 0; j < w; ++j) {
-        T acc = 0;
-        for (index_t i = 0; i < d; ++i) acc += ye[i + j * d] * de[i + j * d];
         const T nrm = norms[e * ns + j0 + j];
-        dot[j] = acc;
         inv[j] = nrm == T(0) ? T(0) : T(1) / nrm;
         subnormal |= !std::isfinite(inv[j]);
       }
-      const index_t rs = dv.rs, cs = dv.cs;
-      if (subnormal) {
-        for (index_t j = 0; j < w; ++j) {
-          const T nrm = norms[e * ns + j0 + j];
-          for (index_t i = 0; i < d; ++i)
-            out[i * rs + j * cs] = nrm == T(0) ? T(0) : (de[i + j * d] - ye[i + j * d] * dot[j]) / nrm;
-        }
-      } else if (rs == 1) {
-        for (index_t j = 0; j < w; ++j)
-          for (index_t i = 0; i < d; ++i) out[i + j * cs] = (de[i + j * d] - ye[i + j * d] * dot[j]) * inv[j];
-      } else {
+      auto grad = [&](index_t i, index_t j) {
+        const T g = de[i * dy.rs + (j0 + j) * dy.cs] - ye[i * y.rs + (j0 + j) * y.cs] * dot[j];
+        const T nrm = norms[e * ns + j0 + j];
+        return nrm == T(0) ? T(0) : subnormal ? g / nrm : g * inv[j];
+      };
+      if (rows && !subnormal) {
         for (index_t i = 0; i < d; ++i)
           for (index_t j = 0; j < w; ++j)
-            out[i * rs + j * cs] = (de[i + j * d] - ye[i + j * d] * dot[j]) * inv[j];
+            ve[i * dv.rs + j0 + j] = (de[i * dy.rs + j0 + j] - ye[i * y.rs + j0 + j] * dot[j]) * inv[j];
+      } else {
+        for (index_t j = 0; j < w; ++j)
+          for (index_t i = 0; i < d; ++i) ve[i * dv.rs + (j0 + j) * dv.cs] = grad(i, j);
       }
     }
+  }
 }
 
 template <class T>

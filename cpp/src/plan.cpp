@@ -223,6 +223,7 @@ Plan::Plan(const Problem& p, Device device) : p_(p), device_(device) {
   if (L.shared && p.op == Op::apply) L.bv = 1;  // even for an empty batch: V still has a gradient
   if (L.shared) L.V.bs = 0, L.tau.bs = 0;
   L.dV_array = dense_like(p.V, 2, L.d, L.V.cols, column_major(L.V));
+  L.yt = device == Device::cpu && L.V.cs == 1 && L.V.rs != 1;
   if (lapack) L.dtau_array = dense_vectors(p.tau, 1, L.k);
 
   // Strategy and blocks.

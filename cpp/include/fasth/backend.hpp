@@ -76,14 +76,14 @@ class Backend {
   virtual void mirror_upper(index_t m, T* a, index_t lda, index_t sa, index_t batch) const = 0;
 
   // Y_b = V_b with unit columns and norms_b[j] = |v_j|, computed without overflow or
-  // underflow for any finite column; a zero column stays zero, with norm 0. V d x k;
-  // Y column-major (leading dimension d, entries ys apart); norms ns apart.
-  virtual void normalize(index_t batch, index_t d, index_t k, Strided<const T> v, T* y,
-                         index_t ys, T* norms, index_t ns) const = 0;
+  // underflow for any finite column; a zero column stays zero, with norm 0. V and Y d x k
+  // (any strides; Y as the algorithm lays it out, like V on the CPU); norms ns apart.
+  virtual void normalize(index_t batch, index_t d, index_t k, Strided<const T> v, Strided<T> y,
+                         T* norms, index_t ns) const = 0;
   // The gradient through normalize: dV_b = (dY_b - Y_b diag(Y_b^T dY_b)) / norms_b, column
-  // by column (zero where the norm is zero). Y and dY column-major with leading dimension d.
-  virtual void normalize_backward(index_t batch, index_t d, index_t k, const T* y, index_t ys,
-                                  const T* norms, index_t ns, const T* dy, index_t dys,
+  // by column (zero where the norm is zero).
+  virtual void normalize_backward(index_t batch, index_t d, index_t k, Strided<const T> y,
+                                  const T* norms, index_t ns, Strided<const T> dy,
                                   Strided<T> dv) const = 0;
   // B_b = the strictly lower part of A_b (d x k), `diag` on the diagonal and zeros above:
   // LAPACK's unit lower reflectors (diag 1), or the gradient of A from theirs (diag 0).

@@ -108,6 +108,7 @@ struct Layout {
   bool transpose = false;
   index_t B = 0, bv = 0, d = 0, k = 0, n = 0, m = 1, nb = 0;
   bool shared = true;       // one V (and its factors) for the whole batch
+  bool yt = false;          // Y stored row-major, as a row-major V is (CPU)
   bool single = false;      // one block with the full T: matrix, and the materialised apply
   Strategy strategy = Strategy::blockwise;
   Mat3 V, tau, X, out, dV, dtau, dX;  // the arrays as batches of matrices

@@ -64,10 +64,10 @@ class CudaBackend final : public fasth::Backend<T> {
   // limit from A100 on); wider blocks merge leaves of 128.
   index_t larft_max() const override { return 128; }
   void mirror_upper(index_t m, T* a, index_t lda, index_t sa, index_t batch) const override;
-  void normalize(index_t batch, index_t d, index_t k, Strided<const T> v, T* y, index_t ys,
+  void normalize(index_t batch, index_t d, index_t k, Strided<const T> v, Strided<T> y,
                  T* norms, index_t ns) const override;
-  void normalize_backward(index_t batch, index_t d, index_t k, const T* y, index_t ys,
-                          const T* norms, index_t ns, const T* dy, index_t dys,
+  void normalize_backward(index_t batch, index_t d, index_t k, Strided<const T> y,
+                          const T* norms, index_t ns, Strided<const T> dy,
                           Strided<T> dv) const override;
   void lower(index_t batch, index_t d, index_t k, Strided<const T> a, Strided<T> b,
              T diag) const override;
