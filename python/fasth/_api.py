@@ -226,7 +226,7 @@ def forward(c: Call, V: Any, tau: Any, X: Any, pack: bool = False) -> tuple[Any,
         fp = arg(f)
         wp = fp + c.fsize * (4 if c.code == 0 else 8)
     else:
-        f, ws = xp._empty((c.fsize,), c.dtype, V), xp._empty((c.fws,), c.dtype, V)
+        f, ws = xp._empty((c.fsize,), c.dtype, V), xp.workspace(c.fws, c.dtype, V)
         fp, wp = arg(f), arg(ws)  # (ws stays referenced: an address alone keeps nothing alive)
     c.module.forward(c.plan, c.code, arg(V), arg(tau), arg(X), arg(out), fp, wp, xp.stream(V),
                      c.device[1], c.tf32, c.blas)
@@ -246,7 +246,7 @@ def backward(c: Call, factors: Any, saved: Any, grad: Any, want_dx: bool = True)
     dV = xp.empty(*c.dV, dt, like)
     dtau = xp.empty(*c.dtau, dt, like) if c.lapack else None
     dX = xp.empty(*c.dX, dt, like) if c.apply and want_dx else None
-    ws = xp._empty((c.bws,), dt, like)
+    ws = xp.workspace(c.bws, dt, like)
     sshape, sstrides = ((), ()) if saved is None else (saved.shape, xp.strides(saved))
     arg = xp.arg
     c.module.backward(c.plan, c.code, arg(factors), arg(saved), sshape, sstrides, arg(grad), gshape,
@@ -259,7 +259,7 @@ def forward_with(c: Call, factors: Any, X: Any) -> Any:
     """The op again with factors an earlier forward of this call built."""
     xp = c.xp
     out = xp.empty(*c.out, c.dtype, factors)
-    ws = xp._empty((c.fws,), c.dtype, factors)
+    ws = xp.workspace(c.fws, c.dtype, factors)
     arg = xp.arg
     c.module.forward_with(c.plan, c.code, arg(factors), arg(X), arg(out), arg(ws), xp.stream(factors),
                           c.device[1], c.tf32, c.blas)
@@ -336,7 +336,7 @@ def _factors_of(c: Call, V: Any) -> Any:
     xp = c.xp
     V = _fix(c, [V, None, None])[0] if c.copies else xp.wrap(V)
     f = xp._empty((c.fsize,), c.dtype, V)
-    ws = xp._empty((c.fws,), c.dtype, V)
+    ws = xp.workspace(c.fws, c.dtype, V)
     c.module.forward(c.plan, c.code, xp.arg(V), None, None, None, xp.arg(f), xp.arg(ws), xp.stream(V),
                      c.device[1], c.tf32, c.blas)
     return f

@@ -114,10 +114,10 @@ struct Layout {
   Mat3 V, tau, X, out, dV, dtau, dX;  // the arrays as batches of matrices
   Array out_array, dV_array, dtau_array, dX_array;
   // Factors of one V entry, fstride apart: unit reflectors Y (d x k), their norms or taus
-  // (nb * m, zero past k), per block its T and Gram matrix (m x m each), and U itself for the
-  // materialised apply (d x d) and, on CUDA, for matrix (d x n: a small-d path's backward
-  // reads it).
-  std::size_t fstride = 0, f_aux = 0, f_blocks = 0, f_u = 0;
+  // (nb * m, zero past k), per block its T and Gram matrix (m x m each), the householder
+  // single block's Z = Y_E T^T (c x k), and U itself for the materialised apply (d x d) and,
+  // on CUDA, for matrix (d x n: a small-d path's backward reads it).
+  std::size_t fstride = 0, f_aux = 0, f_blocks = 0, f_z = 0, f_u = 0;
   std::size_t ws[2] = {0, 0};  // forward, backward
 };
 }  // namespace detail

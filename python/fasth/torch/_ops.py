@@ -70,6 +70,23 @@ if torch_blas() is not None:
     _api.use_blas_for("torch", torch_blas())
 
 
+def _tag_compile_caches() -> None:
+    """torch.compile's caches are not keyed on a custom op's implementation
+    (pytorch/pytorch#144344), so a graph compiled with one build of fasth would expect its
+    factor sizes from another. fasth adds its build (its version and its extension's size and
+    time) to torch's cache key tag."""
+    from .. import __version__
+
+    st = os.stat(_core.__file__)
+    tag = f"fasth-{__version__}-{st.st_size}-{st.st_mtime_ns}"
+    cfg = torch.compiler.config
+    if tag not in cfg.cache_key_tag:
+        cfg.cache_key_tag = f"{cfg.cache_key_tag}+{tag}" if cfg.cache_key_tag else tag
+
+
+_tag_compile_caches()
+
+
 Spec = _api.Spec
 
 
