@@ -1,5 +1,5 @@
-// The FastH algorithm, written once over the Backend interface (docs/math.md has the
-// derivations): the reflectors' unit vectors Y and the T factors of their compact-WY
+// The FastH algorithm, written once over the Backend interface (docs/math.md derives it, in
+// the names used here): the reflectors' unit vectors Y and the T factors of their compact-WY
 // blocks P_j = I - Y_j T_j Y_j^T, built once per V (the factors); a forward of k/m block
 // steps; a householder backward that recovers each block's input from its output (P_j is
 // orthogonal), so that only the output is kept; a LAPACK-reflector backward (any tau: P_j
@@ -339,10 +339,10 @@ MatrixWs<T> carve_matrix_backward(const Layout& L, index_t c, Arena<T>& a) {
 
 template <class T>
 struct BackwardWs {
-  T *ag, *wdq, *b2, *ms, *dy;      // householder walk: [A | G], [W | Y^T G], [Q0 | dZ' | Q]
+  T *ag, *ytag, *qdq, *s, *dy;     // householder walk: [A | G], Y^T [A | G], [Q0 | D | Q], S
   T *x, *g, *w1, *du;              // materialised apply: X or G copies, W1 = G out^T, dU
   MatrixWs<T> mat;
-  T *s, *w, *q, *dq, *dw, *dt;     // lapack: stored block inputs, per-block products
+  T *ins, *w, *q, *dq, *dw, *dt;   // lapack: the blocks' inputs, per-block products
   TBackWs<T> tb;
 };
 
@@ -362,7 +362,7 @@ BackwardWs<T> carve_backward(const Layout& L, Arena<T>& a) {
   if (L.op == Op::matrix) {
     w.mat = carve_matrix_backward(L, L.n, a);
   } else if (L.kind == Kind::lapack) {
-    w.s = a.take(sz(L.nb) * B * d * n);
+    w.ins = a.take(sz(L.nb) * B * d * n);
     w.g = a.take(B * d * n);
     w.w = a.take(wb * m * wn), w.q = a.take(wb * m * wn);
     w.dq = a.take(wb * m * wn), w.dw = a.take(wb * m * wn);
@@ -375,7 +375,7 @@ BackwardWs<T> carve_backward(const Layout& L, Arena<T>& a) {
     w.mat = carve_matrix_backward(L, L.d, a);
   } else {
     w.ag = a.take(2 * B * d * n);
-    w.wdq = a.take(wb * m * 2 * wn), w.b2 = a.take(wb * m * 3 * wn), w.ms = a.take(wb * m * m);
+    w.ytag = a.take(wb * m * 2 * wn), w.qdq = a.take(wb * m * 3 * wn), w.s = a.take(wb * m * m);
     w.dy = a.take(bv * d * sz(L.k));
   }
   return w;
@@ -620,11 +620,11 @@ struct Run {
     return M<const T>{buf, L.d, false, L.d * c};
   }
 
-  // The householder blockwise backward: from the output A and its gradient G, held side by
-  // side as AG = [A | G] (d x 2n per entry), walking the blocks back to the input: A ends
-  // as the input X, G as dL/dX, and dY receives dL/dY (summed over the batch when shared).
-  // With A and G adjacent, the products with Y and with R serve both at once: 3 products of
-  // the size of A per block, not 6.
+  // The householder blockwise backward (docs/math.md, "from the output alone"): from the
+  // output A and its gradient G, held side by side as AG = [A | G] (d x 2n per entry),
+  // walking the blocks back to the input: A ends as the input X, G as dL/dX, and dY receives
+  // dL/dY (summed over the batch when shared). With A and G adjacent, the products with Y
+  // and with R serve both at once: 3 products of the size of A per block, not 6.
   void householder_backward(const Backward<T>& a, const Mat3& g3, const Mat3& s3,
                             const BackwardWs<T>& w) const {
     const index_t B = L.B, d = L.d, n = L.n, m = L.m;
@@ -638,31 +638,30 @@ struct Run {
     o.copy(B, d, n, strided(s3, a.saved), Strided<T>{ag, 1, ld, ebs});
     o.copy(B, d, n, Strided<const T>{a.grad, g3.rs, g3.cs, g3.bs}, Strided<T>{gp, 1, ld, ebs});
     const index_t batch = wk.batch, cols = wk.n;
-    const M<T> WdQ = buffer(w.wdq, m, m * 2 * cols),   // [W | Y^T G]
-               B2 = buffer(w.b2, m, m * 3 * cols),     // [Q0 | dZ' | Q]
-               Ms = buffer(w.ms, m, m * m);
-    const M<T> W = WdQ, Q0 = B2, dZ = B2.cols(cols), Q = B2.cols(2 * cols);  // dZ' = -dZ
+    const M<T> YtAG = buffer(w.ytag, m, m * 2 * cols),   // [Y^T A | Y^T G]
+               QDQ = buffer(w.qdq, m, m * 3 * cols),     // [Q0 | D | Q]
+               S = buffer(w.s, m, m * m);
+    const M<T> Z = YtAG, Q0 = QDQ, D = QDQ.cols(cols), Q = QDQ.cols(2 * cols);
     const M<T> dYall = like_y(w.dy, d, L.shared ? 0 : d * L.k);
     const T* F = a.factors;
     for (index_t s = L.nb - 1; s >= 0; --s) {
       const index_t j = forward_block(s), wd = width(j);
-      const M<const T> y = in(Y(F)).cols(j * m), t = in(Tf(F, j)), gram = in(Gf(F, j));
+      const M<const T> y = in(Y(F)).cols(j * m), r = in(Tf(F, j)), gram = in(Gf(F, j));
       const M<T> dY = dYall.cols(j * m);
-      o.mm(batch, wd, 2 * cols, d, T(1), y, true, in(AG), false, T(0), WdQ);  // Y^T [A | G]
-      o.tr(batch, false, !L.transpose, wd, 2 * cols, T(1), t, in(WdQ), B2);   // R^T (..)
-      o.mm(batch, wd, cols, wd, T(-1), gram, false, in(Q0), false, T(1), W);  // Z = Y^T A_in
-      o.tr(batch, false, L.transpose, wd, cols, T(1), t, in(W), Q);           // Q = R Z
-      // dS = -dZ Q^T for R = T, its transpose for R = T^T; M + M^T mirrors its upper part.
-      if (!L.transpose) o.mm(batch, wd, wd, cols, T(1), in(dZ), false, in(Q), true, T(0), Ms);
-      else o.mm(batch, wd, wd, cols, T(1), in(Q), false, in(dZ), true, T(0), Ms);
-      o.mirror(batch, wd, Ms);
-      // dY = -G Q^T + A_in dZ^T + Y (M + M^T) with A_in = A - Y Q0:
-      //    = -[A | G] [dZ' | Q]^T + Y (M + M^T + Q0 dZ'^T)
-      o.mm(batch, wd, wd, cols, T(1), in(Q0), false, in(dZ), true, T(1), Ms);
-      o.mm(batch, d, wd, 2 * cols, T(-1), in(AG), false, in(dZ), true, T(0), dY);
-      o.mm(batch, d, wd, wd, T(1), y, false, in(Ms), false, T(1), dY);
-      // [A | G] -= Y [Q0 | dZ']: A_in = A - Y Q0, and G = P^T G = G + Y dZ.
-      o.mm(batch, d, 2 * cols, wd, T(-1), y, false, in(B2), false, T(1), AG);
+      o.mm(batch, wd, 2 * cols, d, T(1), y, true, in(AG), false, T(0), YtAG);  // Y^T [A | G]
+      o.tr(batch, false, !L.transpose, wd, 2 * cols, T(1), r, in(YtAG), QDQ);  // [Q0 | D]
+      o.mm(batch, wd, cols, wd, T(-1), gram, false, in(Q0), false, T(1), Z);   // Z = Y^T A_in
+      o.tr(batch, false, L.transpose, wd, cols, T(1), r, in(Z), Q);            // Q = R Z
+      // S = mirror(D Q^T) + Q0 D^T (D and Q swapped for the transpose).
+      if (!L.transpose) o.mm(batch, wd, wd, cols, T(1), in(D), false, in(Q), true, T(0), S);
+      else o.mm(batch, wd, wd, cols, T(1), in(Q), false, in(D), true, T(0), S);
+      o.mirror(batch, wd, S);
+      o.mm(batch, wd, wd, cols, T(1), in(Q0), false, in(D), true, T(1), S);
+      // dY = -[A | G] [D | Q]^T + Y S
+      o.mm(batch, d, wd, 2 * cols, T(-1), in(AG), false, in(D), true, T(0), dY);
+      o.mm(batch, d, wd, wd, T(1), y, false, in(S), false, T(1), dY);
+      // [A | G] -= Y [Q0 | D]: A_in = A - Y Q0, and G = P^T G.
+      o.mm(batch, d, 2 * cols, wd, T(-1), y, false, in(QDQ), false, T(1), AG);
     }
     if (a.dX) o.copy(B, d, n, Strided<const T>{gp, 1, ld, ebs}, strided(L.dX, a.dX));
     o.normalize_backward(L.bv, d, L.k, in(Y(F)), aux(F), fbs(), in(dYall), strided(L.dV, a.dV));
@@ -773,9 +772,9 @@ struct Run {
     const index_t batch = wk.batch, cols = wk.n, dn = d * n;
     const T* F = a.factors;
     // Block inputs S_s (all entries side by side) and G, d x (B n) each.
-    auto S = [&](index_t s) { return M<T>{w.s + s * B * dn, ld, false, L.shared ? 0 : dn}; };
+    auto S = [&](index_t s) { return M<T>{w.ins + s * B * dn, ld, false, L.shared ? 0 : dn}; };
     const M<T> G{w.g, ld, false, L.shared ? 0 : dn};
-    o.copy(B, d, n, strided(s3, a.saved), Strided<T>{w.s, 1, ld, dn});
+    o.copy(B, d, n, strided(s3, a.saved), Strided<T>{w.ins, 1, ld, dn});
     const M<T> Wm = buffer(w.w, m, m * cols), Q = buffer(w.q, m, m * cols),
                dQ = buffer(w.dq, m, m * cols), dW = buffer(w.dw, m, m * cols),
                dT = buffer(w.dt, m, m * m);
@@ -813,10 +812,11 @@ struct Run {
 }  // namespace
 
 // Forward + backward flops. Blockwise: 4 d k n forward and 12 d k n backward in thin
-// products, weighted by 1.25 since they run below the speed of square ones. Materialise:
-// U = I - Y T Y^T (Gram, T, Y T^T, one GEMM), U X, and the backward through dU.
+// products, which run below the speed of square ones (kThinProducts). Materialise:
+// U = E - Y Z^T (Gram, T, Z, one GEMM), U X, and the backward through dL/dU.
+constexpr double kThinProducts = 1.25;
 double blockwise_cost(index_t d, index_t k, index_t n) {
-  return 1.25 * 16.0 * double(d) * double(k) * double(n);
+  return kThinProducts * 16.0 * double(d) * double(k) * double(n);
 }
 double materialize_cost(index_t d, index_t k, index_t n) {
   const double D = double(d), K = double(k), N = double(n);

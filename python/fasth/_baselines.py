@@ -1,5 +1,5 @@
 """Pure-torch baselines for the benchmark suite (differentiable by autograd). They compute
-the same ``U X`` as ``fasth.torch.apply`` (``U = H_1 ... H_k``, ``V`` columns, MATH.md),
+the same ``U X`` as ``fasth.torch.apply`` (``U = H_1 ... H_k``, ``V`` columns, docs/math.md),
 and are here to be measured against, not used.
 
 - ``sequential``: one reflector at a time, the FastH paper's baseline.
