@@ -303,7 +303,7 @@ ForwardWs<T> carve_forward(const Layout& L, Arena<T>& a) {
 // The single block's backward (matrix, or the materialised apply through dL/dU).
 template <class T>
 struct MatrixWs {
-  T *g, *a, *be, *c, *dy;            // householder: A = Y T, B_E = Y_E T^T, C (k x k)
+  T *g, *a, *c, *dy;                 // householder: A = Y T, C (k x k)
   T *gy, *h, *gty, *lo, *kk, *p1, *p2, *e, *ms, *dm;  // lapack: see lapack_t_backward
 };
 
@@ -328,7 +328,7 @@ MatrixWs<T> carve_matrix_backward(const Layout& L, index_t c, Arena<T>& a) {
   w.g = a.take(bv * d * cc);  // dL/dU, where BLAS cannot address it
   w.dy = a.take(bv * d * k);
   if (L.kind == Kind::householder) {
-    w.a = a.take(bv * d * k), w.be = a.take(bv * cc * k), w.c = a.take(bv * k * k);
+    w.a = a.take(bv * d * k), w.c = a.take(bv * k * k);
   } else {
     w.gy = a.take(bv * d * k), w.h = a.take(bv * k * k), w.gty = a.take(bv * cc * k);
     const TBackWs<T> t = carve_tback(L.bv, L.k, a);
@@ -411,6 +411,10 @@ struct Run {
   P* aux(P* F) const { return F + L.f_aux; }
   template <class P>
   M<P> Uf(P* F) const { return {F + L.f_u, std::max<index_t>(L.d, 1), false, fbs()}; }
+  index_t cols_u() const { return L.op == Op::matrix ? L.n : L.d; }
+  template <class P>
+  M<P> Zf(P* F) const { return like_y(F + L.f_z, cols_u(), fbs()); }
+  bool z_kept() const { return L.f_u > L.f_z; }
 
   bool small() const {
     return L.kind == Kind::householder && L.single && !L.yt && o.be.small_path(L.d, L.k);
@@ -446,6 +450,8 @@ struct Run {
       o.gram(bv, r, d, y.cols(full * m), Gf(F, full));
     }
     build_t(F, ws);
+    if (z_kept())  // Z = Y_E T^T, for U = E - Y Z^T and the householder backward
+      o.tr(bv, true, true, k, cols_u(), T(1), in(Tf(F, 0)), in(Y(F)), Zf(F));
     if (L.op == Op::apply && L.single) build_u(F, Uf(F), bv, ws);
     if (L.fstride > L.f_u && L.op == Op::matrix)  // the small-d path's U, unused here
       o.set(bv, static_cast<index_t>(L.fstride - L.f_u), 1, T(0), T(0),
@@ -461,7 +467,9 @@ struct Run {
     counted(Call::small_matrix);
     o.be.small_matrix(bv, L.d, L.k, c, strided(L.V, V), strided(U), F, fs, aux(F), fs,
                       out ? Uf(F).p : nullptr, fs);
-    o.set(bv, L.nb * m2, 1, T(0), T(0), M<T>{F + L.f_blocks, L.nb * m2, false, fs});
+    const index_t unused = static_cast<index_t>(L.f_u - L.f_blocks);  // T factors and Z
+    o.set(bv, unused, 1, T(0), T(0), M<T>{F + L.f_blocks, unused, false, fs});
+    (void)m2;
   }
 
   // The T factors of every block from the Gram matrices and taus in F: by the backend's
@@ -515,10 +523,14 @@ struct Run {
       return o.copy(batch, d, c, strided(in(Uf(F))), strided(U));
     Arena<T> arena{ws};
     const UWs<T> w = carve_u<T>(batch, c, k, arena);
-    const M<T> Z = like_y(w.z, c, c * k);
-    o.tr(batch, true, true, k, c, T(1), in(Tf(F, 0)), in(Y(F)), Z);
+    M<const T> Z = in(Zf(F));  // Z = Y_E T^T, kept in the factors (householder)
+    if (!z_kept()) {
+      const M<T> z = like_y(w.z, c, c * k);
+      o.tr(batch, true, true, k, c, T(1), in(Tf(F, 0)), in(Y(F)), z);
+      Z = in(z);
+    }
     o.identity(batch, d, c, U);
-    o.mm(batch, d, c, k, T(-1), in(Y(F)), false, in(Z), true, T(1), U);
+    o.mm(batch, d, c, k, T(-1), in(Y(F)), false, Z, true, T(1), U);
   }
 
   // ---- forward
@@ -704,11 +716,10 @@ struct Run {
         return o.be.small_matrix_backward(bv, d, k, c, F, fs, aux(F), fs, Uf(F).p, fs,
                                           strided(G), strided(L.dV, dV));
       } else {
-        const M<T> A = like_y(w.a, d, d * k), BE = like_y(w.be, c, c * k),
-                   C = buffer(w.c, k, k * k);
+        const M<T> A = like_y(w.a, d, d * k), C = buffer(w.c, k, k * k);
+        const M<const T> BE = in(Zf(F));                                   // B_E = Y_E T^T = Z
         o.tr(bv, true, false, k, d, T(1), t, y, A);                        // A = Y T
-        o.tr(bv, true, true, k, c, T(1), t, y, BE);                        // B_E = Y_E T^T
-        o.mm(bv, d, k, c, T(-1), G, false, in(BE), false, T(0), dY);       // dY = -G B_E
+        o.mm(bv, d, k, c, T(-1), G, false, BE, false, T(0), dY);           // dY = -G B_E
         o.mm(bv, k, k, d, T(-1), in(A), true, in(dY), false, T(0), C);     // C = A^T G B_E
         o.mirror(bv, k, C);
         o.mm(bv, d, k, k, T(1), y, false, in(C), false, T(1), dY);         // + Y mirror(C)
@@ -828,9 +839,13 @@ void size_plan(Layout& L) {
   const std::size_t d = sz(L.d), k = sz(L.k), m = sz(L.m), nb = sz(L.nb);
   L.f_aux = d * k;
   L.f_blocks = L.f_aux + (L.kind == Kind::lapack ? nb * m : k);
-  L.f_u = L.f_blocks + nb * 2 * m * m;
+  // The single block's Z = Y_E T^T (c x k) for U = E - Y Z^T, which the householder
+  // backward reads again, then U.
+  const std::size_t c = sz(L.op == Op::matrix ? L.n : L.d);
+  L.f_z = L.f_blocks + nb * 2 * m * m;
+  L.f_u = L.f_z + (L.single && L.kind == Kind::householder ? c * k : 0);
   const bool u_matrix = L.op == Op::matrix && L.kind == Kind::householder && L.device == Device::cuda;
-  L.fstride = L.f_u + (L.op == Op::apply && L.single ? d * d : u_matrix ? d * sz(L.n) : 0);
+  L.fstride = L.f_u + (L.op == Op::apply && L.single ? d * d : u_matrix ? d * c : 0);
   if (L.k == 0) L.fstride = 0;
   Arena<float> f{nullptr}, fw{nullptr}, bw{nullptr};
   carve_factors<float>(L, f);
