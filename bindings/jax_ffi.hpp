@@ -91,6 +91,7 @@ struct Attrs {
 
 inline Problem problem(const Attrs& at) {
   Problem p;
+  p.direct_y = false;  // factors laid out alike on every device: fasth.jax sizes them for any
   p.op = static_cast<Op>(at.op), p.kind = static_cast<Kind>(at.kind);
   p.transpose = at.transpose, p.thin = at.thin, p.block = at.block;
   p.strategy = static_cast<Strategy>(at.strategy);
@@ -160,6 +161,7 @@ struct Handlers {
       std::size_t i = 1, r = 1;
       Backward<T> a;
       p.V = row_major(V);
+      a.V = data<const T>(V);
       if (p.kind == Kind::lapack) p.tau = row_major(arg(args, i++));
       if (p.op == Op::apply) {
         p.X = a.saved_layout = row_major(arg(args, i));

@@ -88,11 +88,13 @@ void def_runs(nb::module_& m) {
 
   m.def(
       "forward_with",
-      [dev](const Plan& p, int dtype, nb::handle factors, nb::handle X, nb::handle out,
-            nb::handle ws, std::uintptr_t stream, int device, bool tf32, int blas) {
+      [dev](const Plan& p, int dtype, nb::handle V, nb::handle factors, nb::handle X,
+            nb::handle out, nb::handle ws, std::uintptr_t stream, int device, bool tf32,
+            int blas) {
         dispatch(dtype, [&](auto tag) {
           using T = decltype(tag);
           Forward<T> a;
+          a.V = pointer<const T>(V, dev, "V");
           a.factors = pointer<T>(factors, dev, "factors", p.factors_size());
           a.X = pointer<const T>(X, dev, "X");
           a.out = pointer<T>(out, dev, "out");
@@ -101,14 +103,15 @@ void def_runs(nb::module_& m) {
           p.forward_with(Make<T>::make(device, stream, tf32, blas), a);
         });
       },
-      nb::arg("plan"), nb::arg("dtype"), nb::arg("factors").none(), nb::arg("X").none(), nb::arg("out").none(),
+      nb::arg("plan"), nb::arg("dtype"), nb::arg("V").none(), nb::arg("factors").none(),
+      nb::arg("X").none(), nb::arg("out").none(),
       nb::arg("workspace").none(), nb::arg("stream") = 0, nb::arg("device") = 0,
       nb::arg("tf32") = false, nb::arg("blas") = 0,
       "The op with factors that an earlier forward of this plan filled.");
 
   m.def(
       "backward",
-      [dev](const Plan& p, int dtype, nb::handle factors, nb::handle saved,
+      [dev](const Plan& p, int dtype, nb::handle V, nb::handle factors, nb::handle saved,
             const Dims& saved_shape, const Dims& saved_strides, nb::handle grad,
             const Dims& grad_shape, const Dims& grad_strides, nb::handle dV, nb::handle dtau,
             nb::handle dX, nb::handle ws, std::uintptr_t stream, int device, bool tf32,
@@ -116,6 +119,7 @@ void def_runs(nb::module_& m) {
         dispatch(dtype, [&](auto tag) {
           using T = decltype(tag);
           Backward<T> a;
+          a.V = pointer<const T>(V, dev, "V");
           a.factors = pointer<const T>(factors, dev, "factors", p.factors_size());
           a.saved = pointer<const T>(saved, dev, "saved");
           if (a.saved) a.saved_layout = array_of(saved_shape, saved_strides, "saved");
@@ -129,8 +133,8 @@ void def_runs(nb::module_& m) {
           p.backward(Make<T>::make(device, stream, tf32, blas), a);
         });
       },
-      nb::arg("plan"), nb::arg("dtype"), nb::arg("factors").none(), nb::arg("saved").none(),
-      nb::arg("saved_shape"), nb::arg("saved_strides"), nb::arg("grad").none(),
+      nb::arg("plan"), nb::arg("dtype"), nb::arg("V").none(), nb::arg("factors").none(),
+      nb::arg("saved").none(), nb::arg("saved_shape"), nb::arg("saved_strides"), nb::arg("grad").none(),
       nb::arg("grad_shape"), nb::arg("grad_strides"), nb::arg("dV").none(), nb::arg("dtau").none(),
       nb::arg("dX").none(), nb::arg("workspace").none(), nb::arg("stream") = 0, nb::arg("device") = 0,
       nb::arg("tf32") = false, nb::arg("blas") = 0,

@@ -203,9 +203,10 @@ __global__ void __launch_bounds__(kReduceThreads)
         amax = x > amax || x != x ? x : amax;
       }
       amax = block_reduce(amax, true);
-      T* out = y.p + e * y.bs + j * y.cs;
+      T* out = y.p ? y.p + e * y.bs + j * y.cs : nullptr;  // null: the norms alone
       if (amax == T(0)) {
-        for (index_t i = threadIdx.x; i < d; i += blockDim.x) out[i * y.rs] = 0;
+        if (out)
+          for (index_t i = threadIdx.x; i < d; i += blockDim.x) out[i * y.rs] = 0;
         if (threadIdx.x == 0) norms[e * ns + j] = 0;
         continue;
       }
@@ -216,7 +217,8 @@ __global__ void __launch_bounds__(kReduceThreads)
       }
       s = block_reduce(s, false);
       const T r = sqrt(s);
-      for (index_t i = threadIdx.x; i < d; i += blockDim.x) out[i * y.rs] = col[i * v.rs] / amax / r;
+      if (out)
+        for (index_t i = threadIdx.x; i < d; i += blockDim.x) out[i * y.rs] = col[i * v.rs] / amax / r;
       if (threadIdx.x == 0) norms[e * ns + j] = amax * r;
     }
 }

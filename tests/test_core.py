@@ -182,7 +182,7 @@ def test_plan_writes_only_its_buffers(rng, dtype, case):
     dxb, dX = strided(plan.dX) if apply else (None, None)
     wb = guarded(plan.backward_workspace)
     sv = () if saved is None else (saved.shape, tuple(s // saved.itemsize for s in saved.strides))
-    core.backward(plan, code, f, saved, *(sv or ((), ())), G, G.shape,
+    core.backward(plan, code, V, f, saved, *(sv or ((), ())), G, G.shape,
                   tuple(s // G.itemsize for s in G.strides), dV, dtau, dX, wb,
                   blas=fasth._api.SCIPY_BLAS)
     for b in (dvb, dtb, dxb):

@@ -388,6 +388,10 @@ template <class T>
 struct Run {
   const Layout& L;
   Ops<T> o;
+  // Y for this run: in the factors, or (ydirect) V itself, or V normalised into the head of
+  // the run's workspace when some column's norm is too extreme to square (bind_y).
+  mutable M<const T> y_{};
+  mutable bool normalized_ = true;
 
   index_t fbs() const { return L.shared ? 0 : static_cast<index_t>(L.fstride); }
   index_t width(index_t j) const { return std::min(L.m, L.k - j * L.m); }
@@ -402,7 +406,42 @@ struct Run {
                 : M<P>{p, std::max<index_t>(rows, 1), false, bs};
   }
   template <class P>
-  M<P> Y(P* F) const { return like_y(F, L.d, fbs()); }
+  M<P> Y(P* F) const {
+    if (L.ydirect) return M<P>{const_cast<P*>(y_.p), y_.ld, y_.t, y_.bs};
+    return like_y(F, L.d, fbs());
+  }
+  // Norms whose squares stay normal with room for rounding: V is used as it is.
+  static bool squarable(T norm) {
+    constexpr T lo = sizeof(T) == 4 ? T(0x1p-50) : T(0x1p-400);
+    constexpr T hi = sizeof(T) == 4 ? T(0x1p+50) : T(0x1p+400);
+    return norm == T(0) || (norm >= lo && norm <= hi);
+  }
+  // Where Y is for a ydirect run: mode 0 in the factors (V as it is) or 1 (normalised, into
+  // ws's head). `fresh`: factors() deciding (from the norms it has just written).
+  void bind_y(const T* V, const T* F, T* ws, bool fresh) const {
+    if (!L.ydirect || L.k == 0 || L.bv == 0) return;  // (no factors: nothing reads Y)
+    bool normalized;
+    if (fresh) {
+      normalized = false;
+      for (index_t b = 0; b < L.bv && !normalized; ++b)
+        for (index_t j = 0; j < L.k; ++j)
+          if (!squarable(F[b * L.fstride + L.f_aux + j])) {
+            normalized = true;
+            break;
+          }
+    } else {
+      normalized = L.bv > 0 && F[0] != T(0);
+    }
+    normalized_ = normalized;
+    if (!normalized) {
+      y_ = in(view(L.V, const_cast<T*>(V)));
+      return;
+    }
+    const M<T> y = like_y(ws, L.d, L.shared ? 0 : L.d * L.k);
+    o.normalize(L.bv, L.d, L.k, strided(L.V, V), y, const_cast<T*>(F) + L.f_aux, fbs());
+    y_ = in(y);
+  }
+
   template <class P>
   M<P> Tf(P* F, index_t j) const { return {F + L.f_blocks + j * 2 * L.m * L.m, L.m, false, fbs()}; }
   template <class P>
@@ -420,13 +459,36 @@ struct Run {
     return L.kind == Kind::householder && L.single && !L.yt && o.be.small_path(L.d, L.k);
   }
 
+  // dL/dY for the householder kind: in dV's own memory when it is laid out as Y is (the
+  // last step then works in place), else in `scratch`.
+  M<T> dy_buffer(T* scratch, T* dV) const {
+    const M<T> want = like_y(scratch, L.d, L.shared ? 0 : L.d * L.k);
+    bool ok;
+    const M<T> dv = view(L.dV, dV, ok);
+    const bool same = ok && dv.t == want.t && dv.ld == want.ld && (L.bv <= 1 || dv.bs == want.bs);
+    return same ? M<T>{dV, want.ld, want.t, want.bs} : want;
+  }
+  // dV from dL/dY: through the normalisation, or as it is where Y is V itself.
+  void finish_dv(const T* F, M<const T> dY, T* dV) const {
+    if (L.ydirect && !normalized_) {
+      if (dY.p != dV) o.copy(L.bv, L.d, L.k, strided(dY), strided(L.dV, dV));
+      return;
+    }
+    o.normalize_backward(L.bv, L.d, L.k, in(Y(F)), aux(F), fbs(), dY, strided(L.dV, dV));
+  }
+
   // ---- factors
 
+  // `ws` past its head (L.ws_y elements, where bind_y may put Y).
   void factors(const T* V, const T* tau, T* F, T* ws) const {
     if (L.bv == 0 || L.k == 0) return;
     const index_t d = L.d, k = L.k, m = L.m, bv = L.bv, fs = static_cast<index_t>(L.fstride);
     if (small()) return small_factors(V, F, nullptr);
-    if (L.kind == Kind::householder) {
+    if (L.ydirect) {  // the norms alone, then V as it is where they allow
+      o.normalize(bv, d, k, strided(L.V, V), M<T>{nullptr, 1, false, 0}, aux(F), fs);
+      bind_y(V, F, ws - L.ws_y, true);
+      o.set(bv, 1, 1, T(0), normalized_ ? T(1) : T(0), M<T>{F, 1, false, fs});
+    } else if (L.kind == Kind::householder) {
       o.normalize(bv, d, k, strided(L.V, V), Y(F), aux(F), fs);
     } else {
       o.lower(bv, d, k, strided(L.V, V), strided(Y(F)), T(1));
@@ -439,7 +501,7 @@ struct Run {
     const index_t full = k / m, r = k - full * m, m2 = 2 * m * m;
     const M<const T> y = in(Y(F));
     if (full > 0) {
-      each(Level{bv, fs, fs}, Level{full, y.cols(m).p - y.p, m2}, Level{1, 0, 0},
+      each(Level{bv, y.bs, fs}, Level{full, y.cols(m).p - y.p, m2}, Level{1, 0, 0},
            [&](index_t oy, index_t og, index_t count, index_t sy, index_t sg) {
              o.gram(count, m, d, M<const T>{y.p + oy, y.ld, y.t, sy},
                     M<T>{Gf(F, 0).p + og, m, false, sg});
@@ -654,7 +716,7 @@ struct Run {
                QDQ = buffer(w.qdq, m, m * 3 * cols),     // [Q0 | D | Q]
                S = buffer(w.s, m, m * m);
     const M<T> Z = YtAG, Q0 = QDQ, D = QDQ.cols(cols), Q = QDQ.cols(2 * cols);
-    const M<T> dYall = like_y(w.dy, d, L.shared ? 0 : d * L.k);
+    const M<T> dYall = dy_buffer(w.dy, a.dV);
     const T* F = a.factors;
     for (index_t s = L.nb - 1; s >= 0; --s) {
       const index_t j = forward_block(s), wd = width(j);
@@ -676,7 +738,7 @@ struct Run {
       o.mm(batch, d, 2 * cols, wd, T(-1), y, false, in(QDQ), false, T(1), AG);
     }
     if (a.dX) o.copy(B, d, n, Strided<const T>{gp, 1, ld, ebs}, strided(L.dX, a.dX));
-    o.normalize_backward(L.bv, d, L.k, in(Y(F)), aux(F), fbs(), in(dYall), strided(L.dV, a.dV));
+    finish_dv(F, in(dYall), a.dV);
   }
 
   // The materialised apply: out = op(U) X with U kept in the factors. dX = op(U)^T G, and
@@ -708,7 +770,7 @@ struct Run {
     const index_t bv = L.bv, d = L.d, k = L.k;
     const M<const T> G = addressable(g3, g, c, w.g);
     const M<const T> y = in(Y(F)), t = in(Tf(F, 0));
-    const M<T> dY = like_y(w.dy, d, d * k);
+    const M<T> dY = L.kind == Kind::householder ? dy_buffer(w.dy, dV) : like_y(w.dy, d, d * k);
     if (L.kind == Kind::householder) {
       if (small()) {
         counted(Call::small_matrix_backward);
@@ -725,7 +787,7 @@ struct Run {
         o.mm(bv, d, k, k, T(1), y, false, in(C), false, T(1), dY);         // + Y mirror(C)
         o.mm(bv, c, k, d, T(-1), G, true, in(A), false, T(1), dY);         // - E G^T A
       }
-      return o.normalize_backward(bv, d, k, y, aux(F), fbs(), in(dY), strided(L.dV, dV));
+      return finish_dv(F, in(dY), dV);
     }
     const M<T> GY = like_y(w.gy, d, d * k), H = buffer(w.h, k, k * k),
                GtY = buffer(w.gty, c, c * k);
@@ -837,7 +899,10 @@ double materialize_cost(index_t d, index_t k, index_t n) {
 void size_plan(Layout& L) {
   // Packed, every element written by factors() (the factors are an output: deterministic).
   const std::size_t d = sz(L.d), k = sz(L.k), m = sz(L.m), nb = sz(L.nb);
-  L.f_aux = d * k;
+  // ydirect: no Y in the factors but a mode (0: V as it is, 1: normalised into the
+  // workspace's head), then the norms.
+  L.f_aux = L.ydirect ? 1 : d * k;
+  L.ws_y = L.ydirect ? round_up(sz(L.bv) * d * k) : 0;
   L.f_blocks = L.f_aux + (L.kind == Kind::lapack ? nb * m : k);
   // The single block's Z = Y_E T^T (c x k) for U = E - Y Z^T, which the householder
   // backward reads again, then U.
@@ -852,8 +917,8 @@ void size_plan(Layout& L) {
   if (L.op == Op::apply && L.single) carve_u<float>(L.bv, L.d, L.k, f);
   carve_forward<float>(L, fw);
   carve_backward<float>(L, bw);
-  L.ws[0] = std::max(f.used, fw.used);
-  L.ws[1] = bw.used;
+  L.ws[0] = L.ws_y + std::max(f.used, fw.used);
+  L.ws[1] = L.ws_y + bw.used;
 }
 
 }  // namespace detail
@@ -861,14 +926,18 @@ void size_plan(Layout& L) {
 // ---------------------------------------------------------------------------------------
 // The Plan's runs
 
+// Each run's workspace: its head holds Y where bind_y normalises V into it; the rest is
+// carved by the run.
 template <class T>
 void Plan::factors(const Backend<T>& be, const Forward<T>& a) const {
-  detail::Run<T>{L_, {be}}.factors(a.V, a.tau, a.factors, a.workspace);
+  detail::Run<T>{L_, {be}}.factors(a.V, a.tau, a.factors, a.workspace + L_.ws_y);
 }
 
 template <class T>
 void Plan::forward_with(const Backend<T>& be, const Forward<T>& a) const {
-  detail::Run<T>{L_, {be}}.forward_with(a.factors, a.X, a.out, a.workspace);
+  const detail::Run<T> r{L_, {be}};
+  r.bind_y(a.V, a.factors, a.workspace, false);
+  r.forward_with(a.factors, a.X, a.out, a.workspace + L_.ws_y);
 }
 
 template <class T>
@@ -876,13 +945,17 @@ void Plan::forward(const Backend<T>& be, const Forward<T>& a) const {
   const detail::Run<T> r{L_, {be}};
   if (L_.op == Op::matrix && a.out && L_.B > 0 && L_.d > 0 && L_.k > 0 && r.small())
     return r.small_factors(a.V, a.factors, a.out);  // U and the factors in one launch
-  r.factors(a.V, a.tau, a.factors, a.workspace);
-  if (a.out) r.forward_with(a.factors, a.X, a.out, a.workspace);
+  r.factors(a.V, a.tau, a.factors, a.workspace + L_.ws_y);
+  if (a.out) r.forward_with(a.factors, a.X, a.out, a.workspace + L_.ws_y);
 }
 
 template <class T>
 void Plan::backward(const Backend<T>& be, const Backward<T>& a) const {
-  detail::Run<T>{L_, {be}}.backward(a);
+  const detail::Run<T> r{L_, {be}};
+  r.bind_y(a.V, a.factors, a.workspace, false);
+  Backward<T> rest = a;
+  rest.workspace = a.workspace + L_.ws_y;
+  r.backward(rest);
 }
 
 #define FASTH_INSTANTIATE(T)                                                  \

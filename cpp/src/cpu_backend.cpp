@@ -251,23 +251,24 @@ template <class T>
 void CpuBackend<T>::normalize(index_t batch, index_t d, index_t k, Strided<const T> v,
                               Strided<T> y, T* norms, index_t ns) const {
   alignas(64) T amax[kColumnTile], scale[kColumnTile], sum[kColumnTile];
+  const bool write = y.p != nullptr;  // else the norms alone
   for (index_t e = 0; e < batch; ++e) {
     const T* ve = v.p + e * v.bs;
-    T* ye = y.p + e * y.bs;
-    if (!(v.cs == 1 && y.cs == 1)) {  // a column at a time
+    T* ye = write ? y.p + e * y.bs : nullptr;
+    if (!(v.cs == 1 && (y.cs == 1 || !write))) {  // a column at a time
       for (index_t j = 0; j < k; ++j) {
         T a, q;
         column_norm(ve + j * v.cs, d, v.rs, a, q);
         const T rt = std::sqrt(q);
         norms[e * ns + j] = a == T(0) ? T(0) : a * rt;
-        scale_column(ve + j * v.cs, v.rs, ye + j * y.cs, y.rs, d, a, rt);
+        if (write) scale_column(ve + j * v.cs, v.rs, ye + j * y.cs, y.rs, d, a, rt);
       }
       continue;
     }
     for (index_t j0 = 0; j0 < k; j0 += kColumnTile) {  // rows contiguous on both sides
       const index_t w = std::min(kColumnTile, k - j0), vr = v.rs, yr = y.rs;
       const T* vt = ve + j0;
-      T* yt = ye + j0;
+      T* yt = write ? ye + j0 : nullptr;
       std::fill(amax, amax + w, T(0));
       std::fill(sum, sum + w, T(0));
       for (index_t i = 0; i < d; ++i)
@@ -283,7 +284,7 @@ void CpuBackend<T>::normalize(index_t batch, index_t d, index_t k, Strided<const
           column_norm(vt + j, d, vr, a, q);
           const T rt = std::sqrt(q);
           norms[e * ns + j0 + j] = a == T(0) ? T(0) : a * rt;
-          scale_column(vt + j, vr, yt + j, yr, d, a, rt);
+          if (write) scale_column(vt + j, vr, yt + j, yr, d, a, rt);
         }
         continue;
       }
@@ -294,8 +295,9 @@ void CpuBackend<T>::normalize(index_t batch, index_t d, index_t k, Strided<const
         norms[e * ns + j0 + j] = amax[j] * rt;
         scale[j] /= rt;  // y = v * scale
       }
-      for (index_t i = 0; i < d; ++i)
-        for (index_t j = 0; j < w; ++j) yt[i * yr + j] = vt[i * vr + j] * scale[j];
+      if (write)
+        for (index_t i = 0; i < d; ++i)
+          for (index_t j = 0; j < w; ++j) yt[i * yr + j] = vt[i * vr + j] * scale[j];
     }
   }
 }

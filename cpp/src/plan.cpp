@@ -223,7 +223,15 @@ Plan::Plan(const Problem& p, Device device) : p_(p), device_(device) {
   if (L.shared && p.op == Op::apply) L.bv = 1;  // even for an empty batch: V still has a gradient
   if (L.shared) L.V.bs = 0, L.tau.bs = 0;
   L.dV_array = dense_like(p.V, 2, L.d, L.V.cols, column_major(L.V));
-  L.yt = device == Device::cpu && L.V.cs == 1 && L.V.rs != 1;
+  {  // On the CPU, Y is laid out as V is, and an addressable V is its own Y (docs/math.md,
+     // "Unit vectors first"); the orientations follow the BLAS view the algorithm takes.
+    const Mat3& v = L.V;
+    const index_t r = std::max<index_t>(v.rows, 1), c = std::max<index_t>(v.cols, 1);
+    const bool by_columns = (v.rs == 1 || v.rows <= 1) && (v.cols <= 1 || v.cs >= r);
+    const bool by_rows = (v.cs == 1 || v.cols <= 1) && (v.rows <= 1 || v.rs >= c);
+    L.yt = device == Device::cpu && (by_columns ? false : by_rows || (v.cs == 1 && v.rs != 1));
+    L.ydirect = device == Device::cpu && p.direct_y && !lapack && (by_columns || by_rows) && L.d > 0;
+  }
   if (lapack) L.dtau_array = dense_vectors(p.tau, 1, L.k);
 
   // Strategy and blocks.

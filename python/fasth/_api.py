@@ -201,8 +201,11 @@ def check_dtypes(fn: str, xp: _arrays.Namespace, arrays: dict[str, Any],
 
 
 def _fix(c: Call, arrays: list) -> list:
+    """(V, tau, X) with the copies the plan was made for (leading dimensions that one stride
+    cannot walk, made contiguous)."""
     for i in c.copies:
-        arrays[i] = c.xp.contiguous(arrays[i])
+        if arrays[i] is not None:
+            arrays[i] = c.xp.contiguous(arrays[i])
     return arrays
 
 
@@ -233,11 +236,15 @@ def forward(c: Call, V: Any, tau: Any, X: Any, pack: bool = False) -> tuple[Any,
     return out, f
 
 
-def backward(c: Call, factors: Any, saved: Any, grad: Any, want_dx: bool = True) -> tuple[Any, Any, Any]:
-    """(dV, dtau, dX) from the forward's factors, its saved output (householder apply) or
+def backward(c: Call, V: Any, factors: Any, saved: Any, grad: Any,
+             want_dx: bool = True) -> tuple[Any, Any, Any]:
+    """(dV, dtau, dX) from V, the forward's factors, its saved output (householder apply) or
     input (LAPACK apply), and grad; dtau None unless LAPACK, dX None unless apply and
     wanted."""
     xp = c.xp
+    if c.copies:  # as the forward took them: V, and a LAPACK apply's saved input
+        fixed = _fix(c, [V, None, saved if c.lapack else None])
+        V, saved = fixed[0], fixed[2] if c.lapack else saved
     gshape, gstrides = grad.shape, xp.strides(grad)
     if len(gshape) > 3 and not _core.collapsible(gshape, gstrides, 2):
         grad = xp.contiguous(grad)
@@ -249,19 +256,21 @@ def backward(c: Call, factors: Any, saved: Any, grad: Any, want_dx: bool = True)
     ws = xp.workspace(c.bws, dt, like)
     sshape, sstrides = ((), ()) if saved is None else (saved.shape, xp.strides(saved))
     arg = xp.arg
-    c.module.backward(c.plan, c.code, arg(factors), arg(saved), sshape, sstrides, arg(grad), gshape,
+    c.module.backward(c.plan, c.code, arg(V), arg(factors), arg(saved), sshape, sstrides, arg(grad), gshape,
                       gstrides, arg(dV), arg(dtau), arg(dX), arg(ws), xp.stream(like), c.device[1],
                       c.tf32, c.blas)
     return dV, dtau, dX
 
 
-def forward_with(c: Call, factors: Any, X: Any) -> Any:
-    """The op again with factors an earlier forward of this call built."""
+def forward_with(c: Call, V: Any, factors: Any, X: Any) -> Any:
+    """The op again with factors an earlier forward of this call built from V."""
     xp = c.xp
+    if c.copies:
+        V, _, X = _fix(c, [V, None, X])
     out = xp.empty(*c.out, c.dtype, factors)
     ws = xp.workspace(c.fws, c.dtype, factors)
     arg = xp.arg
-    c.module.forward_with(c.plan, c.code, arg(factors), arg(X), arg(out), arg(ws), xp.stream(factors),
+    c.module.forward_with(c.plan, c.code, arg(V), arg(factors), arg(X), arg(out), arg(ws), xp.stream(factors),
                           c.device[1], c.tf32, c.blas)
     return out
 
@@ -318,7 +327,8 @@ def apply_backward(V, out, grad, transpose: bool = False, *, factors: Any = None
     if xp.device(g) != c.device:
         raise c.fail(ValueError, f"grad is on {xp.device(g)[0]} but V is on {c.device[0]}")
     f = _factors(c, V, factors)
-    dV, _, dX = backward(c, f, xp.wrap(out) if not c.copies else _fix(c, [V, None, out])[2], g)
+    Vw, _, outw = _fix(c, [V, None, out]) if c.copies else (V, None, out)
+    dV, _, dX = backward(c, xp.wrap(Vw), f, xp.wrap(outw), g)
     return _back(c, dV, V), _back(c, dX, V)
 
 
@@ -371,4 +381,5 @@ def matrix_backward(V, U, grad, thin: bool = False, *, factors: Any = None,
         if tuple(a.shape) != want:
             raise c.fail(ValueError, f"{name} has shape {tuple(a.shape)}, expected {want}")
     f = _factors(c, V, factors)
-    return _back(c, backward(c, f, None, xp.wrap(grad))[0], V)
+    Vw = _fix(c, [V, None, None])[0] if c.copies else V
+    return _back(c, backward(c, xp.wrap(Vw), f, None, xp.wrap(grad))[0], V)

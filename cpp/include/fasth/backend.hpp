@@ -77,7 +77,8 @@ class Backend {
 
   // Y_b = V_b with unit columns and norms_b[j] = |v_j|, computed without overflow or
   // underflow for any finite column; a zero column stays zero, with norm 0. V and Y d x k
-  // (any strides; Y as the algorithm lays it out, like V on the CPU); norms ns apart.
+  // (any strides; Y as the algorithm lays it out, like V on the CPU; y.p null: the norms
+  // alone); norms ns apart.
   virtual void normalize(index_t batch, index_t d, index_t k, Strided<const T> v, Strided<T> y,
                          T* norms, index_t ns) const = 0;
   // The gradient through normalize: dV_b = (dY_b - Y_b diag(Y_b^T dY_b)) / norms_b, column

@@ -65,6 +65,9 @@ struct Problem {
   index_t block = 0;       // reflectors per block; 0: chosen for the sizes and device
   Strategy strategy = Strategy::automatic;
   const char* x_name = "X";  // how errors name X (read while the plan is made, then cleared)
+  // The CPU may use V itself for its unit vectors (no copy) where its columns' norms allow;
+  // false keeps the factors laid out alike on every device (JAX sizes them for any device).
+  bool direct_y = true;
 };
 
 // Where a run reads and writes; pointers to the first element of arrays laid out as the
@@ -81,6 +84,7 @@ struct Forward {
 
 template <class T>
 struct Backward {
+  const T* V = nullptr;     // as given to the forward
   const T* factors = nullptr;
   // The forward's output (householder apply: its input is recovered from it through
   // orthogonality), or its input X (lapack apply); unused by matrix. Any strides, as
@@ -109,6 +113,7 @@ struct Layout {
   index_t B = 0, bv = 0, d = 0, k = 0, n = 0, m = 1, nb = 0;
   bool shared = true;       // one V (and its factors) for the whole batch
   bool yt = false;          // Y stored row-major, as a row-major V is (CPU)
+  bool ydirect = false;     // Y is V itself unless a norm is too extreme to square (CPU)
   bool single = false;      // one block with the full T: matrix, and the materialised apply
   Strategy strategy = Strategy::blockwise;
   Mat3 V, tau, X, out, dV, dtau, dX;  // the arrays as batches of matrices
@@ -119,6 +124,7 @@ struct Layout {
   // on CUDA, for matrix (d x n: a small-d path's backward reads it).
   std::size_t fstride = 0, f_aux = 0, f_blocks = 0, f_z = 0, f_u = 0;
   std::size_t ws[2] = {0, 0};  // forward, backward
+  std::size_t ws_y = 0;        // the head of every workspace: Y normalised, where needed
 };
 }  // namespace detail
 
@@ -153,7 +159,7 @@ class Plan {
   template <class T>
   void factors(const Backend<T>& be, const Forward<T>& a) const;
   // The forward with factors that an earlier factors() or forward() of this plan filled
-  // (a V applied again and again: no work per V); V and tau unused.
+  // (a V applied again and again: no work per V, which it still reads on the CPU).
   template <class T>
   void forward_with(const Backend<T>& be, const Forward<T>& a) const;
   template <class T>

@@ -84,7 +84,8 @@ def sizes(s: Spec, v: tuple, tau: tuple, x: tuple) -> Sizes:
             plans.append(_core.Plan(_api.APPLY if s.op == APPLY else _api.MATRIX,
                                     _api.LAPACK if s.kind == LAPACK else _api.HOUSEHOLDER,
                                     v, _dense(v), tau, _dense(tau), x, _dense(x), s.transpose,
-                                    s.thin, s.block, _api._STRATEGIES[s.strategy], dev))
+                                    s.thin, s.block, _api._STRATEGIES[s.strategy], dev,
+                                    direct_y=False))
         except ValueError as e:
             raise ValueError(f"{s.name('jax')}: {str(e).removeprefix('fasth: ')}") from None
     p = plans[0]

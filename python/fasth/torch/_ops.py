@@ -108,7 +108,7 @@ def _forward(s: Spec, V, tau, X) -> tuple[Tensor, Tensor]:
 def _backward(s: Spec, V, tau, saved, factors, grad, want_dx: bool) -> tuple[Tensor, Tensor, Tensor]:
     """(dV, dtau, dX), empty tensors for those the op has not."""
     c = _call(s, V, tau, saved)
-    dV, dtau, dX = _api.backward(c, factors, saved, grad, want_dx)
+    dV, dtau, dX = _api.backward(c, V, factors, saved, grad, want_dx)
     return dV, _empty(V) if dtau is None else dtau, _empty(V) if dX is None else dX
 
 
@@ -280,12 +280,12 @@ def _grad(ctx, grad_out, transforming: bool):
     if apply:
         saved = X if s.kind == LAPACK else out if out is not None else ctx.out
         if ctx.out is not None and saved._version != ctx.version:
-            saved = _api.forward_with(c, f, X)
+            saved = _api.forward_with(c, V, f, X)
 
     def grads(want_dx, V, tau, f, saved, g):
         if transforming:  # through the custom op, whose vmap rule batches it
             return _backward_op(V, tau, saved, f, g, *s, want_dx)
-        return _api.backward(c, f, saved, g, want_dx)
+        return _api.backward(c, V, f, saved, g, want_dx)
 
     if torch.is_grad_enabled():  # create_graph: a gradient of this gradient follows
         dX = None
