@@ -38,7 +38,7 @@ using gemm_batch_fn = void(const char* transa, const char* transb, const int* m,
 struct Blas {
   gemm_fn<float>* sgemm = nullptr;
   gemm_fn<double>* dgemm = nullptr;
-  syrk_fn<float>* ssyrk = nullptr;  // optional: the Gram matrices then cost half
+  syrk_fn<float>* ssyrk = nullptr;  // optional, unused: gemm ran the Gram matrices faster
   syrk_fn<double>* dsyrk = nullptr;
   trmm_fn<float>* strmm = nullptr;  // optional: triangular products then cost half
   trmm_fn<double>* dtrmm = nullptr;
