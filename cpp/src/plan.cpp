@@ -146,16 +146,17 @@ bool column_major(const Mat3& m) { return m.rows > 1 && m.cols > 1 && m.rs == 1 
 // GPU: each block step is a few launches, which dominate at small n, and its Y^T A product
 // has an m x n output that must fill the GPU: blocks of 128 (at 64, d = 1024, n = 2048 took
 // 7.4x U @ X on an H200). CPU: each block step costs several BLAS calls, and thin products
-// run far below the BLAS's speed, so even at small n wide blocks win although their T work
-// (about m / 4n of the flops) grows: forward + backward with MKL on 2 cores, d = 1024:
-// n = 8, blocks of 4 / 32: 88 / 16 ms; n = 64, 32 / 64: 24 / 21 ms; n = 1024, 64 / 128:
-// 273 / 242 ms, where at k = 512, 64 won (56 / 61 ms).
+// run below the BLAS's speed, so wide blocks win although their T work (about m / 4n of the
+// flops) grows. Forward + backward, one thread, MKL, k = d: blocks of 64 / 128 took
+// 19.3 / 20.3 ms at d = 512, n = 256; 64.5 / 65.0 ms at d = 1024, n = 256 (and half the
+// backend calls); 277.6 / 268.4 ms at d = 2048, n = 256; at d = 1024, n = 64 64 won.
 index_t choose_block(index_t d, index_t k, index_t n, Device device) {
   (void)d;
-  constexpr index_t kGpuBlock = 128, kCpuBlock = 64, kCpuWideBlock = 128, kCpuWideFrom = 1024;
-  const index_t m = device == Device::cuda                      ? kGpuBlock
-                    : n >= kCpuWideFrom && k >= kCpuWideFrom ? kCpuWideBlock
-                                                                : kCpuBlock;
+  constexpr index_t kGpuBlock = 128, kCpuBlock = 64, kCpuWideBlock = 128;
+  constexpr index_t kCpuWideFromK = 1024, kCpuWideFromN = 256;
+  const index_t m = device == Device::cuda                         ? kGpuBlock
+                    : n >= kCpuWideFromN && k >= kCpuWideFromK ? kCpuWideBlock
+                                                                   : kCpuBlock;
   return std::max<index_t>(1, std::min(m, k));
 }
 
