@@ -78,6 +78,14 @@ cublasHandle_t handle_locked(Slot& s, int device) {
   return s.handle;
 }
 
+// A call's stream and math mode on the device's handle; requires its slot's mutex held.
+void bind(cublasHandle_t h, cudaStream_t stream, bool tf32) {
+  check(cublasSetStream(h, stream), "cublasSetStream");
+  check(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_HOST), "cublasSetPointerMode");
+  check(cublasSetMathMode(h, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH),
+        "cublasSetMathMode");
+}
+
 // ---------------------------------------------------------------------------------------
 // Kernels. A 32 x 8 thread block covers a 32 x 32 tile; grids stride over tiles (x) and
 // batch entries (y), so any size fits the grid limits.
@@ -624,10 +632,7 @@ void CudaBackend<T>::gemm(bool trans_a, bool trans_b, index_t m, index_t n, inde
 
   Slot& s = slot(device_);
   std::lock_guard<std::mutex> lock(s.mu);
-  check(cublasSetStream(handle_, stream_), "cublasSetStream");
-  check(cublasSetPointerMode(handle_, CUBLAS_POINTER_MODE_HOST), "cublasSetPointerMode");
-  check(cublasSetMathMode(handle_, tf32_ ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH),
-        "cublasSetMathMode");
+  bind(handle_, stream_, tf32_);
   for (index_t b0 = 0; b0 < batch; b0 += INT_MAX) {
     const int nb = static_cast<int>(std::min<index_t>(batch - b0, INT_MAX));
     check(gemm_strided(handle_, op_a, op_b, im, in, ik, &alpha, a + b0 * sa, ilda, sa,
@@ -707,10 +712,7 @@ void CudaBackend<T>::trmm(bool right, bool trans, index_t m, index_t n, T alpha,
   const int ib = to_int(fix_ld(ldb, rows, cols), "ldb"), ic = to_int(fix_ld(ldc, rows, cols), "ldc");
   Slot& s = slot(device_);
   std::lock_guard<std::mutex> lock(s.mu);
-  check(cublasSetStream(handle_, stream_), "cublasSetStream");
-  check(cublasSetPointerMode(handle_, CUBLAS_POINTER_MODE_HOST), "cublasSetPointerMode");
-  check(cublasSetMathMode(handle_, tf32_ ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH),
-        "cublasSetMathMode");
+  bind(handle_, stream_, tf32_);
   const cublasSideMode_t side = right ? CUBLAS_SIDE_RIGHT : CUBLAS_SIDE_LEFT;
   const cublasOperation_t op = trans ? CUBLAS_OP_T : CUBLAS_OP_N;
   if constexpr (std::is_same_v<T, float>)
