@@ -697,3 +697,22 @@ def test_profile_counts_backend_calls(rng):
     with fasth.profile() as q:
         pass
     assert q.calls == 0
+
+
+@pytest.mark.parametrize("missing", ["V", "factors", "saved", "grad", "dV", "workspace"])
+def test_plan_runs_name_a_missing_pointer(rng, missing):
+    """A C++ caller (or binding) that leaves out an array the run needs gets an error naming
+    it, not a crash."""
+    V, X = random_v(rng, (32, 32)), randn(rng, (32, 4))
+    c = fasth._api.resolve("apply", fasth._api.APPLY, fasth._api.HOUSEHOLDER, ("V", "X"), (V, X))
+    out, f = fasth._api.forward(c, V, None, X)
+    G = randn(rng, out.shape)
+    dV, ws = np.empty(c.dV[0]), np.empty(max(c.bws, 1))
+    given = {"V": V, "factors": f, "saved": out, "grad": G, "dV": dV, "workspace": ws}
+    given[missing] = None
+    arg = lambda a: None if a is None else a.ctypes.data
+    elements = lambda a: tuple(s // a.itemsize for s in a.strides)
+    with pytest.raises(ValueError, match=f"backward needs {missing}"):
+        c.module.backward(c.plan, c.code, arg(given["V"]), arg(given["factors"]), arg(given["saved"]),
+                          out.shape, elements(out), arg(given["grad"]), G.shape, elements(G),
+                          arg(given["dV"]), None, None, arg(given["workspace"]), blas=c.blas)

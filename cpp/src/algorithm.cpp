@@ -926,15 +926,36 @@ void size_plan(Layout& L) {
 // ---------------------------------------------------------------------------------------
 // The Plan's runs
 
+namespace {
+// A run's pointers: each one that the run will read or write must be given.
+void need(const void* p, bool used, const char* run, const char* name) {
+  if (used && !p)
+    throw std::invalid_argument(std::string("fasth: Plan::") + run + " needs " + name + " (null)");
+}
+}  // namespace
+
+template <class T>
+void Plan::check_forward(const Forward<T>& a, const char* run, bool out) const {
+  const bool v = L_.bv > 0 && L_.d > 0 && L_.k > 0, x = L_.B > 0 && L_.d > 0 && L_.n > 0;
+  need(a.V, v, run, "V");
+  need(a.tau, v && L_.kind == Kind::lapack, run, "tau");
+  need(a.factors, factors_size() > 0, run, "factors");
+  need(a.workspace, workspace_size(Pass::forward) > 0, run, "workspace");
+  need(a.X, out && a.out && x && L_.op == Op::apply, run, "X");
+}
+
 // Each run's workspace: its head holds Y where bind_y normalises V into it; the rest is
 // carved by the run.
 template <class T>
 void Plan::factors(const Backend<T>& be, const Forward<T>& a) const {
+  check_forward(a, "factors", false);
   detail::Run<T>{L_, {be}}.factors(a.V, a.tau, a.factors, a.workspace + L_.ws_y);
 }
 
 template <class T>
 void Plan::forward_with(const Backend<T>& be, const Forward<T>& a) const {
+  check_forward(a, "forward_with", true);
+  need(a.out, L_.B > 0 && L_.d > 0 && L_.n > 0, "forward_with", "out");
   const detail::Run<T> r{L_, {be}};
   r.bind_y(a.V, a.factors, a.workspace, false);
   r.forward_with(a.factors, a.X, a.out, a.workspace + L_.ws_y);
@@ -942,6 +963,7 @@ void Plan::forward_with(const Backend<T>& be, const Forward<T>& a) const {
 
 template <class T>
 void Plan::forward(const Backend<T>& be, const Forward<T>& a) const {
+  check_forward(a, "forward", true);
   const detail::Run<T> r{L_, {be}};
   if (L_.op == Op::matrix && a.out && L_.B > 0 && L_.d > 0 && L_.k > 0 && r.small())
     return r.small_factors(a.V, a.factors, a.out);  // U and the factors in one launch
@@ -951,6 +973,14 @@ void Plan::forward(const Backend<T>& be, const Forward<T>& a) const {
 
 template <class T>
 void Plan::backward(const Backend<T>& be, const Backward<T>& a) const {
+  const bool v = L_.bv > 0 && L_.d > 0 && L_.k > 0, x = L_.B > 0 && L_.d > 0 && L_.n > 0;
+  need(a.V, v, "backward", "V");
+  need(a.factors, v && x, "backward", "factors");
+  need(a.grad, v && x, "backward", "grad");
+  need(a.saved, v && x && L_.op == Op::apply, "backward", "saved");
+  need(a.dV, L_.bv > 0 && L_.d > 0 && L_.dV.cols > 0, "backward", "dV");
+  need(a.dtau, v && L_.kind == Kind::lapack, "backward", "dtau");
+  need(a.workspace, workspace_size(Pass::backward) > 0, "backward", "workspace");
   const detail::Run<T> r{L_, {be}};
   r.bind_y(a.V, a.factors, a.workspace, false);
   Backward<T> rest = a;
@@ -962,7 +992,8 @@ void Plan::backward(const Backend<T>& be, const Backward<T>& a) const {
   template void Plan::factors<T>(const Backend<T>&, const Forward<T>&) const;      \
   template void Plan::forward_with<T>(const Backend<T>&, const Forward<T>&) const; \
   template void Plan::forward<T>(const Backend<T>&, const Forward<T>&) const;      \
-  template void Plan::backward<T>(const Backend<T>&, const Backward<T>&) const;
+  template void Plan::backward<T>(const Backend<T>&, const Backward<T>&) const;      \
+  template void Plan::check_forward<T>(const Forward<T>&, const char*, bool) const;
 FASTH_INSTANTIATE(float)
 FASTH_INSTANTIATE(double)
 #undef FASTH_INSTANTIATE

@@ -51,7 +51,7 @@ Results run(const Be& be, Mem& mem, const Vec& V, const Vec& X, const Vec& G) {
   back.forward_with(be, fw);             // Z = U^T Y with those factors: X again
 
   fasth::Backward<double> bw;            // from the output and dL/dY = G alone
-  bw.factors = f, bw.saved = y, bw.saved_layout = plan.out();
+  bw.V = v, bw.factors = f, bw.saved = y, bw.saved_layout = plan.out();
   bw.grad = g, bw.grad_layout = plan.out();
   bw.dV = dv, bw.dX = dx, bw.workspace = ws;
   plan.backward(be, bw);

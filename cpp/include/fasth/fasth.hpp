@@ -168,6 +168,9 @@ class Plan {
   const detail::Layout& layout() const { return L_; }
 
  private:
+  // std::invalid_argument where a pointer that the run needs is null.
+  template <class T>
+  void check_forward(const Forward<T>& a, const char* run, bool out) const;
   Problem p_;
   Device device_;
   detail::Layout L_;
