@@ -70,8 +70,8 @@ trc=$?
 stage bench.log gpu-bench "${BENCH_TIMEOUT:-180}" "$PY" benchmarks/gpu_bench.py
 brc=$?
 
-# The Glow table and the spectral demo on the GPU (issues 6, 7), the benchmark suite (5);
-# GLOW=0, SPECTRAL=0 or SUITE=0 leaves one out.
+# The Glow table and the spectral demo on the GPU, then the benchmark suite; GLOW=0,
+# SPECTRAL=0 or SUITE=0 leaves one out.
 # Glow batched, the spectral demo, then Glow one step at a time (the seed's baseline).
 [ "${GLOW:-1}" = 1 ] && stage demos.log glow "${GLOW_TIMEOUT:-120}" \
   "$PY" -m fasth glow --bench --device cuda

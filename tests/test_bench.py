@@ -1,4 +1,6 @@
-"""The benchmark suite runs on a tiny size and writes well-formed outputs (not a timed test)."""
+"""The benchmark suite runs on a tiny size and writes well-formed outputs (not a timed test:
+speed claims live in the benchmarks' own output), and the shared timing utility interleaves
+as it says."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import pytest
 pytest.importorskip("matplotlib")
 pytest.importorskip("tqdm")
 from fasth import bench  # noqa: E402
+from fasth.bench import cases, timing  # noqa: E402
 
 
 def test_bench_writes_table_json_and_plot(tmp_path, capsys):
@@ -19,14 +22,14 @@ def test_bench_writes_table_json_and_plot(tmp_path, capsys):
     printed = capsys.readouterr().out
     text = (tmp_path / "results.md").read_text()
     assert text.strip() in printed
-    for op in bench.OPS.values():
+    for op in cases.OPS.values():
         assert f"## {op} (float32, cpu)" in text and f"## {op} (float64, cpu)" in text
     assert "## accuracy (float32)" in text and "| fasth |" in text
 
     data = json.loads((tmp_path / "results.json").read_text())
     assert {"environment", "config", "results", "accuracy"} <= data.keys()
     assert data["environment"]["versions"]["torch"] and data["environment"]["torch_threads"] == 1
-    names = {"fasth", bench.GEMM, *methods.split(",")}
+    names = {"fasth", cases.GEMM, *methods.split(",")}
     sizes = {(8, 3), (8, 8), (16, 3), (16, 16)}
     for dtype in ("float32", "float64"):
         for op in ("apply", "fwd+bwd"):
@@ -50,3 +53,31 @@ def test_bench_writes_table_json_and_plot(tmp_path, capsys):
 
     png = (tmp_path / "time_vs_d.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
+
+
+def test_interleaved_rotates_and_keeps_a_slow_first_call():
+    order: list[str] = []
+    fns = {name: (lambda name=name: order.append(name)) for name in "abc"}
+    samples = timing.interleaved(fns, 3, warmup=1)
+    assert all(len(s) == 3 for s in samples.values())
+    assert order[3:] == list("abc" "bca" "cab")  # after one warm-up call each
+    slow = timing.interleaved({"slow": lambda: None, "fast": lambda: None}, 4,
+                              slow_s={"slow": -1.0, "fast": float("inf")})
+    assert len(slow["slow"]) == 1 and len(slow["fast"]) == 4
+    errors = {}
+
+    def fails():
+        raise RuntimeError("no")
+
+    got = timing.interleaved({"ok": lambda: None, "bad": fails}, 2, on_error=errors.__setitem__)
+    assert set(got) == {"ok"} and isinstance(errors["bad"], RuntimeError)
+    assert timing.ratio([2.0, 4.0], [1.0, 2.0])["median"] == 2.0
+    assert timing.ratio([], [1.0]) is None
+
+
+def test_budget_skips_by_the_estimate():
+    b = timing.Budget(cap_s=1.0)
+    assert b.over("x", 64) is None
+    b.record("x", 64, 0.1)
+    assert b.over("x", 128) is None and b.over("x", 256) == pytest.approx(6.4)
+    assert b.over("x", 256, factor=10) is None
