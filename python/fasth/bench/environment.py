@@ -13,7 +13,8 @@ from typing import Iterator
 
 import torch
 
-PACKAGES = ("fasth", "torch", "numpy", "scipy", "jax", "jaxlib", "torch-householder")
+PACKAGES = ("fasth", "torch", "numpy", "scipy", "jax", "jaxlib", "torch-householder", "geotorch",
+            "nflows")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE",
                     "OPENBLAS_L2_SIZE")
 
