@@ -32,6 +32,8 @@ from .environment import threads as threads_of
 from .timing import Budget, interleaved, ratio, summary, sync_for
 
 LINEAR = "nn.Linear"
+STEP_LR = 1e-4  # Adam's step while timing: small, so every layer stays near where it started
+CALL_WARMUP = 2  # untimed calls of a fixed-cost op: the first one builds and caches its plan
 
 
 class Unavailable(Exception):
@@ -170,7 +172,7 @@ class LayerBench:
             except Unavailable as e:
                 row.update(status="unavailable", note=str(e))
                 continue
-            modules[name], fns[name] = m, train_step(m, x, cfg.device)
+            modules[name], fns[name] = m, train_step(m, x)
         samples = interleaved(fns, cfg.repeats, sync=sync_for(cfg.device), slow_s=cfg.slow_s,
                               on_error=lambda m, e: rows[m].update(status="error",
                                                                    note=f"{type(e).__name__}: {e}"[:120]))
@@ -196,7 +198,7 @@ class LayerBench:
 
     def call_group(self, n: int | None, name: str, fns: dict, base: str, counted: set) -> None:
         cfg = self.cfg
-        samples = interleaved(fns, cfg.repeats, warmup=2, sync=sync_for(cfg.device))
+        samples = interleaved(fns, cfg.repeats, warmup=CALL_WARMUP, sync=sync_for(cfg.device))
         for op, ts in samples.items():
             row = {"threads": n, "case": name, "op": op, "base": base, "times_s": ts,
                    **{f"{k}_s": v for k, v in summary(ts).items()}}
@@ -207,9 +209,9 @@ class LayerBench:
             self.calls.append(row)
 
 
-def train_step(m: nn.Module, x: torch.Tensor, device: str) -> Callable[[], None]:
+def train_step(m: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     """One training step of ``m`` on ``x``: forward, mean-square loss, backward, Adam step."""
-    opt = torch.optim.Adam(m.parameters(), lr=1e-4)
+    opt = torch.optim.Adam(m.parameters(), lr=STEP_LR)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
