@@ -1,5 +1,5 @@
-"""Issue 2's CPU speed check (float32, one process, interleaved repeats), through the
-benchmark suite's methods (fasth.bench):
+"""fasth's CPU core against the same BLAS and LAPACK (float32, one process, interleaved
+repeats), through the benchmark suite's methods (fasth.bench):
 
 - forward ``U X`` at d=1024, n=64 against a dense ``U @ X`` through the same BLAS
   (SciPy's sgemm), LAPACK's sormqr (scipy.linalg.lapack) and a naive pure-torch compact WY;
@@ -14,9 +14,9 @@ import argparse
 import math
 import sys
 
-import numpy as np
-
-from fasth import bench
+from fasth.bench.environment import environment, machine, threads
+from fasth.bench.suite import Config, Suite
+from fasth.bench.timing import ratio
 
 SGEMM = "GEMM U@X (SciPy BLAS)"
 CHECKS = [  # op, d, n, methods, the method the others are divided by
@@ -30,28 +30,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, help="threads for torch and the BLAS (default: theirs)")
     ap.add_argument("--repeats", type=int, default=15)
     a = ap.parse_args(argv)
-    if a.threads:
-        import threadpoolctl
-        import torch
-
-        torch.set_num_threads(a.threads)
-        threadpoolctl.threadpool_limits(a.threads)
-    env = bench.environment("cpu", sys.argv[1:])
-    print(f"{env['cpu']}, torch threads {env['torch_threads']}; BLAS: " +
-          "; ".join(f"{t['internal_api']} {t['version']} {t['architecture']} x{t['num_threads']}"
-                    for t in env.get("threadpools", [])) + (f"; env {env['env']}" if env["env"] else ""))
-    print("| op | d | n | method | median ms | ratio (25–75 %) |\n|---|---|---|---|---|---|")
-    for op, d, n, methods, per in CHECKS:
-        cfg = bench.Config("cpu", ["float32"], [d], [str(n)], [op], methods, a.repeats,
-                           slow_s=math.inf, cap_s=math.inf, grad_budget_s=0)
-        suite = bench.Suite(cfg)
-        suite.group(op, "float32", d, str(n))
-        rows = {r["method"]: r for r in suite.results}
-        for m in methods:
-            ts, base = rows[m]["times_s"], rows[per]["times_s"]
-            q = np.percentile([t / b for t, b in zip(ts, base)], [25, 50, 75])
-            print(f"| {op} | {d} | {n} | {m} | {rows[m]['median_s'] * 1e3:.2f} | "
-                  f"{m}/{per} = {q[1]:.2f} ({q[0]:.2f}–{q[2]:.2f}) |")
+    with threads(a.threads):
+        print(machine(environment("cpu", " ".join(sys.argv))))
+        print("| op | d | n | method | median ms | ratio (25–75 %) |\n|---|---|---|---|---|---|")
+        for op, d, n, methods, per in CHECKS:
+            cfg = Config("cpu", ["float32"], [d], [str(n)], [op], methods, a.repeats,
+                         slow_s=math.inf, cap_s=math.inf, grad_budget_s=0)
+            suite = Suite(cfg)
+            suite.group(op, "float32", d, str(n))
+            rows = {r["method"]: r for r in suite.results}
+            for m in methods:
+                q = ratio(rows[m]["times_s"], rows[per]["times_s"])
+                print(f"| {op} | {d} | {n} | {m} | {rows[m]['median_s'] * 1e3:.2f} | "
+                      f"{m}/{per} = {q['median']:.2f} ({q['p25']:.2f}–{q['p75']:.2f}) |")
     return 0
 
 

@@ -1,5 +1,6 @@
-"""GPU benchmarks of fasth (issue 3's speed targets), float32, each ratio measured in one run
-against its baseline, interleaved: CUDA-event timings after a warm-up, the median of repeats.
+"""GPU benchmarks of fasth against the speed targets in the table's last column, float32, each
+ratio measured in one run against its baseline, interleaved (fasth.bench.timing): CUDA-event
+timings after a warm-up, the median of repeats.
 
   forward apply vs cuBLAS `U @ X` (SGEMM, TF32 off), d = 1024, 4096 and n = 2048, 4096
   forward + backward vs `U @ X` forward + backward
@@ -26,6 +27,7 @@ import torch
 import fasth
 import fasth._api as api
 import fasth.torch as ft
+from fasth.bench.timing import interleaved
 
 Fn = Callable[[], object]
 
@@ -34,23 +36,11 @@ Fn = Callable[[], object]
 # Measuring
 
 def time_us(fns: dict[str, Fn], reps: int, inner: int = 1, warmup: int = 3) -> dict[str, float]:
-    """Median microseconds per call of each function, the functions interleaved within each
-    repeat (so clock and thermal drift hit them alike); `inner` calls per event pair."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
+    """Median microseconds per call of each function, interleaved within each repeat, timed by
+    CUDA events around `inner` back-to-back calls."""
     torch.cuda.synchronize()
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(inner):
-                fn()
-            stop.record()
-            stop.synchronize()
-            samples[name].append(start.elapsed_time(stop) * 1e3 / inner)
-    return {name: statistics.median(s) for name, s in samples.items()}
+    samples = interleaved(fns, reps, warmup=warmup, inner=inner, clock="cuda")
+    return {name: statistics.median(s) * 1e6 for name, s in samples.items()}
 
 
 def graphed(fn: Fn, grads: tuple[torch.Tensor, ...] = ()) -> Fn:

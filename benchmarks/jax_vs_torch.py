@@ -1,6 +1,7 @@
-"""fasth.jax against the same op through fasth.torch (or, while that is missing, fasth.apply on
-numpy) on the CPU, in one process: forward and forward + backward, d = 1024, n = 64, float32.
-Prints median times and the ratio jax / other (the target: within 1.2x).
+"""fasth.jax against the same op through fasth.torch (or, where torch is missing, fasth.apply on
+numpy) on the CPU, in one process: forward and forward + backward, d = 1024, n = 64, float32,
+the two sides interleaved. Prints median times and the ratio jax / other, repeat by repeat
+(what the JAX adapter's overhead over the torch one is).
 
     python benchmarks/jax_vs_torch.py [--d 1024] [--n 64] [--repeat 30]
 """
@@ -8,8 +9,6 @@ Prints median times and the ratio jax / other (the target: within 1.2x).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -17,16 +16,7 @@ import numpy as np
 
 import fasth
 import fasth.jax as fj
-
-
-def median_time(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+from fasth.bench.timing import interleaved, ratio, summary
 
 
 def main() -> None:
@@ -43,8 +33,7 @@ def main() -> None:
     Vj, Xj, Gj = map(jnp.asarray, (V, X, G))
     fwd = jax.jit(fj.apply)
     vjp = jax.jit(lambda V, X, G: jax.vjp(fj.apply, V, X)[1](G))
-    jax_fwd = median_time(lambda: fwd(Vj, Xj).block_until_ready(), a.repeat)
-    jax_both = median_time(lambda: jax.block_until_ready(vjp(Vj, Xj, Gj)), a.repeat)
+    jax_fns = (lambda: fwd(Vj, Xj).block_until_ready(), lambda: jax.block_until_ready(vjp(Vj, Xj, Gj)))
 
     try:
         import torch
@@ -54,24 +43,17 @@ def main() -> None:
         Xt = torch.from_numpy(X).requires_grad_()
         Gt = torch.from_numpy(G)
         name = "fasth.torch.apply"
-        other_fwd = median_time(lambda: ft.apply(Vt.detach(), Xt.detach()), a.repeat)
-        other_both = median_time(
-            lambda: torch.autograd.grad(ft.apply(Vt, Xt), (Vt, Xt), Gt), a.repeat)
+        other_fns = (lambda: ft.apply(Vt.detach(), Xt.detach()),
+                     lambda: torch.autograd.grad(ft.apply(Vt, Xt), (Vt, Xt), Gt))
     except ImportError:
         name = "fasth.apply (numpy; fasth.torch missing)"
-        other_fwd = median_time(lambda: fasth.apply(V, X), a.repeat)
+        other_fns = (lambda: fasth.apply(V, X), lambda: fasth.apply_backward(V, fasth.apply(V, X), G))
 
-        def both():
-            out, f = fasth._api.apply_with_factors(V, X)
-            fasth.apply_backward(V, out, G, factors=f)
-
-        other_both = median_time(both, a.repeat)
-
-    print(f"d={a.d} n={a.n} float32, CPU, median of {a.repeat}; jax {jax.__version__}")
-    print(f"forward      fasth.jax {jax_fwd * 1e3:8.3f} ms   {name} {other_fwd * 1e3:8.3f} ms   "
-          f"ratio {jax_fwd / other_fwd:.3f}")
-    print(f"fwd + bwd    fasth.jax {jax_both * 1e3:8.3f} ms   {name} {other_both * 1e3:8.3f} ms   "
-          f"ratio {jax_both / other_both:.3f}")
+    print(f"d={a.d} n={a.n} float32, CPU, medians of {a.repeat} interleaved repeats; jax {jax.__version__}")
+    for what, jf, of in zip(("forward  ", "fwd + bwd"), jax_fns, other_fns):
+        t = interleaved({"jax": jf, "other": of}, a.repeat, warmup=2)  # the first jax call compiles
+        print(f"{what}    fasth.jax {summary(t['jax'])['median'] * 1e3:8.3f} ms   {name} "
+              f"{summary(t['other'])['median'] * 1e3:8.3f} ms   ratio {ratio(t['jax'], t['other'])['median']:.3f}")
 
 
 if __name__ == "__main__":

@@ -8,13 +8,14 @@
 # under 20 s is skipped and says so. Logs go under $OUT (default ./gpu-check-out), seven
 # files at most (a device call brings back eight): env.txt, build.log, tests.log (the CUDA
 # cases, then the rest of the suite), bench.log (benchmarks/gpu_bench.py), demos.log (Glow
-# table batched and one step at a time, spectral demo), suite.log (`fasth bench`) and
-# artefacts.tar.gz (the demos' and the suite's PNG, JSON and markdown).
+# table batched and one step at a time, spectral demo), suite.log (`fasth bench`, then
+# `fasth bench --layers`) and artefacts.tar.gz (the demos' and the benchmarks' PNG, JSON and
+# markdown).
 # Exits non-zero if the build, a test or the GPU benchmark fails.
 #
 #   bash scripts/gpu_check.sh            # from the repository root
 #   CUDA_ARCH=90 PYTHON=python3 OUT=/tmp/out DEADLINE=400 bash scripts/gpu_check.sh
-#   TESTS="tests/test_cuda.py" REST=0 GLOW=0 SPECTRAL=0 SUITE=0 bash scripts/gpu_check.sh
+#   TESTS="tests/test_cuda.py" REST=0 GLOW=0 SPECTRAL=0 SUITE=0 LAYERS=0 bash scripts/gpu_check.sh
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-check-out}
@@ -70,8 +71,8 @@ trc=$?
 stage bench.log gpu-bench "${BENCH_TIMEOUT:-180}" "$PY" benchmarks/gpu_bench.py
 brc=$?
 
-# The Glow table and the spectral demo on the GPU (issues 6, 7), the benchmark suite (5);
-# GLOW=0, SPECTRAL=0 or SUITE=0 leaves one out.
+# The Glow table and the spectral demo on the GPU, then the benchmark suite and the layer
+# benchmark; GLOW=0, SPECTRAL=0, SUITE=0 or LAYERS=0 leaves one out.
 # Glow batched, the spectral demo, then Glow one step at a time (the seed's baseline).
 [ "${GLOW:-1}" = 1 ] && stage demos.log glow "${GLOW_TIMEOUT:-120}" \
   "$PY" -m fasth glow --bench --device cuda
@@ -85,6 +86,11 @@ fi
 if [ "${SUITE:-1}" = 1 ]; then
   stage suite.log suite "${SUITE_TIMEOUT:-150}" \
     "$PY" -m fasth bench --device cuda --quick --no-progress --out "$ART/suite"
+  pack
+fi
+if [ "${LAYERS:-1}" = 1 ]; then
+  stage suite.log layers "${LAYERS_TIMEOUT:-120}" \
+    "$PY" -m fasth bench --layers --device cuda --quick --no-progress --out "$ART/layers"
   pack
 fi
 if [ "${REST:-1}" = 1 ] && [ -z "${TESTS:-}" ]; then

@@ -1,4 +1,6 @@
-"""The benchmark suite runs on a tiny size and writes well-formed outputs (not a timed test)."""
+"""The benchmark suite and the layer benchmark run on tiny sizes and write well-formed outputs
+(not timed tests: speed claims live in the benchmarks' own output), and the shared timing
+utility interleaves as it says."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import pytest
 pytest.importorskip("matplotlib")
 pytest.importorskip("tqdm")
 from fasth import bench  # noqa: E402
+from fasth.bench import cases, cli, layers, timing  # noqa: E402
 
 
 def test_bench_writes_table_json_and_plot(tmp_path, capsys):
@@ -19,14 +22,14 @@ def test_bench_writes_table_json_and_plot(tmp_path, capsys):
     printed = capsys.readouterr().out
     text = (tmp_path / "results.md").read_text()
     assert text.strip() in printed
-    for op in bench.OPS.values():
+    for op in cases.OPS.values():
         assert f"## {op} (float32, cpu)" in text and f"## {op} (float64, cpu)" in text
     assert "## accuracy (float32)" in text and "| fasth |" in text
 
     data = json.loads((tmp_path / "results.json").read_text())
     assert {"environment", "config", "results", "accuracy"} <= data.keys()
     assert data["environment"]["versions"]["torch"] and data["environment"]["torch_threads"] == 1
-    names = {"fasth", bench.GEMM, *methods.split(",")}
+    names = {"fasth", cases.GEMM, *methods.split(",")}
     sizes = {(8, 3), (8, 8), (16, 3), (16, 16)}
     for dtype in ("float32", "float64"):
         for op in ("apply", "fwd+bwd"):
@@ -50,3 +53,88 @@ def test_bench_writes_table_json_and_plot(tmp_path, capsys):
 
     png = (tmp_path / "time_vs_d.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
+
+
+def test_layer_bench_writes_table_json_and_plot(tmp_path, capsys):
+    argv = ["--layers", "--d", "8,16", "--batch", "4", "--repeats", "2", "--threads", "1,2",
+            "--no-progress", "--out", str(tmp_path)]
+    assert bench.main(argv) == 0
+    printed = capsys.readouterr().out
+    text = (tmp_path / "results.md").read_text()
+    assert text.strip() in printed
+    for n in ("1 thread", "2 threads"):
+        assert f"## training step, batch 4, {n}" in text and f"## fixed cost per call, {n}" in text
+    assert "## backend calls per training step" in text and "| fasth Orthogonal |" in text
+
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert {"environment", "config", "steps", "calls", "accuracy"} <= data.keys()
+    steps = {(r["threads"], r["d"], r["layer"]): r for r in data["steps"]}
+    assert set(steps) == {(n, d, m) for n in (1, 2) for d in (8, 16) for m in layers.LAYERS}
+    for (n, d, m), r in steps.items():
+        if r["status"] != "ok":  # geotorch and nflows where they are not installed
+            assert r["status"] == "unavailable" and m in ("geotorch orthogonal", "nflows SVDLinear")
+            continue
+        assert len(r["times_s"]) == r["reps"] >= 1 and r["p25_s"] <= r["median_s"] <= r["p75_s"]
+        if m != layers.LINEAR:
+            assert r["vs_linear"]["median"] > 0
+        if layers.LAYERS[m].peer:
+            assert r["vs_peer"]["median"] > 0
+        if layers.LAYERS[m].fasth and n == 1:  # counted at the first thread count
+            assert r["backend_calls"] == sum(r["by_op"].values()) > 0
+    assert "backend_calls" not in steps[(1, 8, layers.LINEAR)]
+    ops = {(r["threads"], r["op"]) for r in data["calls"]}
+    for n in (1, 2):
+        assert {(n, "fasth.torch.apply"), (n, "W @ X"), (n, "fasth.apply"),
+                (n, "fasth.torch.matrix"), (n, "Cayley solve(I + S, I - S)")} <= ops
+    for r in data["calls"]:
+        assert r["median_s"] > 0 and (r["op"] == r["base"]) == ("vs_base" not in r)
+    counted = [r for r in data["calls"] if "backend_calls" in r]
+    assert counted and all(r["backend_calls"] > 0 for r in counted)
+    acc = {(a["layer"], a["d"]): a["orth_err"] for a in data["accuracy"]}
+    assert 0 <= acc[("fasth Orthogonal", 16)] < 1e-5 and ("fasth SVDLinear", 16) not in acc
+
+    png = (tmp_path / "layers_vs_d.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
+
+
+def test_layer_bench_quick_excludes_the_wide_case():
+    ap = cli.parser()
+    quick = cli.layer_config(ap, ap.parse_args(["--layers", "--quick"]))
+    full = cli.layer_config(ap, ap.parse_args(["--layers"]))
+    assert quick.threads == full.threads == [1, 2]
+    assert not quick.full and full.full
+    assert set(quick.ds) < set(full.ds) == {64, 256, 512, 1024} and set(full.batches) == {32, 128, 1024}
+
+
+def test_suite_takes_one_thread_count(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--threads", "1,2"])
+    assert "--threads" in capsys.readouterr().err
+
+
+def test_interleaved_rotates_and_keeps_a_slow_first_call():
+    order: list[str] = []
+    fns = {name: (lambda name=name: order.append(name)) for name in "abc"}
+    samples = timing.interleaved(fns, 3, warmup=1)
+    assert all(len(s) == 3 for s in samples.values())
+    assert order[3:] == list("abc" "bca" "cab")  # after one warm-up call each
+    slow = timing.interleaved({"slow": lambda: None, "fast": lambda: None}, 4,
+                              slow_s={"slow": -1.0, "fast": float("inf")})
+    assert len(slow["slow"]) == 1 and len(slow["fast"]) == 4
+    errors = {}
+
+    def fails():
+        raise RuntimeError("no")
+
+    got = timing.interleaved({"ok": lambda: None, "bad": fails}, 2, on_error=errors.__setitem__)
+    assert set(got) == {"ok"} and isinstance(errors["bad"], RuntimeError)
+    assert timing.ratio([2.0, 4.0], [1.0, 2.0])["median"] == 2.0
+    assert timing.ratio([], [1.0]) is None
+
+
+def test_budget_skips_by_the_estimate():
+    b = timing.Budget(cap_s=1.0)
+    assert b.over("x", 64) is None
+    b.record("x", 64, 0.1)
+    assert b.over("x", 128) is None and b.over("x", 256) == pytest.approx(6.4)
+    assert b.over("x", 256, factor=10) is None

@@ -7,7 +7,7 @@ import sys
 
 COMMANDS = {
     "check": ("fasth.selfcheck", "check fasth on a built-in random problem (the default)"),
-    "bench": ("fasth.bench", "benchmark suite: fasth beside the alternatives and the GEMM limit"),
+    "bench": ("fasth.bench", "benchmarks: fasth beside the alternatives and the GEMM limit; --layers: layers in a training step"),
     "glow": ("fasth.demos.glow", "train or benchmark a Glow flow with an SVD 1x1 convolution"),
     "spectral": ("fasth.demos.spectral", "exact spectral normalisation demo"),
 }

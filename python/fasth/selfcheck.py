@@ -4,19 +4,8 @@
 from __future__ import annotations
 
 import argparse
-import time
 
-import numpy as np
-
-
-def _timeit(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+from .bench.timing import interleaved, ratio, summary, sync_for
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,11 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         ("forward", lambda: ft.apply(V.detach(), X), lambda: torch.linalg.householder_product(V.detach(), tau) @ X),
         ("forward + backward", fasth_fb, hp_fb),
     ]
-    print(f"\n  float32 timings (median of {args.repeats}), torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+    print(f"\n  float32 timings (medians of {args.repeats} interleaved repeats), torch "
+          f"{torch.__version__}, {torch.get_num_threads()} threads")
     print(f"  {'':20s} {'fasth':>10s} {'householder_product':>20s} {'speed-up':>9s}")
     for name, f_fast, f_base in rows:
-        tf, tb = _timeit(f_fast, args.repeats), _timeit(f_base, max(1, args.repeats // 2))
-        print(f"  {name:20s} {tf * 1e3:8.2f}ms {tb * 1e3:18.2f}ms {tb / tf:8.1f}x")
+        t = interleaved({"fasth": f_fast, "base": f_base}, args.repeats, sync=sync_for(args.device))
+        tf, tb = summary(t["fasth"])["median"], summary(t["base"])["median"]
+        print(f"  {name:20s} {tf * 1e3:8.2f}ms {tb * 1e3:18.2f}ms {ratio(t['base'], t['fasth'])['median']:8.1f}x")
     print("\nself-check", "passed" if ok else "FAILED")
     return 0 if ok else 1

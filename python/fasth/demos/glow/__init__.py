@@ -12,11 +12,12 @@ import sys
 
 from fasth._cli import check_device
 from .data import DATASETS
+from .flow import CONVS
 
-SIZES = {  # per data set: levels, steps, width, batch size, epochs
-    "digits": (2, 8, 64, 64, 30),
-    "fashion-mnist": (3, 16, 256, 64, 20),
-    "cifar10": (3, 32, 512, 64, 20),
+SIZES = {  # per data set, the options left unset
+    "digits": dict(levels=2, steps=8, width=64, batch_size=64, epochs=30),
+    "fashion-mnist": dict(levels=3, steps=16, width=256, batch_size=64, epochs=20),
+    "cifar10": dict(levels=3, steps=32, width=512, batch_size=64, epochs=20),
 }
 
 
@@ -24,7 +25,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fasth glow", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--framework", choices=("torch", "jax"), default="torch")
-    p.add_argument("--conv", choices=("plain", "lu", "svd"), default="svd",
+    p.add_argument("--conv", choices=CONVS, default="svd",
                    help="invertible 1x1 convolution (default svd: fasth)")
     p.add_argument("--device", default=None,
                    help="torch device or JAX backend (default: cuda if available, else cpu)")
@@ -52,6 +53,11 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def with_sizes(args: argparse.Namespace, sizes: dict) -> argparse.Namespace:
+    """``args`` with each size option it leaves unset taken from ``sizes`` (a new namespace)."""
+    return argparse.Namespace(**{**vars(args), **{k: v for k, v in sizes.items() if getattr(args, k) is None}})
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
@@ -59,14 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.bench:
         from .bench import run
 
-        return run(args)
-    levels, steps, width, batch, epochs = SIZES[args.data]
-    for name, value in (("levels", levels), ("steps", steps), ("width", width),
-                        ("batch_size", batch), ("epochs", epochs)):
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+        run(args)
+        return 0
+    args = with_sizes(args, SIZES[args.data])
     from .data import load
-    from .train import NonFiniteLoss
+    from .flow import NonFiniteLoss
+    from .train import train
 
     try:
         data = load(args.data, args.data_dir, args.n_bits)
@@ -77,16 +81,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(data.train)} train / {len(data.test)} test, {data.levels} levels; "
           f"L={args.levels} K={args.steps} width={args.width} batch={args.batch_size}", flush=True)
     try:
-        if args.framework == "torch":
-            from .train import train_torch
-
-            return train_torch(args, data)
-        import jax
-
-        from .jax_model import train_jax
-
-        with jax.default_device(jax.devices(args.device)[0] if args.device else None):
-            return train_jax(args, data)
+        train(args, data)
     except NonFiniteLoss as e:
         print(f"fasth glow: training stopped: {e}", file=sys.stderr)
         return 1
+    return 0

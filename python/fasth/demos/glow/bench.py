@@ -3,30 +3,30 @@ backward of the torch Glow with the ``plain``, ``lu`` and ``svd`` 1x1 convolutio
 CIFAR-10-shaped input, for the whole model and for its 1x1 convolutions alone (each run on
 the activations it sees inside the model, each level's matrices built in one batched call
 as the model does, or with ``--per-step`` one step at a time, as openai/glow does). All
-cells are measured in one run, the variants interleaved within every repeat; the table gives
-medians and the ratios to ``svd``."""
+cells are measured in one run, interleaved within every repeat (``fasth.bench.timing``); the
+table gives medians and the ratios to ``svd``, repeat by repeat."""
 
 from __future__ import annotations
 
-import statistics
-import time
+from fasth.bench.timing import interleaved, median_ms, ratio, sync_for
 
 GPU_SIZES = dict(levels=3, steps=32, width=512, batch_size=64)
 CPU_SIZES = dict(levels=3, steps=4, width=64, batch_size=64)
+GPU_REPEATS, CPU_REPEATS = 20, 15  # small CPU timings are noisy, but take longer
 COLUMNS = ("forward", "inverse", "fwd+bwd")
 
 
-def run(args) -> int:
+def run(args) -> dict:
+    """Prints the table; returns the medians in ms, ``{(row, column, conv): ms}``."""
     import torch
 
-    from .torch_model import CONVS, Glow, InvConv, conv_inverse_weights, conv_weights
+    from . import with_sizes
+    from .flow import CONVS
+    from .torch_model import Glow, InvConv, conv_inverse_weights, conv_weights
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    sizes = GPU_SIZES if device.type == "cuda" else CPU_SIZES
-    for k, v in sizes.items():
-        if getattr(args, k, None) is None:
-            setattr(args, k, v)
-    repeats = args.repeats or (20 if device.type == "cuda" else 15)  # small CPU timings are noisy
+    args = with_sizes(args, GPU_SIZES if device.type == "cuda" else CPU_SIZES)
+    repeats = args.repeats or (GPU_REPEATS if device.type == "cuda" else CPU_REPEATS)
     shape, n = (3, 32, 32), args.batch_size
     torch.manual_seed(0)
     x = torch.rand(n, *shape, device=device) - 0.5
@@ -57,10 +57,6 @@ def run(args) -> int:
             for part in ([[c] for c in level] if args.per_step else [level]):
                 yield part, acts[i:i + len(part)]
                 i += len(part)
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
 
     def model_fwd(k):
         with torch.no_grad():
@@ -100,23 +96,15 @@ def run(args) -> int:
         loss.backward()
 
     rows = {"model": (model_fwd, model_inv, model_fwdbwd), "1x1 convs": (conv_fwd, conv_inv, conv_fwdbwd)}
-    times = {(r, col, k): [] for r in rows for col in COLUMNS for k in CONVS}
     how = "one step at a time" if args.per_step else "one batched call per level"
     print(f"Glow bench on {device} ({torch.get_num_threads()} threads): batch {n}, 3x32x32, "
           f"L={args.levels} K={args.steps} width={args.width}, 1x1-conv matrices {how}; "
           f"{repeats} interleaved repeats, medians "
           f"({len(convs['svd'])} 1x1 convs of {sorted({c.c for c in convs['svd']})} channels)", flush=True)
-    for rep in range(repeats + 1):  # the first round warms up and is dropped
-        for r, fns in rows.items():
-            for col, fn in zip(COLUMNS, fns):
-                for k in (CONVS if rep % 2 == 0 else CONVS[::-1]):
-                    sync()
-                    t = time.perf_counter()
-                    fn(k)
-                    sync()
-                    if rep:
-                        times[r, col, k].append(time.perf_counter() - t)
-    med = {key: statistics.median(v) * 1e3 for key, v in times.items()}
+    cells = {(r, col, k): (lambda fn=fn, k=k: fn(k))
+             for r, fns in rows.items() for col, fn in zip(COLUMNS, fns) for k in CONVS}
+    times = interleaved(cells, repeats, sync=sync_for(device))
+    med = {key: median_ms(t) for key, t in times.items()}
     head = f"{'':<10} {'conv':<10}" + "".join(f"{c + ' ms':>14}" for c in COLUMNS)
     print(head)
     print("-" * len(head))
@@ -124,7 +112,6 @@ def run(args) -> int:
         for k in CONVS:
             print(f"{r:<10} {k:<10}" + "".join(f"{med[r, c, k]:>14.2f}" for c in COLUMNS))
         for k in ("plain", "lu"):
-            print(f"{r:<10} {k + '/svd':<10}" + "".join(f"{med[r, c, k] / med[r, c, 'svd']:>13.2f}x"
-                                                        for c in COLUMNS))
-    args.result = med
-    return 0
+            print(f"{r:<10} {k + '/svd':<10}" + "".join(
+                f"{ratio(times[r, c, k], times[r, c, 'svd'])['median']:>13.2f}x" for c in COLUMNS))
+    return med

@@ -1,9 +1,9 @@
 """Glow in JAX with Flax NNX (the layer library ``fasth.jax`` builds on), images NHWC: the
-same architecture and training as the torch model (``torch_model.py``). As there, each level
-builds the 1x1-conv matrices of its ``K`` steps at once (``weights(convs)`` /
-``inverse_weights(convs)`` per variant): for ``svd`` one batched ``fasth.jax.matrix`` gives
-every ``U`` and ``V`` of the level; its log-determinant and inverse come from the singular
-values.
+same architecture as the torch model (``torch_model.py``), and its ``Trainer`` for the driver
+(``train.py``). As there, each level builds the 1x1-conv matrices of its ``K`` steps at once
+(``weights(convs)`` / ``inverse_weights(convs)`` per variant): for ``svd`` one batched
+``fasth.jax.matrix`` gives every ``U`` and ``V`` of the level; its log-determinant and inverse
+come from the singular values. Imports no torch.
 
 ``model = Glow(cfg, seed=...)``, ``model.initialize(x)`` (data-dependent actnorm, eager), then
 ``model.encode(x)`` gives ``(zs, logdet, logpz)``, ``model.decode(zs)`` inverts it and
@@ -11,19 +11,15 @@ values.
 
 from __future__ import annotations
 
-import math
 import pickle
-import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from .torch_model import CONVS
-
-LOG2PI = math.log(2 * math.pi)
+from .flow import (ACTNORM_EPS, CONVS, COUPLING_SHIFT, LOG2PI, ZERO_CONV_LOGSCALE, bits_per_dim,
+                   check_shape, lu_parameters, random_orthogonal, svd_parameters)
 
 
 # layers -----------------------------------------------------------------------------------
@@ -60,7 +56,7 @@ class ActNorm(nnx.Module):
     def __call__(self, x, logdet, init: bool = False):
         if init:
             self.b[...] = -x.mean((0, 1, 2))
-            self.logs[...] = -jnp.log(x.std((0, 1, 2)) + 1e-6)
+            self.logs[...] = -jnp.log(x.std((0, 1, 2)) + ACTNORM_EPS)
         hw = x.shape[1] * x.shape[2]
         return (x + self.b[...]) * jnp.exp(self.logs[...]), logdet + hw * self.logs[...].sum()
 
@@ -105,15 +101,12 @@ class LUConv(InvConv):
     ``nnx.Variable``, so the optimiser leaves them alone)."""
 
     def __init__(self, W0: np.ndarray):
-        import scipy.linalg
-
-        P, L, U = scipy.linalg.lu(W0)
-        s = np.diag(U)
-        self.P = nnx.Variable(_f32(P))
-        self.sign_s = nnx.Variable(_f32(np.sign(s)))
-        self.L = nnx.Param(_f32(np.tril(L, -1)))
-        self.U = nnx.Param(_f32(np.triu(U, 1)))
-        self.log_s = nnx.Param(_f32(np.log(np.abs(s))))
+        p = lu_parameters(W0)
+        self.P = nnx.Variable(_f32(p["P"]))
+        self.sign_s = nnx.Variable(_f32(p["sign_s"]))
+        self.L = nnx.Param(_f32(p["L"]))
+        self.U = nnx.Param(_f32(p["U"]))
+        self.log_s = nnx.Param(_f32(p["log_s"]))
 
     @staticmethod
     def _factors(convs):
@@ -141,20 +134,9 @@ class SVDConv(InvConv):
     ``(2, c, c)`` parameter; a level's frames come from a single ``fasth.jax.matrix``."""
 
     def __init__(self, W0: np.ndarray):
-        import torch
-
-        from fasth.torch import householder_vectors
-
-        c = W0.shape[0]
-        u, s, vh = np.linalg.svd(W0)
-        if np.allclose(s, s[0], rtol=1e-6, atol=0):  # as torch_model.SVDConv: avoid V = I
-            R = _random_orthogonal(c, np.random.default_rng(c))
-            u, v = u @ R, vh.T @ R
-        else:
-            v = vh.T
-        hv = lambda a: householder_vectors(torch.as_tensor(a)).numpy()  # noqa: E731
-        self.UV = nnx.Param(_f32(np.stack([hv(u), hv(v)])))
-        self.log_s = nnx.Param(_f32(np.log(s)))
+        UV, log_s = svd_parameters(W0)
+        self.UV = nnx.Param(_f32(UV))
+        self.log_s = nnx.Param(_f32(log_s))
 
     @staticmethod
     def _frames(convs):
@@ -182,11 +164,6 @@ def make_conv(kind: str, W0: np.ndarray) -> nnx.Module:
     return convs[kind](np.asarray(W0, np.float64))
 
 
-def _random_orthogonal(c: int, rng: np.random.Generator) -> np.ndarray:
-    q, r = np.linalg.qr(rng.standard_normal((c, c)))
-    return q * np.sign(np.diag(r))
-
-
 class ZeroConv(nnx.Module):
     """3x3 convolution initialised to zero, output scaled by ``e^{3 logs}``."""
 
@@ -197,7 +174,7 @@ class ZeroConv(nnx.Module):
         self.logs = nnx.Param(jnp.zeros(cout))
 
     def __call__(self, x):
-        return self.conv(x) * jnp.exp(3 * self.logs[...])
+        return self.conv(x) * jnp.exp(ZERO_CONV_LOGSCALE * self.logs[...])
 
 
 class Coupling(nnx.Module):
@@ -212,7 +189,7 @@ class Coupling(nnx.Module):
 
     def _st(self, xa):
         h = self.out(jax.nn.relu(self.conv2(jax.nn.relu(self.conv1(xa)))))
-        return h[..., 0::2], h[..., 1::2] + 2.0
+        return h[..., 0::2], h[..., 1::2] + COUPLING_SHIFT
 
     def __call__(self, x, logdet):
         ca = x.shape[-1] // 2
@@ -274,9 +251,7 @@ def _check(check, name, x):
 
 class Config:
     def __init__(self, shape, levels, steps, width, conv):
-        c, h, w = shape
-        if h % (2 ** levels) or w % (2 ** levels):
-            raise ValueError(f"Glow: image {h}x{w} must be divisible by 2^levels = {2 ** levels}")
+        check_shape(shape, levels)
         self.shape, self.levels, self.steps, self.width, self.conv = shape, levels, steps, width, conv
 
     @property
@@ -296,7 +271,7 @@ class Glow(nnx.Module):
         levels, priors = [], []
         for i in range(cfg.levels):
             c = 4 * c
-            levels.append(nnx.List([FlowStep(c, cfg.width, cfg.conv, _random_orthogonal(c, rng), rngs)
+            levels.append(nnx.List([FlowStep(c, cfg.width, cfg.conv, random_orthogonal(c, rng), rngs)
                                     for _ in range(cfg.steps)]))
             if i < cfg.levels - 1:
                 priors.append(ZeroConv(c // 2, c, rngs))
@@ -366,33 +341,11 @@ def preprocess(key, x_int, levels):
     return (x_int.astype(jnp.float32) + jax.random.uniform(key, x_int.shape)) / levels - 0.5
 
 
-def bits_per_dim(logpx, dims, levels):
-    return (-logpx + dims * math.log(levels)) / (dims * math.log(2))
-
-
 def to_nhwc(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
 
 
-# training ---------------------------------------------------------------------------------
-
-def make_optimizer(lr, warmup, clip):
-    import optax
-
-    sched = optax.linear_schedule(lr / warmup, lr, warmup)
-    return optax.chain(optax.clip_by_global_norm(clip), optax.adam(sched))
-
-
-def make_train_step(cfg, levels):
-    @nnx.jit
-    def step(model, opt, x_int, key):
-        x = preprocess(key, x_int, levels)
-        loss, grads = nnx.value_and_grad(lambda m: bits_per_dim(m.log_prob(x), cfg.dims, levels).mean())(model)
-        opt.update(model, grads)
-        return loss
-
-    return step
-
+# training -----------------------------------------------------------------------------------
 
 def _pure(tree) -> dict:
     """A model's or optimiser's state as nested dicts of numpy arrays (for pickling)."""
@@ -405,92 +358,91 @@ def _load(tree, pure: dict) -> None:
     nnx.update(tree, state)
 
 
-def train_jax(args, data) -> int:
-    from tqdm import tqdm
+class Trainer:
+    """The JAX side of the driver (``train.py``): a Glow and its clipped Adam (optax), on the
+    JAX backend ``args.device`` (default: JAX's)."""
 
-    from .train import NonFiniteLoss, batches, save_png
+    title, suffix, rank, world = "JAX", "pkl", 0, 1
 
-    cfg = Config(data.shape, args.levels, args.steps, args.width, args.conv)
-    x_train, x_test = to_nhwc(data.train), to_nhwc(data.test)
-    out = Path(args.out)
-    ckpt_path = out / f"glow-jax-{args.conv}.pkl"
-    model = Glow(cfg, args.seed)
-    opt = nnx.Optimizer(model, make_optimizer(args.lr, args.warmup, args.clip), wrt=nnx.Param)
-    if args.resume:
-        if not ckpt_path.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
-        with open(ckpt_path, "rb") as f:
-            ck = pickle.load(f)
-        for k in ("levels", "steps", "width", "conv", "data"):
-            if ck["args"][k] != getattr(args, k):
-                raise ValueError(f"--resume: checkpoint {ckpt_path} has {k}={ck['args'][k]!r}, "
-                                 f"not {getattr(args, k)!r}")
-        _load(model, ck["model"])
-        _load(opt, ck["opt"])
-        start_epoch, step_no = ck["epoch"], ck["step"]
-        print(f"resumed from {ckpt_path} at epoch {start_epoch}")
-    else:
-        idx = next(batches(len(x_train), args.batch_size, 0, args.seed))
-        model.initialize(preprocess(jax.random.PRNGKey(args.seed), jnp.asarray(x_train[idx]), data.levels))
-        start_epoch, step_no = 0, 0
-    train_step = make_train_step(cfg, data.levels)
-    eval_lp = nnx.jit(lambda m, x: m.log_prob(x))
+    def __init__(self, args, data) -> None:
+        self.args, self.data = args, data
 
-    def test_bpd():
-        k = jax.random.PRNGKey(12345)
+    def __enter__(self) -> "Trainer":
+        import optax
+
+        args, data = self.args, self.data
+        self._device = jax.default_device(jax.devices(args.device)[0] if args.device else None)
+        self._device.__enter__()
+        self.cfg = Config(data.shape, args.levels, args.steps, args.width, args.conv)
+        self.x_train, self.x_test = to_nhwc(data.train), to_nhwc(data.test)
+        self.model = Glow(self.cfg, args.seed)
+        # The learning rate is a hyperparameter the driver sets at every step (its warm-up).
+        tx = optax.chain(optax.clip_by_global_norm(args.clip),
+                         optax.inject_hyperparams(optax.adam)(learning_rate=args.lr))
+        self.opt = nnx.Optimizer(self.model, tx, wrt=nnx.Param)
+        cfg, levels = self.cfg, data.levels
+
+        @nnx.jit
+        def train_step(model, opt, x_int, key, lr):
+            opt.opt_state[1].hyperparams["learning_rate"][...] = lr
+            x = preprocess(key, x_int, levels)
+            loss, grads = nnx.value_and_grad(lambda m: bits_per_dim(m.log_prob(x), cfg.dims, levels).mean())(model)
+            opt.update(model, grads)
+            return loss
+
+        self._step = train_step
+        self._log_prob = nnx.jit(lambda m, x: m.log_prob(x))
+        self.last = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._device.__exit__(*exc)
+
+    def initialize(self, idx) -> None:
+        x = preprocess(jax.random.PRNGKey(self.args.seed), jnp.asarray(self.x_train[idx]), self.data.levels)
+        self.model.initialize(x)
+
+    def step(self, idx, step: int, lr: float) -> float:
+        """One optimiser step; after a non-finite loss the parameters are put back as they were."""
+        key = jax.random.fold_in(jax.random.PRNGKey(self.args.seed), step)
+        xb = jnp.asarray(self.x_train[idx])
+        before = nnx.to_pure_dict(nnx.state(self.model))  # immutable arrays: a cheap snapshot
+        loss = float(self._step(self.model, self.opt, xb, key, lr))
+        if not np.isfinite(loss):
+            _load(self.model, before)  # the parameters that gave the non-finite loss
+            self.last = preprocess(key, xb, self.data.levels)
+        return loss
+
+    def locate_nonfinite(self) -> str:
+        found: list[str] = []
+        self.model.encode(self.last, check=found)
+        return f"first non-finite output in {found[0]}" if found else \
+            "every layer output is finite (the non-finite value is in the prior, the sum or the gradient)"
+
+    def test_bpd(self, batch: int, seed: int) -> float:
+        k = jax.random.PRNGKey(seed)
         tot = 0.0
-        for i in range(0, len(x_test), 256):
+        for i in range(0, len(self.x_test), batch):
             k, kk = jax.random.split(k)
-            x = preprocess(kk, jnp.asarray(x_test[i:i + 256]), data.levels)
-            tot += float(bits_per_dim(eval_lp(model, x), cfg.dims, data.levels).sum())
-        return tot / len(x_test)
+            x = preprocess(kk, jnp.asarray(self.x_test[i:i + batch]), self.data.levels)
+            tot += float(bits_per_dim(self._log_prob(self.model, x), self.cfg.dims, self.data.levels).sum())
+        return tot / len(self.x_test)
 
-    t0 = time.perf_counter()
-    train_bpd = float("nan")
-    for epoch in range(start_epoch, args.epochs):
-        its = list(batches(len(x_train), args.batch_size, epoch, args.seed))
-        bar = tqdm(its, desc=f"epoch {epoch + 1}/{args.epochs}", disable=args.quiet, leave=False,
-                   dynamic_ncols=True)
-        tot, cnt = 0.0, 0
-        for i, idx in enumerate(bar):
-            k = jax.random.fold_in(jax.random.PRNGKey(args.seed), step_no)
-            xb = jnp.asarray(x_train[idx])
-            before = nnx.to_pure_dict(nnx.state(model))  # immutable arrays: a cheap snapshot
-            loss = float(train_step(model, opt, xb, k))
-            if not math.isfinite(loss):
-                where = f"epoch {epoch + 1}, step {i + 1} (global step {step_no + 1})"
-                _load(model, before)  # the parameters that gave the non-finite loss
-                found: list[str] = []
-                model.encode(preprocess(k, xb, data.levels), check=found)
-                raise NonFiniteLoss(f"non-finite loss {loss} at {where}; " + (
-                    f"first non-finite output in {found[0]}" if found else
-                    "every layer output is finite (the non-finite value is in the prior, the sum or the gradient)"))
-            step_no += 1
-            tot += loss
-            cnt += 1
-            bar.set_postfix(bpd=f"{tot / cnt:.3f}")
-        train_bpd = tot / max(cnt, 1)
-        tb = test_bpd()
-        print(f"epoch {epoch + 1}/{args.epochs}: train {train_bpd:.4f} bits/dim, test {tb:.4f} bits/dim, "
-              f"{time.perf_counter() - t0:.1f} s", flush=True)
-        out.mkdir(parents=True, exist_ok=True)
-        with open(ckpt_path, "wb") as f:
-            pickle.dump({"model": _pure(model), "opt": _pure(opt), "epoch": epoch + 1,
-                         "step": step_no, "args": vars(args)}, f)
-    tb = test_bpd()
-    k1, k2 = jax.random.split(jax.random.PRNGKey(0))
-    post = lambda x: np.clip(np.floor((np.asarray(x) + 0.5) * data.levels), 0, data.levels - 1)  # noqa: E731
-    samples = post(model.decode(key=k1, n=64, temperature=0.7)) / (data.levels - 1)
-    orig = jnp.asarray(x_test[:32])
-    zs, _, _ = model.encode(preprocess(k2, orig, data.levels))
-    recons = post(model.decode(zs)) / (data.levels - 1)
-    nchw = lambda a: np.asarray(a).transpose(0, 3, 1, 2)  # noqa: E731
-    out.mkdir(parents=True, exist_ok=True)
-    png = out / f"glow-jax-{args.conv}.png"
-    save_png(png, nchw(samples), nchw(orig) / (data.levels - 1), nchw(recons),
-             f"JAX Glow, {args.conv} 1x1 conv, {data.name}: test {tb:.3f} bits/dim")
-    print(f"final: train {train_bpd:.4f} bits/dim, test {tb:.4f} bits/dim "
-          f"(uniform {math.log2(data.levels):.4f}); {time.perf_counter() - t0:.1f} s; "
-          f"wrote {png} and {ckpt_path}")
-    args.result = {"train_bpd": train_bpd, "test_bpd": tb}
-    return 0
+    def pictures(self, n: int, temperature: float, originals: np.ndarray, seed: int):
+        k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+        samples = self.model.decode(key=k1, n=n, temperature=temperature)
+        zs, _, _ = self.model.encode(preprocess(k2, jnp.asarray(to_nhwc(originals)), self.data.levels))
+        nchw = lambda a: np.asarray(a).transpose(0, 3, 1, 2)  # noqa: E731
+        return nchw(samples), nchw(self.model.decode(zs))
+
+    def save(self, path, meta: dict) -> None:
+        with open(path, "wb") as f:
+            pickle.dump({"model": _pure(self.model), "opt": _pure(self.opt), **meta}, f)
+
+    def read(self, path) -> dict:
+        with open(path, "rb") as f:
+            return pickle.load(f)
+
+    def restore(self, ck: dict) -> None:
+        _load(self.model, ck["model"])
+        _load(self.opt, ck["opt"])

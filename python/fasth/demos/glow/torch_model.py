@@ -1,31 +1,21 @@
-"""Glow (Kingma & Dhariwal 2018) in torch, with three interchangeable invertible 1x1
-convolutions: ``plain`` (dense ``W``: ``slogdet`` and ``inverse``), ``lu`` (``W = P L (U +
-diag(s))``, inverted with triangular solves) and ``svd`` (``W = U diag(s) V^T`` with ``U``,
-``V`` products of Householder reflectors through fasth).
-
-In Glow the 1x1 convolution is ``d x d`` with ``d`` = channels (small) applied to ``n = B H
-W`` pixels (large), so every variant builds its ``d x d`` matrix (``W`` or ``W^{-1}``) once per
-call and runs one convolution; the variants differ only in what that matrix and the
-log-determinant cost. The matrices depend on parameters only, so each level builds those of
-its ``K`` steps in one batched call, in every variant alike.
-
-Every layer maps ``(x, logdet) -> (y, logdet + log|det dy/dx|)`` per sample and has an
+"""Glow (Kingma & Dhariwal 2018) in torch, with the three interchangeable invertible 1x1
+convolutions of ``flow.py``, and its ``Trainer`` for the driver (``train.py``), single process
+or ``torchrun`` with DDP. Every layer maps ``(x, logdet) -> (y, logdet + log|det dy/dx|)`` per sample and has an
 ``inverse``."""
 
 from __future__ import annotations
 
-import math
+import os
 
 import numpy as np
-import scipy.linalg
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fasth.torch import householder_vectors, matrix
+from fasth.torch import matrix
 
-CONVS = ("plain", "lu", "svd")
-LOG2PI = math.log(2 * math.pi)
+from .flow import (ACTNORM_EPS, CONVS, COUPLING_SHIFT, LOG2PI, ZERO_CONV_LOGSCALE, NonFiniteLoss,
+                   bits_per_dim, check_shape, lu_parameters, random_orthogonal, svd_parameters)
 
 
 def squeeze(x: Tensor) -> Tensor:
@@ -61,7 +51,7 @@ class ActNorm(nn.Module):
         mean = x.mean(dim=(0, 2, 3), keepdim=True)
         std = x.std(dim=(0, 2, 3), keepdim=True, unbiased=False)
         self.bias.copy_(-mean)
-        self.logs.copy_(-torch.log(std + 1e-6))
+        self.logs.copy_(-torch.log(std + ACTNORM_EPS))
         self.initialized.fill_(True)
 
     def forward(self, x: Tensor, logdet: Tensor) -> tuple[Tensor, Tensor]:
@@ -72,11 +62,6 @@ class ActNorm(nn.Module):
 
     def inverse(self, y: Tensor) -> Tensor:
         return y * torch.exp(-self.logs) - self.bias
-
-
-def random_orthogonal(c: int, generator: torch.Generator | None = None) -> Tensor:
-    q, r = torch.linalg.qr(torch.randn(c, c, generator=generator, dtype=torch.float64))
-    return q * torch.sign(torch.diagonal(r))
 
 
 class InvConv(nn.Module):
@@ -114,9 +99,6 @@ class InvConv(nn.Module):
         Winv = self.inverse_weights([self])[0] if inverse_weight is None else inverse_weight
         return F.conv2d(y, Winv[:, :, None, None])
 
-    def dense(self) -> Tensor:
-        return self.weight()[0]
-
     def extra_repr(self) -> str:
         return f"c={self.c}"
 
@@ -125,12 +107,16 @@ def _stack(convs: list[InvConv], name: str) -> Tensor:
     return torch.stack([getattr(c, name) for c in convs])
 
 
+def _f32(a: np.ndarray) -> Tensor:
+    return torch.as_tensor(np.asarray(a), dtype=torch.float32)
+
+
 class PlainConv(InvConv):
     kind = "plain"
 
-    def __init__(self, W0: Tensor) -> None:
+    def __init__(self, W0: np.ndarray) -> None:
         super().__init__(W0.shape[0])
-        self.W = nn.Parameter(W0.detach().clone().float())
+        self.W = nn.Parameter(_f32(W0))
 
     @classmethod
     def weights(cls, convs):
@@ -148,19 +134,17 @@ class LUConv(InvConv):
 
     kind = "lu"
 
-    def __init__(self, W0: Tensor) -> None:
+    def __init__(self, W0: np.ndarray) -> None:
         c = W0.shape[0]
         super().__init__(c)
-        p, l, u = scipy.linalg.lu(W0.detach().double().cpu().numpy())
-        s = np.diag(u)
-        f = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
-        self.register_buffer("P", f(p))
-        self.register_buffer("sign_s", f(np.sign(s)))
+        p = lu_parameters(W0)
+        self.register_buffer("P", _f32(p["P"]))
+        self.register_buffer("sign_s", _f32(p["sign_s"]))
         self.register_buffer("lower_mask", torch.tril(torch.ones(c, c), -1))
         self.register_buffer("eye", torch.eye(c))
-        self.L = nn.Parameter(f(np.tril(l, -1)))
-        self.U = nn.Parameter(f(np.triu(u, 1)))
-        self.log_s = nn.Parameter(f(np.log(np.abs(s))))
+        self.L = nn.Parameter(_f32(p["L"]))
+        self.U = nn.Parameter(_f32(p["U"]))
+        self.log_s = nn.Parameter(_f32(p["log_s"]))
 
     @staticmethod
     def _factors(convs) -> tuple[Tensor, Tensor, Tensor]:
@@ -191,21 +175,11 @@ class SVDConv(InvConv):
 
     kind = "svd"
 
-    def __init__(self, W0: Tensor, generator: torch.Generator | None = None) -> None:
-        c = W0.shape[0]
-        super().__init__(c)
-        W0 = W0.detach().double().cpu()
-        u, s, vh = torch.linalg.svd(W0)
-        # An orthogonal W0 has s = 1 and LAPACK may return V = I, whose Householder vectors
-        # vanish (a point where the reflector is not differentiable): rotate both frames by a
-        # random orthogonal R, W0 = (u R) diag(s) (v R)^T, which holds when s is constant.
-        if torch.allclose(s, s[0].expand_as(s), rtol=1e-6, atol=0):
-            R = random_orthogonal(c, generator if generator is not None else torch.Generator().manual_seed(c))
-            u, v = u @ R, vh.T @ R
-        else:
-            v = vh.T
-        self.UV = nn.Parameter(torch.stack([householder_vectors(u), householder_vectors(v)]).float())
-        self.log_s = nn.Parameter(torch.log(s).float())
+    def __init__(self, W0: np.ndarray) -> None:
+        super().__init__(W0.shape[0])
+        UV, log_s = svd_parameters(W0)
+        self.UV = nn.Parameter(_f32(UV))
+        self.log_s = nn.Parameter(_f32(log_s))
 
     @staticmethod
     def _frames(convs) -> tuple[Tensor, Tensor, Tensor]:
@@ -223,14 +197,12 @@ class SVDConv(InvConv):
         return (V * torch.exp(-log_s)[:, None, :]) @ U.mT
 
 
-def make_conv(kind: str, W0: Tensor) -> InvConv:
-    if kind == "plain":
-        return PlainConv(W0)
-    if kind == "lu":
-        return LUConv(W0)
-    if kind == "svd":
-        return SVDConv(W0)
-    raise ValueError(f"conv must be one of {CONVS}, got {kind!r}")
+def make_conv(kind: str, W0: np.ndarray) -> InvConv:
+    """A ``kind`` 1x1 convolution whose ``W`` is ``W0`` (float64 numpy)."""
+    convs = {"plain": PlainConv, "lu": LUConv, "svd": SVDConv}
+    if kind not in convs:
+        raise ValueError(f"conv must be one of {CONVS}, got {kind!r}")
+    return convs[kind](np.asarray(W0, np.float64))
 
 
 class ZeroConv2d(nn.Module):
@@ -245,7 +217,7 @@ class ZeroConv2d(nn.Module):
         self.logs = nn.Parameter(torch.zeros(1, cout, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(x) * torch.exp(3 * self.logs)
+        return self.conv(x) * torch.exp(ZERO_CONV_LOGSCALE * self.logs)
 
 
 class Coupling(nn.Module):
@@ -262,7 +234,7 @@ class Coupling(nn.Module):
     def _st(self, xa: Tensor) -> tuple[Tensor, Tensor]:
         h = self.net(xa)
         shift, raw = h[:, 0::2], h[:, 1::2]
-        return shift, raw + 2.0
+        return shift, raw + COUPLING_SHIFT
 
     def forward(self, x: Tensor, logdet: Tensor) -> tuple[Tensor, Tensor]:
         xa, xb = x[:, :self.ca], x[:, self.ca:]
@@ -277,7 +249,7 @@ class Coupling(nn.Module):
 
 
 class FlowStep(nn.Module):
-    def __init__(self, c: int, width: int, conv: str, W0: Tensor) -> None:
+    def __init__(self, c: int, width: int, conv: str, W0: np.ndarray) -> None:
         super().__init__()
         self.actnorm = ActNorm(c)
         self.conv = make_conv(conv, W0)
@@ -314,18 +286,17 @@ class Glow(nn.Module):
                  batch_levels: bool = True) -> None:
         super().__init__()
         self.batch_levels = batch_levels  # False: each step builds its own 1x1-conv matrix
+        check_shape(shape, levels)
         c, h, w = shape
-        if h % (2 ** levels) or w % (2 ** levels):
-            raise ValueError(f"Glow: image {h}x{w} must be divisible by 2^levels = {2 ** levels}")
         self.shape, self.levels, self.steps, self.width, self.conv_kind = shape, levels, steps, width, conv
-        g = torch.Generator().manual_seed(seed)  # the initial W of every 1x1 conv, same for all variants
+        rng = np.random.default_rng(seed)  # the initial W of every 1x1 conv, same for all variants
         self.flows = nn.ModuleList()
         self.priors = nn.ModuleList()
         self.z_shapes: list[tuple[int, int, int]] = []
         for i in range(levels):
             c, h, w = 4 * c, h // 2, w // 2
             self.flows.append(nn.ModuleList(
-                FlowStep(c, width, conv, random_orthogonal(c, g)) for _ in range(steps)))
+                FlowStep(c, width, conv, random_orthogonal(c, rng)) for _ in range(steps)))
             if i < levels - 1:
                 self.priors.append(ZeroConv2d(c // 2, c))
                 self.z_shapes.append((c - c // 2, h, w))
@@ -417,11 +388,117 @@ def preprocess(x_int: Tensor, n_levels: int, generator: torch.Generator | None =
     return (x_int.float() + u) / n_levels - 0.5
 
 
-def bits_per_dim(logpx: Tensor, dims: int, n_levels: int) -> Tensor:
-    """Per-sample bits/dim of the discrete data from the continuous ``log p(x)``."""
-    return (-logpx + dims * math.log(n_levels)) / (dims * math.log(2))
+# training -----------------------------------------------------------------------------------
+
+class Trainer:
+    """The torch side of the driver (``train.py``): a Glow and its Adam, on ``args.device``
+    (default: CUDA if available), one rank of DDP under ``torchrun`` (gloo on CPU, NCCL on GPU)."""
+
+    title, suffix = "torch", "pt"
+
+    def __init__(self, args, data) -> None:
+        self.args, self.data = args, data
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+
+    def __enter__(self) -> "Trainer":
+        args, data = self.args, self.data
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.world > 1:
+            if device.type == "cuda":
+                device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+                torch.cuda.set_device(device)
+            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        self.device = device
+        torch.manual_seed(args.seed)
+        self.model = Glow(data.shape, args.levels, args.steps, args.width, args.conv, seed=args.seed).to(device)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=args.lr)
+        self.x_train, self.x_test = torch.as_tensor(data.train), torch.as_tensor(data.test)
+        self.gen = torch.Generator(device=device).manual_seed(args.seed * 1000 + self.rank)
+        self.last: Tensor | None = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.world > 1:
+            torch.distributed.destroy_process_group()
+
+    def _batch(self, idx, generator: torch.Generator | None) -> Tensor:
+        return preprocess(self.x_train[idx].to(self.device), self.data.levels, generator)
+
+    def initialize(self, idx) -> None:
+        self.model.initialize(self._batch(idx, None))
+        self.net = torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model
+
+    def restore(self, ck: dict) -> None:
+        self.model.load_state_dict(ck["model"])
+        self.opt.load_state_dict(ck["opt"])
+        self.net = torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model
+
+    def step(self, idx, step: int, lr: float) -> float:
+        """One Adam step on a batch; a non-finite loss is returned before the step is taken."""
+        self.model.train()
+        x = self._batch(idx, self.gen)
+        loss = bits_per_dim(self.net(x), self.model.dims, self.data.levels).mean()
+        if not torch.isfinite(loss):
+            self.last = x
+            return loss.item()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.clip)
+        if not torch.isfinite(gnorm):
+            bad = [n for n, p in self.model.named_parameters()
+                   if p.grad is not None and not torch.isfinite(p.grad).all()]
+            raise NonFiniteLoss(f"non-finite gradient, first in {bad[:3]},")
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.step()
+        return loss.item()
+
+    def locate_nonfinite(self) -> str:
+        return locate_nonfinite(self.model, self.last)
+
+    @torch.no_grad()
+    def test_bpd(self, batch: int, seed: int) -> float:
+        self.model.eval()
+        g = torch.Generator(device=self.device).manual_seed(seed)
+        total = 0.0
+        for i in range(0, len(self.x_test), batch):
+            x = preprocess(self.x_test[i:i + batch].to(self.device), self.data.levels, g)
+            total += bits_per_dim(self.model(x), self.model.dims, self.data.levels).sum().item()
+        return total / len(self.x_test)
+
+    @torch.no_grad()
+    def pictures(self, n: int, temperature: float, originals: np.ndarray, seed: int):
+        self.model.eval()
+        g = torch.Generator(device=self.device).manual_seed(seed)
+        samples = self.model.sample(n, temperature, g)
+        zs, _, _ = self.model.encode(preprocess(torch.as_tensor(originals).to(self.device), self.data.levels, g))
+        return samples.cpu().numpy(), self.model.inverse(zs).cpu().numpy()
+
+    def save(self, path, meta: dict) -> None:
+        torch.save({"model": self.model.state_dict(), "opt": self.opt.state_dict(), **meta}, path)
+
+    def read(self, path) -> dict:
+        return torch.load(path, map_location=self.device, weights_only=False)
 
 
-def postprocess(x: Tensor, n_levels: int) -> Tensor:
-    """Continuous ``x`` back to ``[0, 1]`` for display."""
-    return torch.clamp(torch.floor((x + 0.5) * n_levels), 0, n_levels - 1) / (n_levels - 1)
+def locate_nonfinite(model: nn.Module, x: Tensor) -> str:
+    """Rerun the forward with hooks and name the first layer whose output is not finite."""
+    found: list[str] = []
+
+    def hook(name):
+        def fn(_mod, _inp, out):
+            outs = out if isinstance(out, tuple) else (out,)
+            if not found and any(isinstance(o, Tensor) and not torch.isfinite(o).all() for o in outs):
+                found.append(name)
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return f"first non-finite output in layer {found[0]!r}" if found else \
+        "every layer output is finite (the non-finite value is in the prior or the sum)"

@@ -1,20 +1,25 @@
-"""Training loop for the torch Glow (single process or ``torchrun`` with DDP), and the
-pieces shared with the JAX loop: image grids, the non-finite-loss error."""
+"""The Glow driver: one training loop for both frameworks. Each framework's model file has a
+``Trainer`` (its model, optimiser, step, evaluation, checkpoint format); this file holds the
+loop around it: batches, learning-rate warm-up, resuming, checkpoints each epoch, the
+non-finite-loss error, the final samples and reconstructions. ``train`` returns the results."""
 
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
 from .data import Data
+from .flow import NonFiniteLoss, to_unit
 
-
-class NonFiniteLoss(FloatingPointError):
-    """Raised when a loss or gradient is not finite; the message says where."""
+EVAL_BATCH = 256  # test images per evaluation call
+EVAL_SEED = 12345  # the test set's dequantisation noise: the same in every evaluation
+PICTURE_SEED = 0  # the final samples' and reconstructions' noise
+SAMPLES, TEMPERATURE, RECONSTRUCTIONS = 64, 0.7, 32  # in the PNG
+RESUME_KEYS = ("levels", "steps", "width", "conv", "data")  # a checkpoint must match these
 
 
 def image_grid(images: np.ndarray, cols: int) -> np.ndarray:
@@ -39,7 +44,7 @@ def save_png(path: Path, samples: np.ndarray, originals: np.ndarray, recons: np.
     cmap = "gray" if samples.shape[1] == 1 else None
     fig, axes = plt.subplots(1, 2, figsize=(10, 5.4))
     axes[0].imshow(image_grid(samples, 8), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-    axes[0].set_title("samples, T = 0.7")
+    axes[0].set_title(f"samples, T = {TEMPERATURE}")
     n = len(originals)
     cols = 8
     rows = []
@@ -70,146 +75,100 @@ def batches(n: int, batch: int, epoch: int, seed: int, rank: int = 0, world: int
         yield chunk[rank::world]
 
 
-def train_torch(args, data: Data) -> int:
-    import torch
-    import torch.distributed as dist
+class Trainer(Protocol):
+    """What a framework gives the driver (``torch_model.Trainer``, ``jax_model.Trainer``); a
+    context manager that builds the model on entry and releases what it holds on exit."""
+
+    title: str  # the framework as the PNG's title names it
+    suffix: str  # the checkpoint's file suffix
+    rank: int
+    world: int
+
+    def initialize(self, idx: np.ndarray) -> None: ...  # data-dependent init on these images
+    def step(self, idx: np.ndarray, step: int, lr: float) -> float: ...  # one optimiser step: its loss
+    def locate_nonfinite(self) -> str: ...  # where the last step's non-finite value arose
+    def test_bpd(self, batch: int, seed: int) -> float: ...
+    def pictures(self, n: int, temperature: float, originals: np.ndarray,
+                 seed: int) -> tuple[np.ndarray, np.ndarray]: ...  # samples, reconstructions
+    def save(self, path: Path, meta: dict) -> None: ...
+    def read(self, path: Path) -> dict: ...
+    def restore(self, checkpoint: dict) -> None: ...
+
+
+def trainer(args: Any, data: Data) -> Trainer:
+    if args.framework == "torch":
+        from .torch_model import Trainer as T
+    else:
+        from .jax_model import Trainer as T
+    return T(args, data)
+
+
+def check_resume(saved: dict, args: Any, path: Path) -> None:
+    """A checkpoint resumes only the run it came from (same model and data)."""
+    for key in RESUME_KEYS:
+        if saved[key] != getattr(args, key):
+            raise ValueError(f"--resume: checkpoint {path} has {key}={saved[key]!r}, not {getattr(args, key)!r}")
+
+
+def train(args: Any, data: Data) -> dict:
+    """Train (or with ``args.resume`` continue) a Glow; ``{"train_bpd", "test_bpd", "png",
+    "checkpoint"}`` on the main rank, ``{}`` on the others."""
     from tqdm import tqdm
 
-    from .torch_model import Glow, bits_per_dim, postprocess, preprocess
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    distributed = world > 1
-    if args.device:
-        device = torch.device(args.device)
-    else:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if distributed:
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    main_rank = rank == 0
-    try:
-        torch.manual_seed(args.seed)
-        model = Glow(data.shape, args.levels, args.steps, args.width, args.conv, seed=args.seed).to(device)
-        opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-        out = Path(args.out)
-        ckpt_path = out / f"glow-torch-{args.conv}.pt"
-        start_epoch, step = 0, 0
-        x_train = torch.as_tensor(data.train)
-        x_test = torch.as_tensor(data.test)
+    out = Path(args.out)
+    with trainer(args, data) as t:
+        main_rank = t.rank == 0
+        ckpt = out / f"glow-{args.framework}-{args.conv}.{t.suffix}"
         if args.resume:
-            if not ckpt_path.exists():
-                raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
-            ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-            for key in ("levels", "steps", "width", "conv", "data"):
-                if ck["args"][key] != getattr(args, key):
-                    raise ValueError(f"--resume: checkpoint {ckpt_path} has {key}={ck['args'][key]!r}, "
-                                     f"not {getattr(args, key)!r}")
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["opt"])
+            if not ckpt.exists():
+                raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
+            ck = t.read(ckpt)
+            check_resume(ck["args"], args, ckpt)
+            t.restore(ck)
             start_epoch, step = ck["epoch"], ck["step"]
             if main_rank:
-                print(f"resumed from {ckpt_path} at epoch {start_epoch}")
+                print(f"resumed from {ckpt} at epoch {start_epoch}")
         else:
-            # Data-dependent actnorm init on this rank's first batch; DDP then broadcasts
-            # rank 0's parameters so that all ranks start equal.
-            idx = next(batches(len(x_train), args.batch_size, 0, args.seed, rank, world))
-            model.initialize(preprocess(x_train[idx].to(device), data.levels))
-        net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
-        gen = torch.Generator(device=device).manual_seed(args.seed * 1000 + rank)
-
-        def test_bpd() -> float:
-            model.eval()
-            g = torch.Generator(device=device).manual_seed(12345)
-            total = 0.0
-            with torch.no_grad():
-                for i in range(0, len(x_test), 256):
-                    x = preprocess(x_test[i:i + 256].to(device), data.levels, g)
-                    total += bits_per_dim(model(x), model.dims, data.levels).sum().item()
-            model.train()
-            return total / len(x_test)
-
+            # Data-dependent actnorm init on this rank's first batch (DDP then broadcasts rank
+            # 0's parameters, so that all ranks start equal).
+            t.initialize(next(batches(len(data.train), args.batch_size, 0, args.seed, t.rank, t.world)))
+            start_epoch, step = 0, 0
         t0 = time.perf_counter()
         train_bpd = float("nan")
         for epoch in range(start_epoch, args.epochs):
-            model.train()
-            its = list(batches(len(x_train), args.batch_size, epoch, args.seed, rank, world))
+            its = list(batches(len(data.train), args.batch_size, epoch, args.seed, t.rank, t.world))
             bar = tqdm(its, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not main_rank or args.quiet,
                        leave=False, dynamic_ncols=True)
             tot, cnt = 0.0, 0
             for i, idx in enumerate(bar):
-                x = preprocess(x_train[idx].to(device), data.levels, gen)
-                loss = bits_per_dim(net(x), model.dims, data.levels).mean()
                 where = f"epoch {epoch + 1}, step {i + 1} (global step {step + 1})"
-                if not torch.isfinite(loss):
-                    raise NonFiniteLoss(f"non-finite loss {loss.item()} at {where}; "
-                                        f"{_locate_nonfinite(model, x)}")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-                if not torch.isfinite(gnorm):
-                    bad = [n for n, p in model.named_parameters()
-                           if p.grad is not None and not torch.isfinite(p.grad).all()]
-                    raise NonFiniteLoss(f"non-finite gradient at {where}, first in {bad[:3]}")
-                for gr in opt.param_groups:
-                    gr["lr"] = lr_at(step, args.lr, args.warmup)
-                opt.step()
+                try:
+                    loss = t.step(idx, step, lr_at(step, args.lr, args.warmup))
+                except NonFiniteLoss as e:
+                    raise NonFiniteLoss(f"{e} at {where}") from None
+                if not math.isfinite(loss):
+                    raise NonFiniteLoss(f"non-finite loss {loss} at {where}; {t.locate_nonfinite()}")
                 step += 1
-                tot += loss.item()
+                tot += loss
                 cnt += 1
                 bar.set_postfix(bpd=f"{tot / cnt:.3f}")
             train_bpd = tot / max(cnt, 1)
             if main_rank:
-                tb = test_bpd()
+                tb = t.test_bpd(EVAL_BATCH, EVAL_SEED)
                 print(f"epoch {epoch + 1}/{args.epochs}: train {train_bpd:.4f} bits/dim, "
                       f"test {tb:.4f} bits/dim, {time.perf_counter() - t0:.1f} s", flush=True)
                 out.mkdir(parents=True, exist_ok=True)
-                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch + 1,
-                            "step": step, "args": vars(args)}, ckpt_path)
-        if main_rank:
-            tb = test_bpd()
-            model.eval()
-            with torch.no_grad():
-                g = torch.Generator(device=device).manual_seed(0)
-                samples = postprocess(model.sample(64, 0.7, g), data.levels).cpu().numpy()
-                orig = x_test[:32].to(device)
-                zs, _, _ = model.encode(preprocess(orig, data.levels, g))
-                recons = postprocess(model.inverse(zs), data.levels).cpu().numpy()
-            out.mkdir(parents=True, exist_ok=True)
-            png = out / f"glow-torch-{args.conv}.png"
-            save_png(png, samples, orig.cpu().numpy() / (data.levels - 1), recons,
-                     f"torch Glow, {args.conv} 1x1 conv, {data.name}: test {tb:.3f} bits/dim")
-            print(f"final: train {train_bpd:.4f} bits/dim, test {tb:.4f} bits/dim "
-                  f"(uniform {math.log2(data.levels):.4f}); {time.perf_counter() - t0:.1f} s; "
-                  f"wrote {png} and {ckpt_path}")
-            args.result = {"train_bpd": train_bpd, "test_bpd": tb}
-    finally:
-        if distributed:
-            dist.destroy_process_group()
-    return 0
-
-
-def _locate_nonfinite(model, x) -> str:
-    """Rerun the forward with hooks and name the first layer whose output is not finite."""
-    import torch
-
-    found: list[str] = []
-
-    def hook(name):
-        def fn(_mod, _inp, out):
-            outs = out if isinstance(out, tuple) else (out,)
-            if not found and any(isinstance(o, torch.Tensor) and not torch.isfinite(o).all() for o in outs):
-                found.append(name)
-        return fn
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return f"first non-finite output in layer {found[0]!r}" if found else \
-        "every layer output is finite (the non-finite value is in the prior or the sum)"
+                t.save(ckpt, {"epoch": epoch + 1, "step": step, "args": vars(args)})
+        if not main_rank:
+            return {}
+        tb = t.test_bpd(EVAL_BATCH, EVAL_SEED)
+        originals = data.test[:RECONSTRUCTIONS]
+        samples, recons = t.pictures(SAMPLES, TEMPERATURE, originals, PICTURE_SEED)
+    out.mkdir(parents=True, exist_ok=True)
+    png = out / f"glow-{args.framework}-{args.conv}.png"
+    save_png(png, to_unit(samples, data.levels), originals / (data.levels - 1), to_unit(recons, data.levels),
+             f"{t.title} Glow, {args.conv} 1x1 conv, {data.name}: test {tb:.3f} bits/dim")
+    print(f"final: train {train_bpd:.4f} bits/dim, test {tb:.4f} bits/dim "
+          f"(uniform {math.log2(data.levels):.4f}); {time.perf_counter() - t0:.1f} s; "
+          f"wrote {png} and {ckpt}")
+    return {"train_bpd": train_bpd, "test_bpd": tb, "png": str(png), "checkpoint": str(ckpt)}

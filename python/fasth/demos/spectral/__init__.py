@@ -23,11 +23,11 @@ import json
 import math
 import os
 import sys
-import time
 
 import numpy as np
 
 from fasth._cli import check_device
+from fasth.bench.timing import interleaved, median_ms, ratio, time_once
 
 RADII = (0.1, 0.25, 0.5)
 BOUND_IRESNET = 0.9
@@ -39,15 +39,20 @@ def steps_per_run(args, n_train: int) -> int:
     return args.epochs * (n_train // args.batch)
 
 
+# Untimed-for-the-median steps before the timed ones: the first compiles (JAX) or allocates.
+WARMUP_STEPS = 3
+
+
 def collect(framework: str, device: str, data, args, run_classifier, run_iresnet,
-            time_steps) -> dict:
+            timing_step) -> dict:
     """The demo's three parts for one framework: the classifier and the i-ResNet trained with
-    each method, then the time per step at n = 4d, 16d, 32d and d/4 (`time_steps(method, d, n)`)."""
+    each method, then the time per step at n = 4d, 16d, 32d and d/4, the methods interleaved
+    (``timing_step(method, d, n)`` gives one synchronised training step of the timing network)."""
     from tqdm.auto import tqdm
 
     d = args.timing_width
     shapes = [(d, 4 * d), (d, 16 * d), (d, 32 * d), (d, d // 4)]
-    total = 4 * steps_per_run(args, data[0].shape[0]) + 2 * len(shapes)
+    total = 4 * steps_per_run(args, data[0].shape[0]) + len(shapes)
     bar = None if args.no_progress else tqdm(total=total, desc=f"spectral ({framework})", unit="step")
     res = {"framework": framework, "device": device, "classifier": {}, "iresnet": {}, "timing": []}
 
@@ -64,13 +69,13 @@ def collect(framework: str, device: str, data, args, run_classifier, run_iresnet
         res["iresnet"][m], arch, _ = run_iresnet(m, data, args, bar)
     res["iresnet"]["arch"] = arch
     for dd, n in shapes:
-        row = {"d": dd, "n": n}
-        for m in METHODS:
-            note(f"timing/{m} n={n}")
-            row[f"{m}_ms"] = time_steps(m, dd, n)
-            if bar is not None:
-                bar.update(1)
-        res["timing"].append(row)
+        note(f"timing n={n}")
+        t = interleaved({m: timing_step(m, dd, n) for m in METHODS}, args.timing_steps,
+                        warmup=WARMUP_STEPS)
+        res["timing"].append({"d": dd, "n": n, **{f"{m}_ms": median_ms(t[m]) for m in METHODS},
+                              "fasth_over_power": ratio(t["fasth"], t["power"])["median"]})
+        if bar is not None:
+            bar.update(1)
     if bar is not None:
         bar.close()
     return res
@@ -135,9 +140,7 @@ def train_loop(batch, step, n: int, args, bar, order, norms, *, skip_first: bool
         perm = order()
         for i in range(0, n - args.batch + 1, args.batch):
             b = batch(perm[i:i + args.batch])
-            t0 = time.perf_counter()
-            step(*b)
-            times.append(time.perf_counter() - t0)
+            times.append(time_once(lambda: step(*b)))
             count += 1
             if bar is not None:
                 bar.update(1)
@@ -146,18 +149,7 @@ def train_loop(batch, step, n: int, args, bar, order, norms, *, skip_first: bool
     if hist["step"][-1] != count:
         log()
     timed = times[1:] if skip_first else times
-    return 1e3 * float(np.median(timed or times)), hist
-
-
-def median_step_ms(step, steps: int, warmup: int = 3) -> float:
-    """Median ms of ``steps`` synchronised calls of ``step()`` after ``warmup`` untimed ones."""
-    times = []
-    for i in range(steps + warmup):
-        t0 = time.perf_counter()
-        step()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times))
+    return median_ms(timed or times), hist
 
 
 def fixed_point(update, x, change, tol: float = 1e-5, max_iter: int = 200):
@@ -233,14 +225,15 @@ def table(res: dict) -> str:
             f"{r['ms_per_step']:>8.3f}  {_fmt_norms(r['block_lip'])}"
             + ("" if r["converged"] else "  (did not converge)"))
     add("")
-    add("3. time per training step, same network (3 dense d x d layers), power iteration vs fasth")
+    add("3. time per training step, same network (3 dense d x d layers), power iteration vs fasth, "
+        "interleaved (ratio: fasth / power, step by step)")
     head = f"{'d':>5} {'n':>6} {'regime':>8} {'power ms':>9} {'fasth ms':>9} {'ratio':>6}"
     add(head)
     add("-" * len(head))
     for t in res["timing"]:
         regime = "n>=4d" if t["n"] >= 4 * t["d"] else ("n<d" if t["n"] < t["d"] else "")
         add(f"{t['d']:>5} {t['n']:>6} {regime:>8} {t['power_ms']:>9.3f} {t['fasth_ms']:>9.3f} "
-            f"{t['fasth_ms'] / t['power_ms']:>6.2f}")
+            f"{t['fasth_over_power']:>6.2f}")
     add("n >= 4d: fasth builds W = U diag(s) V^T once per step, a cost independent of n (about")
     add("38 d^3 flops per layer with the backward, against 6 d^2 n for the layer's GEMMs), so the")
     add("ratio falls toward 1 as n grows. n < d: U and V are applied to the activations.")

@@ -9,8 +9,7 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
 
 from ...torch.spectral import SpectralLinear
-from . import (BOUND_IRESNET, METHODS, classifier_result, collect, fixed_point, iresnet_result,
-               median_step_ms, train_loop)
+from . import BOUND_IRESNET, METHODS, classifier_result, collect, fixed_point, iresnet_result, train_loop
 
 
 def _synchronize(device: torch.device) -> None:
@@ -183,8 +182,8 @@ def run_iresnet(method, data, args, bar):
     return res, arch, model
 
 
-def time_steps(method: str, d: int, n: int, steps: int, device: str, seed: int) -> float:
-    """Median ms per Adam step of a 3-layer d x d spectral MLP on a random (n, d) batch."""
+def timing_step(method: str, d: int, n: int, device: torch.device, seed: int):
+    """One synchronised Adam step of a 3-layer d x d spectral MLP on a random (n, d) batch."""
     torch.manual_seed(seed)
     model = MLP(method, [d, d, d, d]).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -197,7 +196,7 @@ def time_steps(method: str, d: int, n: int, steps: int, device: str, seed: int) 
         opt.step()
         _synchronize(X.device)
 
-    return median_step_ms(step, steps)
+    return step
 
 
 def run(args, data) -> dict:
@@ -205,4 +204,4 @@ def run(args, data) -> dict:
     args.device = dev
     data = tuple(torch.as_tensor(a, device=dev) for a in data)
     return collect("torch", str(dev), data, args, run_classifier, run_iresnet,
-                   lambda m, d, n: time_steps(m, d, n, args.timing_steps, dev, args.seed))
+                   lambda m, d, n: timing_step(m, d, n, dev, args.seed))

@@ -1,0 +1,214 @@
+"""The suite's cases: one problem per size and the methods that solve it.
+
+Each method is a small setup function that takes one problem (``V`` of ``d x d``
+Householder vectors, the same reflectors in LAPACK's geqrf form ``A, tau``, ``X`` of
+``d x n``, an output gradient ``G``) and returns closures for the forward ``U X``, the
+forward + backward (returning the gradients) and materialising ``U``."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+OPS = {"apply": "forward U X", "fwd+bwd": "forward + backward of U X", "matrix": "materialise U"}
+class Unavailable(Exception):
+    """A method that cannot run here (not installed, wrong device or dtype)."""
+
+
+@dataclass
+class Problem:
+    d: int
+    n: int
+    dtype: torch.dtype
+    device: torch.device
+    V: torch.Tensor  # (d, d) Householder vectors, unit diagonal, zeros above
+    A: torch.Tensor  # geqrf form: vectors below the diagonal (implicit unit), tau beside
+    tau: torch.Tensor
+    X: torch.Tensor
+    G: torch.Tensor
+
+
+def make_problem(d: int, n: int, dtype: torch.dtype, device: str, seed: int = 0) -> Problem:
+    """The same numbers for every dtype (drawn in float64), so float64 is a reference."""
+    g = torch.Generator().manual_seed(seed * 7919 + d * 31 + n)  # one stream per (seed, d, n)
+    A, X, G = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((d, d), (d, n), (d, n)))
+    V = torch.tril(A, -1) + torch.eye(d, dtype=torch.float64)
+    tau = 2 / (V * V).sum(0)
+    to = lambda t: t.to(dtype=dtype, device=device).contiguous()  # noqa: E731
+    return Problem(d, n, dtype, torch.device(device), to(V), to(A), to(tau), to(X), to(G))
+
+
+@dataclass
+class Impl:
+    fwd: Callable[[], Any] | None = None
+    fb: Callable[[], list] | None = None  # forward + backward, returns the gradients
+    mat: Callable[[], Any] | None = None  # U
+    clear: Callable[[], None] = lambda: None  # drop gradients (before a memory measure)
+    compiles: bool = False  # the first call of each closure compiles (not timed)
+    torch: bool = False  # its memory is torch's (peak memory measured on CUDA)
+
+
+def _leaf(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().clone().requires_grad_()
+
+
+def torch_impl(p: Problem, leaves: list[torch.Tensor], f: Callable, mat: Callable | None = None) -> Impl:
+    """Closures for a method written as ``f(*leaves) -> U X`` (and ``mat(*leaves) -> U``)."""
+
+    def clear() -> None:
+        for t in leaves:
+            t.grad = None
+
+    def fwd() -> Any:
+        with torch.no_grad():
+            return f(*leaves)
+
+    def fb() -> list:
+        clear()
+        f(*leaves).backward(p.G)
+        return [t.grad for t in leaves]
+
+    def m() -> Any:
+        with torch.no_grad():
+            return mat(*leaves)  # type: ignore[misc]
+
+    return Impl(fwd, fb, m if mat else None, clear, torch=True)
+
+
+def _eye(p: Problem) -> torch.Tensor:
+    return torch.eye(p.d, dtype=p.dtype, device=p.device)
+
+
+# methods --------------------------------------------------------------------------------
+
+def m_fasth(p: Problem) -> Impl:
+    import fasth.torch as ft
+
+    return torch_impl(p, [_leaf(p.V), _leaf(p.X)], ft.apply, lambda V, X: ft.matrix(V))
+
+
+def _baseline(name: str) -> Callable[[Problem], Impl]:
+    def make(p: Problem) -> Impl:
+        from .. import _baselines
+
+        f = getattr(_baselines, name)
+        return torch_impl(p, [_leaf(p.V), _leaf(p.X)], f, lambda V, X: f(V, _eye(p)))
+
+    return make
+
+
+def m_gemm(p: Problem) -> Impl:
+    U = torch.linalg.qr(p.A)[0]
+    return torch_impl(p, [_leaf(U), _leaf(p.X)], torch.matmul)
+
+
+def m_sgemm(p: Problem) -> Impl:
+    from scipy.linalg import blas
+
+    if p.device.type != "cpu":
+        raise Unavailable("CPU only")
+    gemm = blas.sgemm if p.dtype == torch.float32 else blas.dgemm
+    U = np.asfortranarray(torch.linalg.qr(p.A)[0].numpy())
+    X = np.asfortranarray(p.X.numpy())
+    return Impl(fwd=lambda: gemm(1.0, U, X))
+
+
+def m_householder_product(p: Problem) -> Impl:
+    hp = torch.linalg.householder_product
+    return torch_impl(p, [_leaf(p.A), _leaf(p.tau), _leaf(p.X)],
+                      lambda A, tau, X: hp(A, tau) @ X, lambda A, tau, X: hp(A, tau))
+
+
+def m_ormqr(p: Problem) -> Impl:
+    return torch_impl(p, [_leaf(p.A), _leaf(p.tau), _leaf(p.X)], torch.ormqr,
+                      lambda A, tau, X: torch.ormqr(A, tau, _eye(p)))
+
+
+def _orthogonal(kind: str) -> Callable[[Problem], Impl]:
+    def make(p: Problem) -> Impl:
+        from torch.nn.utils import parametrizations
+
+        lin = torch.nn.Linear(p.d, p.d, bias=False, dtype=p.dtype, device=p.device)
+        with torch.no_grad():  # the base it keeps comes from this weight: the same for every dtype
+            lin.weight.copy_(p.A)
+        parametrizations.orthogonal(lin, orthogonal_map=kind)
+        W0 = lin.parametrizations.weight.original
+        with torch.no_grad():  # a generic point (not the identity), the same for every dtype
+            W0.copy_(torch.tril(p.A, -1) / math.sqrt(p.d))
+        return torch_impl(p, [W0, _leaf(p.X)], lambda W, X: lin.weight @ X, lambda W, X: lin.weight)
+
+    return make
+
+
+def m_lapack_ormqr(p: Problem) -> Impl:
+    from scipy.linalg import lapack
+
+    if p.device.type != "cpu":
+        raise Unavailable("CPU only")
+    ormqr = lapack.sormqr if p.dtype == torch.float32 else lapack.dormqr
+    a, tau = np.asfortranarray(p.A.numpy()), p.tau.numpy()
+    X, eye = np.asfortranarray(p.X.numpy()), np.asfortranarray(np.eye(p.d, dtype=a.dtype))
+    lwork = max(1, int(ormqr("L", "N", a, tau, X, -1)[1][0]))
+    return Impl(fwd=lambda: ormqr("L", "N", a, tau, X, lwork)[0],
+                mat=lambda: ormqr("L", "N", a, tau, eye, lwork)[0])
+
+
+def m_jax_expm(p: Problem) -> Impl:
+    try:
+        import jax
+        import jax.numpy as jnp
+        from jax.scipy.linalg import expm
+    except ImportError:
+        raise Unavailable("not installed") from None
+    jax.config.update("jax_enable_x64", True)
+    want = {"cpu": "cpu", "cuda": "gpu"}[p.device.type]
+    if jax.default_backend() != want:
+        raise Unavailable(f"jax runs on {jax.default_backend()}")
+    A, X, G = (jnp.asarray(t.cpu().numpy()) for t in (torch.tril(p.A, -1) / math.sqrt(p.d), p.X, p.G))
+    U = jax.jit(lambda A: expm(A - A.T))
+    f = jax.jit(lambda A, X: U(A) @ X)
+    g = jax.jit(jax.grad(lambda A, X: jnp.vdot(f(A, X), G), argnums=(0, 1)))
+    return Impl(fwd=lambda: f(A, X).block_until_ready(),
+                fb=lambda: [np.asarray(t) for t in jax.block_until_ready(g(A, X))],
+                mat=lambda: np.asarray(U(A)), compiles=True)
+
+
+def m_torch_householder(p: Problem) -> Impl:
+    try:
+        from torch_householder import torch_householder_orgqr
+    except ImportError:
+        raise Unavailable("not installed") from None
+    return torch_impl(p, [_leaf(p.V), _leaf(p.X)],  # full vectors, normalised inside
+                      lambda V, X: torch_householder_orgqr(V) @ X, lambda V, X: torch_householder_orgqr(V))
+
+
+@dataclass
+class Method:
+    make: Callable[[Problem], Impl]
+    ref: str | None = None  # whose float64 gradients are the reference (None: its own)
+    cap: float = 1.0  # times the time cap before it is skipped (inf: always run, every size)
+
+
+METHODS: dict[str, Method] = {
+    "fasth": Method(m_fasth, "sequential", cap=math.inf),
+    "GEMM U@X (torch)": Method(m_gemm, cap=math.inf),
+    "GEMM U@X (SciPy BLAS)": Method(m_sgemm),
+    # torch's own op, the baseline most users have: measured up to 10 times past the cap
+    "householder_product+matmul": Method(m_householder_product, cap=10),
+    "torch.ormqr": Method(m_ormqr, "householder_product+matmul"),
+    "orthogonal(matrix_exp)": Method(_orthogonal("matrix_exp")),
+    "orthogonal(cayley)": Method(_orthogonal("cayley")),
+    "sequential": Method(_baseline("sequential"), "sequential"),
+    "fasth++": Method(_baseline("fasthpp"), "sequential"),
+    "compact WY (torch)": Method(_baseline("compact_wy"), "sequential"),
+    "LAPACK ormqr (SciPy)": Method(m_lapack_ormqr),
+    "JAX expm(skew)": Method(m_jax_expm),
+    "torch-householder": Method(m_torch_householder, "sequential"),
+}
+GEMM = "GEMM U@X (torch)"
+
+
