@@ -35,7 +35,7 @@ def test_cpp_consumer(tmp_path, cuda):
 
     flags = ["-DFASTH_CUDA=ON", "-DCMAKE_CUDA_ARCHITECTURES=80"] if cuda else ["-DFASTH_CUDA=OFF"]
     p = _run(cmake, "-S", ROOT, "-B", lib, *gen, *flags, "-DCMAKE_BUILD_TYPE=Release", cwd=tmp_path)
-    if cuda and p.returncode != 0 and "cuBLAS was not found" in p.stdout + p.stderr:
+    if cuda and p.returncode != 0 and "CUDA backend cannot be built" in p.stdout + p.stderr:
         pytest.skip("no cuBLAS (pip install nvidia-cublas)")
     _check(p)
     _check(_run(cmake, "--build", lib, "-j", "2", cwd=tmp_path))

@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from ._profile import Profile, profile
     from ._vectors import householder_vectors
 
-__version__ = "0.1.0"
 _HOMES = {"apply": "_api", "apply_backward": "_api", "matrix": "_api", "matrix_backward": "_api",
           "profile": "_profile", "Profile": "_profile", "householder_vectors": "_vectors"}
 __all__ = [*_HOMES, "__version__"]
@@ -28,4 +27,11 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+    if name == "__version__":  # the installed distribution's (pyproject.toml's) version
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version(__name__)
+        except PackageNotFoundError:  # a source tree on sys.path, not installed
+            return "0+unknown"
     raise AttributeError(f"module 'fasth' has no attribute {name!r}")
