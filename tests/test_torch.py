@@ -93,6 +93,46 @@ def test_gradients_match_reference(device):
     np.testing.assert_allclose(X.grad.cpu().numpy(), dX, atol=1e-10)
 
 
+@pytest.mark.parametrize("transpose", [False, True])
+def test_reflectors_reuse_factors(device, transpose):
+    """Reflectors(V).apply is apply(V, .) in values and gradients (gradcheck) over two uses,
+    whose gradients sum; the later applies of a shape build no factors (fewer backend calls)."""
+    import fasth
+
+    for V, X in sample_inputs(device):
+        V.requires_grad_(), X.requires_grad_()
+
+        def twice(V, X):
+            R = ft.Reflectors(V, block=2)
+            return R.apply(torch.tanh(R.apply(X, transpose)), transpose)
+
+        assert torch.autograd.gradcheck(twice, (V, X))
+        ref = ft.apply(V, torch.tanh(ft.apply(V, X, transpose, block=2)), transpose, block=2)
+        torch.testing.assert_close(twice(V, X), ref, rtol=0, atol=1e-12)
+    V, X = (t.float() for t in sample_inputs(device)[1])
+    R = ft.Reflectors(V)
+    with fasth.profile() as first:
+        R.apply(X, transpose)
+    with fasth.profile() as again:
+        out = R.apply(X, transpose)
+    assert again.calls < first.calls and "larft" not in again.by_op, (first, again)
+    torch.testing.assert_close(out, ft.apply(V, X, transpose))
+
+
+def test_reflectors_see_in_place_changes_of_v(device):
+    """An optimizer step on V between applies: the next apply uses the new V, never stale
+    factors; under torch.func the applies are apply's."""
+    V, X = sample_inputs(device)[1]
+    V = torch.nn.Parameter(V)
+    R = ft.Reflectors(V)
+    R.apply(X).square().sum().backward()
+    opt = torch.optim.SGD([V], lr=0.5)
+    opt.step()
+    torch.testing.assert_close(R.apply(X), ft.apply(V.detach(), X))
+    Xs = torch.randn(3, *X.shape, dtype=X.dtype, device=device)
+    torch.testing.assert_close(torch.func.vmap(R.apply)(Xs), ft.apply(V.detach(), Xs))
+
+
 @pytest.mark.parametrize("blas", ["scipy", "torch-loop", "torch"])
 def test_every_cpu_blas_matches_reference(blas):
     """fasth's CPU products run on SciPy's BLAS (plain ``import fasth``) or on libtorch's

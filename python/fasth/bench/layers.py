@@ -236,6 +236,7 @@ def backend_calls(fn: Callable[[], object], device: str) -> dict:
 SMALL_D = 8  # a size where every operation's cost is its fixed cost per call
 MATRIX_D = 512  # a size where materialising U is worth comparing with a dense solve
 WIDE = (4096, 1024)  # d, n where few reflectors (k = 8, 16) meet a large X
+RECURRENCE = (256, 32, 16)  # d, batch, steps: one U applied at every step, as in an RNN
 
 
 def _grads(f: Callable, leaves: list[torch.Tensor], G: torch.Tensor) -> Callable[[], list]:
@@ -284,6 +285,21 @@ def fixed_cost_cases(cfg: LayerConfig):
             "Cayley solve(I + S, I - S)": _grads(cayley, [Am], GU),
             f"GEMM {d}x{d}x{d}": _grads(torch.matmul, [Am, Bm], GU)},
            f"GEMM {d}x{d}x{d}", {"fasth.torch.matrix"})
+    d, n, steps = RECURRENCE
+    Vr, Xs = rand(d, d).requires_grad_(), rand(steps, d, n)
+
+    def recurrence(make_step: Callable) -> Callable[[], Any]:
+        def run():  # h = tanh(U h + x_t), then the gradient of |h|^2 in V
+            h, step = torch.zeros_like(Xs[0]), make_step()
+            for x in Xs:
+                h = torch.tanh(step(h) + x)
+            return torch.autograd.grad(h.square().sum(), Vr)
+        return run
+
+    yield (f"recurrence of {steps} steps, forward + backward, d={d} n={n}",
+           {"apply at every step": recurrence(lambda: lambda h: ft.apply(Vr, h)),
+            "Reflectors (factors once)": recurrence(lambda: ft.Reflectors(Vr).apply)},
+           "apply at every step", {"apply at every step", "Reflectors (factors once)"})
     if cfg.full:
         d, n = WIDE
         X = rand(d, n)
@@ -295,4 +311,4 @@ def fixed_cost_cases(cfg: LayerConfig):
 
 def groups(cfg: LayerConfig) -> int:
     """How many groups ``LayerBench.run`` measures (for a progress bar)."""
-    return len(cfg.threads) * (len(cfg.ds) * len(cfg.batches) + 4 + cfg.full)
+    return len(cfg.threads) * (len(cfg.ds) * len(cfg.batches) + 5 + cfg.full)
