@@ -4,10 +4,13 @@
 // handlers as capsules for jax.ffi.register_ffi_target; built only where the XLA FFI headers
 // (from jax.ffi.include_dir()) were found, else it returns an empty dict.
 //
-// Two custom calls, each a Plan's run on row-major arrays of any rank (the plan is made
+// Three custom calls, each a Plan's run on row-major arrays of any rank (the plan is made
 // from the buffers' dimensions each call: cheap, and the one home of the shape rules):
-//   fasth_forward   args V, [tau], [X]                 rets out, factors, workspace
-//   fasth_backward  args V, [tau], [S], factors, grad  rets dV, [dtau], [dX], workspace
+//   fasth_forward       args V, [tau], [X]                 rets out, factors, workspace
+//   fasth_forward_with  args V, factors, X                 rets out, workspace
+//   fasth_backward      args V, [tau], [S], factors, grad  rets dV, [dtau], [dX], workspace
+// fasth_forward_with is a householder apply with the factors an earlier fasth_forward of the
+// same V and shapes returned (one U applied again and again: no work per V).
 // with tau for LAPACK reflectors, X and S (the saved output, or the input for LAPACK
 // reflectors) for apply. One dtype per call (float32 or float64, dispatched once). The
 // factors and the workspace are outputs: XLA allocates them with the call's other buffers,
@@ -128,14 +131,22 @@ struct Handlers {
     return Make<T>::make(device, stream, tf32, 0);
   }
 
-  static ffi::Error forward(ffi::Context ctx, ffi::RemainingArgs args, ffi::RemainingRets rets,
+  // Each custom call: its attributes, then Call::run<T>(ctx, args, rets, problem, tf32) for the
+  // dtype of its first argument (V).
+  template <class Call>
+  static ffi::Error handler(ffi::Context ctx, ffi::RemainingArgs args, ffi::RemainingRets rets,
                             int64_t op, int64_t kind, int64_t block, int64_t strategy,
                             bool transpose, bool thin, bool tf32) {
-    const Attrs at{op, kind, block, strategy, transpose, thin, tf32};
-    Buf V = arg(args, 0);
-    return dispatch(V.element_type(), [&](auto tag) {
-      using T = decltype(tag);
-      Problem p = problem(at);
+    const Problem p = problem(Attrs{op, kind, block, strategy, transpose, thin, tf32});
+    return dispatch(arg(args, 0).element_type(), [&](auto tag) {
+      Call::template run<decltype(tag)>(ctx, args, rets, p, tf32);
+    });
+  }
+
+  struct ForwardCall {  // fasth_forward
+    template <class T>
+    static void run(const ffi::Context& ctx, const ffi::RemainingArgs& args,
+                    const ffi::RemainingRets& rets, Problem p, bool tf32) {
       std::size_t i = 0;
       Forward<T> a;
       p.V = row_major(arg(args, i)), a.V = data<const T>(arg(args, i++));
@@ -147,17 +158,36 @@ struct Handlers {
       a.factors = data<T>(f, plan.factors_size(), "factors");
       a.workspace = data<T>(ws, plan.workspace_size(Pass::forward), "workspace");
       plan.forward(backend<T>(ctx, tf32), a);
-    });
-  }
+    }
+  };
 
-  static ffi::Error backward(ffi::Context ctx, ffi::RemainingArgs args, ffi::RemainingRets rets,
-                             int64_t op, int64_t kind, int64_t block, int64_t strategy,
-                             bool transpose, bool thin, bool tf32) {
-    const Attrs at{op, kind, block, strategy, transpose, thin, tf32};
-    Buf V = arg(args, 0);
-    return dispatch(V.element_type(), [&](auto tag) {
-      using T = decltype(tag);
-      Problem p = problem(at);
+  struct ForwardWithCall {  // fasth_forward_with
+    template <class T>
+    static void run(const ffi::Context& ctx, const ffi::RemainingArgs& args,
+                    const ffi::RemainingRets& rets, Problem p, bool tf32) {
+      if (p.op != Op::apply || p.kind != Kind::householder)
+        throw std::invalid_argument("fasth: fasth_forward_with is a householder apply");
+      const Buf V = arg(args, 0), F = arg(args, 1), X = arg(args, 2);
+      Forward<T> a;
+      p.V = row_major(V), a.V = data<const T>(V);
+      p.X = row_major(X), a.X = data<const T>(X);
+      const Plan plan(p, D);
+      if (F.element_count() < plan.factors_size())
+        throw std::invalid_argument("fasth: factors hold " + std::to_string(F.element_count()) +
+                                    " elements, need " + std::to_string(plan.factors_size()));
+      a.factors = const_cast<T*>(data<const T>(F));  // read only
+      auto out = ret(rets, 0), ws = ret(rets, 1);
+      a.out = data<T>(out, 0, "out");
+      a.workspace = data<T>(ws, plan.workspace_size(Pass::forward), "workspace");
+      plan.forward_with(backend<T>(ctx, tf32), a);
+    }
+  };
+
+  struct BackwardCall {  // fasth_backward
+    template <class T>
+    static void run(const ffi::Context& ctx, const ffi::RemainingArgs& args,
+                    const ffi::RemainingRets& rets, Problem p, bool tf32) {
+      const Buf V = arg(args, 0);
       std::size_t i = 1, r = 1;
       Backward<T> a;
       p.V = row_major(V);
@@ -184,18 +214,14 @@ struct Handlers {
       auto ws = ret(rets, r++);
       a.workspace = data<T>(ws, plan.workspace_size(Pass::backward), "workspace");
       plan.backward(backend<T>(ctx, tf32), a);
-    });
-  }
+    }
+  };
 
-  // The C entry points XLA calls; each binds its handler once.
-  static XLA_FFI_Error* forward_entry(XLA_FFI_CallFrame* frame) {
+  // The C entry point XLA calls for a custom call; each binds its handler once.
+  template <class Call>
+  static XLA_FFI_Error* entry(XLA_FFI_CallFrame* frame) {
     static const auto h = attrs(ffi::Ffi::Bind().Ctx<ffi::Context>().RemainingArgs().RemainingRets())
-                              .To(forward, {ffi::Traits::kCmdBufferCompatible});
-    return h->Call(frame);
-  }
-  static XLA_FFI_Error* backward_entry(XLA_FFI_CallFrame* frame) {
-    static const auto h = attrs(ffi::Ffi::Bind().Ctx<ffi::Context>().RemainingArgs().RemainingRets())
-                              .To(backward, {ffi::Traits::kCmdBufferCompatible});
+                              .To(handler<Call>, {ffi::Traits::kCmdBufferCompatible});
     return h->Call(frame);
   }
 };
@@ -216,8 +242,9 @@ void def_jax_ffi(nanobind::module_& m) {
         auto cap = [](XLA_FFI_Error* (*fn)(XLA_FFI_CallFrame*)) {
           return nb::capsule(reinterpret_cast<void*>(fn));
         };
-        d["fasth_forward"] = cap(&H::forward_entry);
-        d["fasth_backward"] = cap(&H::backward_entry);
+        d["fasth_forward"] = cap(&H::template entry<typename H::ForwardCall>);
+        d["fasth_forward_with"] = cap(&H::template entry<typename H::ForwardWithCall>);
+        d["fasth_backward"] = cap(&H::template entry<typename H::BackwardCall>);
 #endif
         return d;
       },

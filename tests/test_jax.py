@@ -238,6 +238,32 @@ def test_layers(dev):
         fj.Orthogonal(d, -1, rngs=nnx.Rngs(0))
 
 
+@pytest.mark.parametrize("transpose", [False, True])
+def test_reflectors_reuse_factors(dev, transpose):
+    """Reflectors(V).apply is apply(V, .) in values and gradients over several uses (under
+    jit, grad and vmap, V shared or mapped); the later applies are fasth_forward_with calls."""
+    V, X = (jax.device_put(a, dev) for a in (randn(12, 9), randn(3, 12, 4, seed=1)))
+
+    def twice(V, X, reuse):
+        if reuse:
+            R = fj.Reflectors(V, block=4)
+            return R.apply(jnp.tanh(R.apply(X, transpose)), transpose)
+        return fj.apply(V, jnp.tanh(fj.apply(V, X, transpose, block=4)), transpose, block=4)
+
+    ref = twice(V, X, False)
+    np.testing.assert_allclose(jax.jit(twice, static_argnums=2)(V, X, True), ref, rtol=0, atol=1e-12)
+    check_grads(lambda V, X: twice(V, X, True), (V, X[0]), order=1, modes=["rev"])
+    for in_axes, Vs in (((None, 0), V), ((0, 0), jnp.stack([V, 2 * V, -V]))):
+        got = jax.vmap(lambda V, X: twice(V, X, True), in_axes)(Vs, X)
+        np.testing.assert_allclose(got, jax.vmap(lambda V, X: twice(V, X, False), in_axes)(Vs, X),
+                                   rtol=0, atol=1e-12)
+    loss = lambda V, X, reuse: twice(V, X, reuse).sum()  # noqa: E731
+    for a, b in zip(jax.grad(loss, (0, 1))(V, X, True), jax.grad(loss, (0, 1))(V, X, False)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+    hlo = jax.jit(twice, static_argnums=2).lower(V, X, True).as_text()
+    assert hlo.count("fasth_forward_with") == 1 and hlo.count("fasth_forward") == 2
+
+
 def test_lowered_hlo_has_our_custom_calls():
     V, X = jnp.asarray(randn(6, 4)), jnp.asarray(randn(6, 3))
     hlo = jax.jit(jax.grad(lambda V, X: jnp.sum(fj.apply(V, X) ** 2), (0, 1))).lower(V, X).as_text()

@@ -5,6 +5,7 @@ Flax NNX layers -- the same shape as ``fasth.torch`` (``_ops``, ``nn``, ``spectr
     fasth.jax.apply(V, X, transpose=False, *, block=None, strategy="auto")  # U X or U^T X
     fasth.jax.matrix(V, thin=False, *, block=None)                          # U or U[:, :k]
     fasth.jax.householder_product(A, taus), fasth.jax.ormqr(A, taus, C, left, transpose)
+    fasth.jax.Reflectors(V).apply(X, transpose=False)    # one U applied many times
 
 Requires jax >= 0.10.2 (pyproject.toml's floor and build requirement): the custom calls are
 built against the XLA FFI headers of the jax found at build time (``jax.ffi.include_dir()``),
@@ -15,12 +16,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._ops import apply, householder_product, matrix, ormqr
+from ._ops import Reflectors, apply, householder_product, matrix, ormqr
 
 _LAYERS = {"Orthogonal": "nn", "SVDDense": "nn", "SpectralDense": "spectral",
            "SpectralConv1x1": "spectral", "SpectralConv": "spectral",
            "bounded_singular_values": "spectral"}
-__all__ = ["apply", "matrix", "householder_product", "ormqr", *_LAYERS]
+__all__ = ["apply", "matrix", "Reflectors", "householder_product", "ormqr", *_LAYERS]
 
 
 def __getattr__(name: str) -> Any:

@@ -122,7 +122,7 @@ def _front(x: Any, batched: bool, B: int) -> Any:
 # The custom calls, each with a batching rule.
 
 @functools.cache
-def _calls(s: Spec) -> tuple[Any, Any]:
+def _calls(s: Spec) -> tuple[Any, Any, Any]:
     attrs = _attrs(s)
 
     @custom_vmap
@@ -164,7 +164,21 @@ def _calls(s: Spec) -> tuple[Any, Any]:
                        jnp.reshape(f, (-1,)), _front(arrays[-1], batched[-1], B))
         return out, tuple(True for _ in out)
 
-    return forward, backward
+    @custom_vmap
+    def forward_with(V, f, X):
+        """A householder apply with the factors an earlier forward of V returned."""
+        z = sizes(s, tuple(V.shape), (), tuple(X.shape))
+        rets = (_sds(z.out, V.dtype), _sds((z.forward_ws,), V.dtype))
+        return jax.ffi.ffi_call("fasth_forward_with", rets)(V, f, X, **attrs)[0]
+
+    @forward_with.def_vmap
+    def _(B, batched, V, f, X):
+        if not batched[0] and V.ndim == 2:  # one shared V, and its factors
+            return forward_with(V, f, _front(X, batched[2], B)), True
+        fb = f if batched[1] else jnp.broadcast_to(f, (B, *f.shape))
+        return forward_with(_front(V, batched[0], B), jnp.reshape(fb, (-1,)), _front(X, batched[2], B)), True
+
+    return forward, backward, forward_with
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,6 +241,27 @@ def _run_bwd(s, res, cts):
 
 
 run.defvjp(_run_fwd, _run_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def run_with(s: Spec, V, f, X):
+    """A householder apply's output from factors that ``run`` returned for the same V (and the
+    same block and strategy): the forward without its work per V."""
+    return _varying(_calls(s)[2](V, f, X), V, X)
+
+
+def _run_with_fwd(s, V, f, X):
+    out = run_with(s, V, f, X)
+    return out, (V, f, out, jnp.reshape(X, (-1,))[:0])
+
+
+def _run_with_bwd(s, res, ct):
+    V, f, out, x = res
+    dV, dX = grad(s, V, out, f, ct)
+    return _varying(dV, V), None, _varying(dX, x)  # the factors' cotangent is zero
+
+
+run_with.defvjp(_run_with_fwd, _run_with_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -323,6 +358,40 @@ def apply(V, X, transpose: bool = False, *, block: int | None = None,
     s = Spec(APPLY, HOUSEHOLDER, bool(transpose), False, _block(fn, block), _strategy(fn, strategy),
              bool(tf32))
     return _public(s, ("V", "X"), V, X)
+
+
+class Reflectors:
+    """``U = H_1 ... H_k`` of ``V``'s columns, for applying the same ``U`` many times (an RNN's
+    recurrent weight at every step): ``R = Reflectors(V)``, then ``R.apply(X)`` as
+    ``apply(V, X)``, differentiable in ``V`` and ``X``, under ``jit``, ``grad`` and ``vmap``.
+
+    The first apply for each number of columns of ``X`` (and direction and dtype) returns
+    the compact-WY factors of ``V`` with its output; later ones reuse them, costing the
+    products with ``X`` alone. Make it inside the function you transform (the factors are
+    values of that trace), as ``fasth.torch.Reflectors`` is made per step."""
+
+    def __init__(self, V, *, block: int | None = None, strategy: _api.StrategyName = "auto",
+                 tf32: bool = False) -> None:
+        fn = "fasth.jax.Reflectors"
+        self.V, self._block, self._strategy = V, _block(fn, block), _strategy(fn, strategy)
+        self._tf32 = bool(tf32)
+        self._factors: dict[tuple, Any] = {}
+
+    def apply(self, X, transpose: bool = False) -> jax.Array:
+        """``U X`` (``U^T X`` with ``transpose``)."""
+        _register_cuda()
+        s = Spec(APPLY, HOUSEHOLDER, bool(transpose), False, self._block, self._strategy, self._tf32)
+        (V, X), back = _prepare(s.name("jax"), ("V", "X"), (self.V, X))
+        sizes(s, *_shapes(s, (V, X)))  # validates the shapes, naming the argument
+        # The factors' layout follows the plan's block and strategy, which follow d, k and n
+        # (X's columns), not X's batch: one set of factors per n.
+        key = (X.shape[-1], s.transpose, X.dtype)
+        f = self._factors.get(key)
+        if f is None:
+            out, self._factors[key] = run(s, V, X)
+        else:
+            out = run_with(s, V, f, X)
+        return out if back is None else out.astype(back)
 
 
 def matrix(V, thin: bool = False, *, block: int | None = None, tf32: bool = False) -> jax.Array:
