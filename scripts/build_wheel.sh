@@ -3,7 +3,7 @@
 # an isolated environment, as `pip install fasth-*.tar.gz` would build it (so the sdist is known
 # to build it): the CUDA module for every supported architecture (sm80 to sm120 and PTX) where
 # nvcc is here, linked to cuBLAS through a RUNPATH into the nvidia-cublas wheel. auditwheel then
-# gives it the oldest manylinux tag its glibc symbols allow (libstdc++ is linked statically) and
+# gives it the oldest manylinux tag its glibc and libstdc++ symbols allow (README, Install) and
 # leaves cuBLAS out: `pip install fasth[cuda13]` brings it. Needs PyPI for the build requirements.
 set -euo pipefail
 cd "$(dirname "$0")/.."

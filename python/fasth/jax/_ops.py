@@ -340,11 +340,12 @@ def _block(fn: str, block: int | None) -> int:
     return int(block or 0)
 
 
-def _public(s: Spec, names: tuple[str, ...], *arrays) -> jax.Array:
+def _public(s: Spec, names: tuple[str, ...], *arrays, compute=None) -> jax.Array:
+    """The op's output, after the checks; ``compute(*arrays)`` instead of ``run``'s output."""
     _register_cuda()
     arrays, back = _prepare(s.name("jax"), names, arrays)
     sizes(s, *_shapes(s, arrays))  # validates the shapes, naming the argument
-    out = run(s, *arrays)[0]
+    out = run(s, *arrays)[0] if compute is None else compute(*arrays)
     return out if back is None else out.astype(back)
 
 
@@ -379,19 +380,19 @@ class Reflectors:
 
     def apply(self, X, transpose: bool = False) -> jax.Array:
         """``U X`` (``U^T X`` with ``transpose``)."""
-        _register_cuda()
         s = Spec(APPLY, HOUSEHOLDER, bool(transpose), False, self._block, self._strategy, self._tf32)
-        (V, X), back = _prepare(s.name("jax"), ("V", "X"), (self.V, X))
-        sizes(s, *_shapes(s, (V, X)))  # validates the shapes, naming the argument
-        # The factors' layout follows the plan's block and strategy, which follow d, k and n
-        # (X's columns), not X's batch: one set of factors per n.
-        key = (X.shape[-1], s.transpose, X.dtype)
-        f = self._factors.get(key)
-        if f is None:
-            out, self._factors[key] = run(s, V, X)
-        else:
-            out = run_with(s, V, f, X)
-        return out if back is None else out.astype(back)
+
+        def compute(V, X):
+            # The factors' layout follows the plan's block and strategy, which follow d, k and
+            # n (X's columns), not X's batch: one set of factors per n.
+            key = (X.shape[-1], s.transpose, X.dtype)
+            f = self._factors.get(key)
+            if f is None:
+                out, self._factors[key] = run(s, V, X)
+                return out
+            return run_with(s, V, f, X)
+
+        return _public(s, ("V", "X"), self.V, X, compute=compute)
 
 
 def matrix(V, thin: bool = False, *, block: int | None = None, tf32: bool = False) -> jax.Array:

@@ -273,7 +273,7 @@ def _grad(ctx, grad_out, transforming: bool):
         return None, None, None, None
     V, tau, X, f, out = ctx.saved_tensors
     s, c = ctx.spec, ctx.call
-    need_v, need_tau, need_x = getattr(ctx, "needs", None) or ctx.needs_input_grad[:3]
+    need_v, need_tau, need_x = ctx.needs_input_grad[:3]
     apply = s.op == APPLY
     saved = None
     if apply:
@@ -324,18 +324,16 @@ class _EagerWith(torch.autograd.Function):
     plan's forward_with, and the same backward as _Eager's."""
 
     @staticmethod
-    def forward(ctx, V, X, f, s):
-        c = _call(s, V, None, X)
+    def forward(ctx, V, tau, X, f, s):  # (V, tau, X) first, as _grad reads them
+        c = _call(s, V, tau, X)
         out = _api.forward_with(c, V, f, X)
-        _setup(ctx, V, None, X, s, c, out, f, False)
+        _setup(ctx, V, tau, X, s, c, out, f, False)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        need_v, need_x = ctx.needs_input_grad[:2]
-        ctx.needs = (need_v, False, need_x)  # as _grad reads them: (V, tau, X)
-        dV, _, dX, _ = _grad(ctx, grad_out, False)
-        return dV, dX, None, None
+        dV, dtau, dX, _ = _grad(ctx, grad_out, False)
+        return dV, dtau, dX, None, None
 
 
 class _Transformable(torch.autograd.Function):
@@ -399,11 +397,11 @@ def _prepare(s: Spec, *tensors: Optional[Tensor]):
     return tensors, None
 
 
-def _public(s: Spec, V, tau, X) -> Tensor:
+def _public(s: Spec, V, tau, X, run=_run) -> Tensor:
     (V, tau, X), back = _prepare(s, V, tau, X)
     if V.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
         s = s._replace(tf32=True)
-    out = _run(s, V, tau, X)
+    out = run(s, V, tau, X)
     return out if back is None else out.to(back)
 
 
@@ -442,21 +440,20 @@ class Reflectors:
     def apply(self, X: Tensor, transpose: bool = False) -> Tensor:
         """``U X`` (``U^T X`` with ``transpose``)."""
         s = Spec(APPLY, HOUSEHOLDER, bool(transpose), False, self.block, self.strategy)
+        return _public(s, self.V, None, X, run=self._run)
+
+    def _run(self, s: Spec, V: Tensor, tau: None, X: Tensor) -> Tensor:
         if torch.compiler.is_compiling() or _transforming():
-            return _public(s, self.V, None, X)
-        (V, _, X), back = _prepare(s, self.V, None, X)
-        if V.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
-            s = s._replace(tf32=True)
+            return _run(s, V, tau, X)
         if self.V._version != self._version:  # V changed in place: its factors are stale
             self._factors.clear()
             self._version = self.V._version
-        c = _call(s, V, None, X)
+        c = _call(s, V, tau, X)
         f = self._factors.get(c)
         if f is None:
-            out, self._factors[c] = _Eager.apply(V, None, X, s)
-        else:
-            out = _EagerWith.apply(V, X, f, s)
-        return out if back is None else out.to(back)
+            out, self._factors[c] = _Eager.apply(V, tau, X, s)
+            return out
+        return _EagerWith.apply(V, tau, X, f, s)
 
 
 def matrix(V: Tensor, thin: bool = False, *, block: int | None = None) -> Tensor:
