@@ -67,7 +67,7 @@ void def_runs(nb::module_& m) {
       "forward",
       [dev](const Plan& p, int dtype, nb::handle V, nb::handle tau, nb::handle X, nb::handle out,
             nb::handle factors, nb::handle ws, std::uintptr_t stream, int device, bool tf32,
-            int blas) {
+            int blas, nb::handle tape) {
         dispatch(dtype, [&](auto tag) {
           using T = decltype(tag);
           Forward<T> a;
@@ -77,20 +77,22 @@ void def_runs(nb::module_& m) {
           a.out = pointer<T>(out, dev, "out");
           a.factors = pointer<T>(factors, dev, "factors", p.factors_size());
           a.workspace = pointer<T>(ws, dev, "workspace", p.workspace_size(Pass::forward));
+          a.tape = pointer<T>(tape, dev, "tape", p.tape_size());
           nb::gil_scoped_release release;
           p.forward(Make<T>::make(device, stream, tf32, blas), a);
         });
       },
       nb::arg("plan"), nb::arg("dtype"), nb::arg("V").none(), nb::arg("tau").none(), nb::arg("X").none(),
       nb::arg("out").none(), nb::arg("factors").none(), nb::arg("workspace").none(), nb::arg("stream") = 0,
-      nb::arg("device") = 0, nb::arg("tf32") = false, nb::arg("blas") = 0,
-      "The factors of V (into `factors`) and the op (into `out`) in one call.");
+      nb::arg("device") = 0, nb::arg("tf32") = false, nb::arg("blas") = 0, nb::arg("tape").none() = nb::none(),
+      "The factors of V (into `factors`) and the op (into `out`) in one call; with `tape`, "
+      "what the backward reads.");
 
   m.def(
       "forward_with",
       [dev](const Plan& p, int dtype, nb::handle V, nb::handle factors, nb::handle X,
             nb::handle out, nb::handle ws, std::uintptr_t stream, int device, bool tf32,
-            int blas) {
+            int blas, nb::handle tape) {
         dispatch(dtype, [&](auto tag) {
           using T = decltype(tag);
           Forward<T> a;
@@ -99,6 +101,7 @@ void def_runs(nb::module_& m) {
           a.X = pointer<const T>(X, dev, "X");
           a.out = pointer<T>(out, dev, "out");
           a.workspace = pointer<T>(ws, dev, "workspace", p.workspace_size(Pass::forward));
+          a.tape = pointer<T>(tape, dev, "tape", p.tape_size());
           nb::gil_scoped_release release;
           p.forward_with(Make<T>::make(device, stream, tf32, blas), a);
         });
@@ -106,7 +109,7 @@ void def_runs(nb::module_& m) {
       nb::arg("plan"), nb::arg("dtype"), nb::arg("V").none(), nb::arg("factors").none(),
       nb::arg("X").none(), nb::arg("out").none(),
       nb::arg("workspace").none(), nb::arg("stream") = 0, nb::arg("device") = 0,
-      nb::arg("tf32") = false, nb::arg("blas") = 0,
+      nb::arg("tf32") = false, nb::arg("blas") = 0, nb::arg("tape").none() = nb::none(),
       "The op with factors that an earlier forward of this plan filled.");
 
   m.def(
@@ -115,7 +118,7 @@ void def_runs(nb::module_& m) {
             const Dims& saved_shape, const Dims& saved_strides, nb::handle grad,
             const Dims& grad_shape, const Dims& grad_strides, nb::handle dV, nb::handle dtau,
             nb::handle dX, nb::handle ws, std::uintptr_t stream, int device, bool tf32,
-            int blas) {
+            int blas, nb::handle tape) {
         dispatch(dtype, [&](auto tag) {
           using T = decltype(tag);
           Backward<T> a;
@@ -129,6 +132,7 @@ void def_runs(nb::module_& m) {
           a.dtau = pointer<T>(dtau, dev, "dtau");
           a.dX = pointer<T>(dX, dev, "dX");
           a.workspace = pointer<T>(ws, dev, "workspace", p.workspace_size(Pass::backward));
+          a.tape = pointer<const T>(tape, dev, "tape", p.tape_size());
           nb::gil_scoped_release release;
           p.backward(Make<T>::make(device, stream, tf32, blas), a);
         });
@@ -137,9 +141,9 @@ void def_runs(nb::module_& m) {
       nb::arg("saved").none(), nb::arg("saved_shape"), nb::arg("saved_strides"), nb::arg("grad").none(),
       nb::arg("grad_shape"), nb::arg("grad_strides"), nb::arg("dV").none(), nb::arg("dtau").none(),
       nb::arg("dX").none(), nb::arg("workspace").none(), nb::arg("stream") = 0, nb::arg("device") = 0,
-      nb::arg("tf32") = false, nb::arg("blas") = 0,
+      nb::arg("tf32") = false, nb::arg("blas") = 0, nb::arg("tape").none() = nb::none(),
       "Gradients from the factors, the saved output (householder apply) or input (lapack "
-      "apply), and grad = dL/dout.");
+      "apply), and grad = dL/dout; with the forward's `tape`, from it instead of `saved`.");
 }
 
 }  // namespace fasth::bindings

@@ -89,6 +89,7 @@ inline void def_plan(nb::module_& m) {
       .def_prop_ro("block", &Plan::block)
       .def_prop_ro("strategy", &Plan::strategy)
       .def_prop_ro("factors_size", &Plan::factors_size)
+      .def_prop_ro("tape_size", &Plan::tape_size)
       .def_prop_ro("forward_workspace", [](const Plan& p) { return p.workspace_size(Pass::forward); })
       .def_prop_ro("backward_workspace", [](const Plan& p) { return p.workspace_size(Pass::backward); })
       .def_prop_ro("out", [](const Plan& p) { return tuple_of(p.out()); }, "(shape, strides)")

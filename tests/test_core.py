@@ -716,3 +716,51 @@ def test_plan_runs_name_a_missing_pointer(rng, missing):
         c.module.backward(c.plan, c.code, arg(given["V"]), arg(given["factors"]), arg(given["saved"]),
                           out.shape, elements(out), arg(given["grad"]), G.shape, elements(G),
                           arg(given["dV"]), None, None, arg(given["workspace"]), blas=c.blas)
+
+
+# V shape, X shape, transpose, block, V row-major, scale of V, zero columns
+TAPE_CASES = [
+    ((16, 16), (16, 5), False, 4, False, 1.0, ()),
+    ((16, 13), (16, 5), True, 4, True, 1.0, ()),  # a short last block
+    ((16, 13), (3, 16, 5), False, 4, False, 1.0, ()),  # V shared by a batch
+    ((3, 16, 13), (3, 16, 5), True, 4, True, 1.0, (2,)),  # a V per entry, a zero column
+    ((2, 20, 20), (2, 20, 7), False, 3, False, 1.0, ()),
+    ((33, 40), (33, 4), False, 8, False, 1e-30, ()),  # k > d; norms normalised first
+    ((2, 64, 64), (2, 64, 9), True, 16, True, 1e30, ()),
+    ((12, 5), (2, 12, 3), False, 2, True, 1.0, ()),
+]
+
+
+@pytest.mark.parametrize("case", TAPE_CASES)
+def test_backward_from_tape_matches_backward_from_output(rng, case):
+    """The forward's tape (each block's input and products) gives the gradients that the
+    backward recovering each block's input from the output gives, and the reference's."""
+    vshape, xshape, transpose, block, row_major, scale, zeros = case
+    V = random_v(rng, vshape, zero_cols=zeros) * scale
+    V = np.ascontiguousarray(V) if row_major else np.asfortranarray(V)
+    X, G = randn(rng, xshape), randn(rng, xshape)
+    c = fasth._api.resolve("apply", fasth._api.APPLY, fasth._api.HOUSEHOLDER, ("V", "X"), (V, X),
+                           transpose=transpose, block=block, strategy="blockwise")
+    assert c.tsize > 0
+    out, f, tape = fasth._api.forward(c, V, None, X, tape=True)
+    assert_close(out, fasth._api.forward(c, V, None, X)[0].astype(np.float64), "float64", 1)
+    with fasth.profile() as from_output:
+        dV, _, dX = fasth._api.backward(c, V, f, out, G)
+    with fasth.profile() as from_tape:
+        dVt, _, dXt = fasth._api.backward(c, V, f, None, G, tape=tape)
+    assert from_tape.by_op["gemm"] < from_output.by_op["gemm"]
+    assert_close(dXt, dX, "float64", vshape[-2])
+    assert_close(dVt * scale, dV * scale, "float64", vshape[-2])
+    rdV, rdX = ref_apply_grad(V, X, G, transpose)
+    assert_close(dXt, rdX, "float64", vshape[-2])
+    assert_close(dVt * scale, rdV * scale, "float64", vshape[-2])
+
+
+def test_tape_only_where_small():
+    """A tape is kept up to 2^24 elements (a layer's activations), not for large problems."""
+    Plan, dense = fasth._core.Plan, fasth._api.dense_strides
+    args = lambda d, n: ((d, d), dense((d, d)), (), (), (d, n), dense((d, n)), False, False, 0,
+                         fasth._core.Strategy.blockwise, fasth._core.Device.cpu)
+    assert Plan(fasth._api.APPLY, fasth._api.HOUSEHOLDER, *args(512, 128)).tape_size > 0
+    assert Plan(fasth._api.APPLY, fasth._api.HOUSEHOLDER, *args(4096, 4096)).tape_size == 0
+    assert Plan(fasth._api.MATRIX, fasth._api.HOUSEHOLDER, *args(64, 64)).tape_size == 0

@@ -286,12 +286,13 @@ struct ForwardWs {
   UWs<T> u;
 };
 
+// `taped`: the forward that fills a tape walks on it, and finishes its last block in x.
 template <class T>
-ForwardWs<T> carve_forward(const Layout& L, Arena<T>& a) {
+ForwardWs<T> carve_forward(const Layout& L, Arena<T>& a, bool taped) {
   ForwardWs<T> w{};
   if (L.op == Op::matrix) {
     w.u = carve_u(L.B, L.n, L.k, a);
-  } else if (L.single) {
+  } else if (L.single || taped) {
     w.x = a.take(sz(L.B) * sz(L.d) * sz(L.n));  // X, where BLAS cannot address it
   } else {
     w.w1 = a.take(sz(L.B) * sz(L.m) * sz(L.n));
@@ -353,13 +354,20 @@ struct Walk {
 };
 Walk walk_of(const Layout& L) { return L.shared ? Walk{1, L.B * L.n} : Walk{L.B, L.n}; }
 
+// `taped`: the householder backward from a tape: G, D = Y^T G and E = op(T)^T D per block,
+// dT and a product with it for every block (T's path is taken for all blocks at the end).
 template <class T>
-BackwardWs<T> carve_backward(const Layout& L, Arena<T>& a) {
+BackwardWs<T> carve_backward(const Layout& L, Arena<T>& a, bool taped) {
   BackwardWs<T> w{};
   const std::size_t B = sz(L.B), d = sz(L.d), n = sz(L.n), m = sz(L.m), bv = sz(L.bv);
   const Walk wk = walk_of(L);
   const std::size_t wb = sz(wk.batch), wn = sz(wk.n);
-  if (L.op == Op::matrix) {
+  if (taped) {
+    w.g = a.take(B * d * n);
+    w.w = a.take(wb * m * wn), w.q = a.take(wb * m * wn);
+    w.dt = a.take(bv * sz(L.nb) * m * m), w.dq = a.take(bv * sz(L.nb) * m * m);
+    w.dy = a.take(bv * d * sz(L.k));
+  } else if (L.op == Op::matrix) {
     w.mat = carve_matrix_backward(L, L.n, a);
   } else if (L.kind == Kind::lapack) {
     w.ins = a.take(sz(L.nb) * B * d * n);
@@ -597,13 +605,15 @@ struct Run {
 
   // ---- forward
 
-  void forward_with(const T* F, const T* X, T* out, T* ws) const {
+  void forward_with(const T* F, const T* X, T* out, T* ws, T* tape) const {
     const index_t B = L.B, d = L.d, n = L.n;
     if (B == 0 || d == 0 || n == 0) return;
+    const bool taped = tape && L.tape;
     Arena<T> arena{ws};
-    const ForwardWs<T> w = carve_forward(L, arena);
+    const ForwardWs<T> w = carve_forward(L, arena, taped);
     const M<T> o3 = view(L.out, out);
     if (L.op == Op::matrix) return build_u(F, o3, B, ws);
+    if (taped) return forward_taped(F, X, out, tape, w.x);
     if (L.single) {
       bool ok;
       M<const T> x = view(L.X, X, ok);
@@ -633,6 +643,37 @@ struct Run {
     }
   }
 
+  // The tape of a forward (see Layout::tape): block s's input S_s (d x cols per walk entry,
+  // column-major), W1_s = Y^T S_s and W2_s = op(T) W1_s (m x cols).
+  M<T> tape_input(T* tape, index_t s) const {
+    const index_t dn = L.d * L.n;
+    return {tape + s * L.B * dn, std::max<index_t>(L.d, 1), false, L.shared ? 0 : dn};
+  }
+  M<T> tape_product(T* tape, index_t s, int which) const {
+    const Walk wk = walk_of(L);
+    T* p = tape + L.nb * L.B * L.d * L.n + (2 * s + which) * wk.batch * L.m * wk.n;
+    return buffer(p, L.m, L.m * wk.n);
+  }
+
+  // The forward that fills a tape: it walks the blocks on the tape's inputs (each the
+  // previous one, updated), the last into `last` (B d n), then copied to out.
+  void forward_taped(const T* F, const T* X, T* out, T* tape, T* last) const {
+    const index_t B = L.B, d = L.d, n = L.n, dn = d * n, ld = std::max<index_t>(d, 1);
+    const Walk wk = walk_of(L);
+    o.copy(B, d, n, strided(L.X, X), Strided<T>{tape, 1, ld, dn});
+    for (index_t s = 0; s < L.nb; ++s) {
+      const index_t j = forward_block(s), wd = width(j);
+      const M<const T> y = in(Y(F)).cols(j * L.m), A = in(tape_input(tape, s));
+      const M<T> W1 = tape_product(tape, s, 0), W2 = tape_product(tape, s, 1);
+      const M<T> next = s + 1 < L.nb ? tape_input(tape, s + 1) : M<T>{last, ld, false, A.bs};
+      o.mm(wk.batch, wd, wk.n, d, T(1), y, true, A, false, T(0), W1);
+      o.tr(wk.batch, false, L.transpose, wd, wk.n, T(1), in(Tf(F, j)), in(W1), W2);
+      o.copy(B, d, n, Strided<const T>{A.p, 1, ld, dn}, Strided<T>{next.p, 1, ld, dn});
+      o.mm(wk.batch, d, wk.n, wd, T(-1), y, false, in(W2), false, T(1), next);
+    }
+    o.copy(B, d, n, Strided<const T>{last, 1, ld, dn}, strided(L.out, out));
+  }
+
   // ---- backward
 
   void backward(const Backward<T>& a) const {
@@ -645,14 +686,16 @@ struct Run {
       o.set(L.bv, k, 1, T(0), T(0), view(L.dtau, a.dtau));
     if (B == 0 || d == 0 || n == 0) return;
     const bool want_dx = L.op == Op::apply && a.dX;
+    const bool taped = a.tape && L.tape;
     const Mat3 g3 = layout_of(a.grad_layout, "grad");
-    const Mat3 s3 = L.op == Op::apply ? layout_of(a.saved_layout, "saved") : Mat3{};
+    const Mat3 s3 = L.op == Op::apply && !taped ? layout_of(a.saved_layout, "saved") : Mat3{};
     if (k == 0) {
       if (want_dx) o.copy(B, d, n, strided(g3, a.grad), strided(L.dX, a.dX));
       return;
     }
     Arena<T> arena{a.workspace};
-    const BackwardWs<T> w = carve_backward(L, arena);
+    const BackwardWs<T> w = carve_backward(L, arena, taped);
+    if (taped) return taped_backward(a, g3, w);
     if (L.op == Op::matrix) return matrix_backward(a.factors, g3, a.grad, L.n, w.mat, a.dV, a.dtau);
     if (lapack) return lapack_backward(a, g3, s3, w);
     if (L.single) return materialized_backward(a, g3, s3, w);
@@ -692,6 +735,70 @@ struct Run {
     o.copy(g3.batch, L.d, c, Strided<const T>{g, g3.rs, g3.cs, g3.bs},
            Strided<T>{buf, 1, L.d, L.d * c});
     return M<const T>{buf, L.d, false, L.d * c};
+  }
+
+  // The householder blockwise backward from a tape (docs/math.md, "from a tape"): with each
+  // block's input A = S_s, W1 = Y^T A and W2 = op(T) W1 kept, and G = dL/dout, walking back:
+  //   D = Y^T G,  E = op(T)^T D,  dY = -G W2^T - A E^T,  d op(T) = -D W1^T,  G_in = G - Y E;
+  // then T's path for every block at once: dS = -T^T dT T^T, dY += Y mirror(dS), as
+  // T^-1 = striu(Y^T Y) + diag(Y^T Y) / 2.
+  void taped_backward(const Backward<T>& a, const Mat3& g3, const BackwardWs<T>& w) const {
+    const index_t B = L.B, d = L.d, n = L.n, m = L.m, dn = d * n, ld = std::max<index_t>(d, 1);
+    const Walk wk = walk_of(L);
+    const index_t batch = wk.batch, cols = wk.n, mm2 = m * m, es = L.nb * mm2;
+    T* tape = const_cast<T*>(a.tape);
+    const T* F = a.factors;
+    o.copy(B, d, n, Strided<const T>{a.grad, g3.rs, g3.cs, g3.bs}, Strided<T>{w.g, 1, ld, dn});
+    const M<T> G{w.g, ld, false, L.shared ? 0 : dn};
+    const M<T> D = buffer(w.w, m, m * cols), E = buffer(w.q, m, m * cols);
+    const M<T> dYall = dy_buffer(w.dy, a.dV);
+    auto dT = [&](index_t j) { return M<T>{w.dt + j * mm2, m, false, es}; };
+    for (index_t s = L.nb - 1; s >= 0; --s) {
+      const index_t j = forward_block(s), wd = width(j);
+      const M<const T> y = in(Y(F)).cols(j * m), A = in(tape_input(tape, s));
+      const M<const T> W1 = in(tape_product(tape, s, 0)), W2 = in(tape_product(tape, s, 1));
+      const M<T> dY = dYall.cols(j * m);
+      o.mm(batch, wd, cols, d, T(1), y, true, in(G), false, T(0), D);          // D = Y^T G
+      o.tr(batch, false, !L.transpose, wd, cols, T(1), in(Tf(F, j)), in(D), E);  // E
+      o.mm(batch, d, wd, cols, T(-1), in(G), false, W2, true, T(0), dY);      // -G W2^T
+      o.mm(batch, d, wd, cols, T(-1), A, false, in(E), true, T(1), dY);       // - A E^T
+      if (!L.transpose) o.mm(batch, wd, wd, cols, T(-1), in(D), false, W1, true, T(0), dT(j));
+      else o.mm(batch, wd, wd, cols, T(-1), W1, false, in(D), true, T(0), dT(j));
+      o.mm(batch, d, cols, wd, T(-1), y, false, in(E), false, T(1), G);       // G_in
+    }
+    // T's path: the full blocks batched together (per entry, or per block where entries
+    // outnumber blocks), then a short last block.
+    const index_t full = L.k / m, r = L.k - full * m, bv = L.bv;
+    const M<const T> y = in(Y(F));
+    const index_t yb = y.cols(m).p - y.p, dyb = dYall.cols(m).p - dYall.p;
+    auto t_path = [&](index_t count, index_t wd, const T* t, index_t ts, T* dt, T* p, index_t ps,
+                      const T* yp, index_t ys, T* dyp, index_t dys) {
+      const M<const T> Tm{t, m, false, ts};
+      const M<T> dS{dt, m, false, ps}, P{p, m, false, ps};
+      o.tr(count, false, true, wd, wd, T(-1), Tm, in(dS), P);   // -T^T dT
+      o.tr(count, true, true, wd, wd, T(1), Tm, in(P), dS);     // (-T^T dT) T^T
+      o.mirror(count, wd, dS);
+      o.mm(count, d, wd, wd, T(1), M<const T>{yp, y.ld, y.t, ys}, false, in(dS), false, T(1),
+           M<T>{dyp, dYall.ld, dYall.t, dys});
+    };
+    const index_t fs = fbs(), m2 = 2 * mm2;
+    const T* t0 = Tf(F, 0).p;
+    if (full > 0) {
+      if (bv == 1 || full >= bv) {
+        for (index_t e = 0; e < bv; ++e)
+          t_path(full, m, t0 + e * fs, m2, w.dt + e * es, w.dq + e * es, mm2, y.p + e * y.bs, yb,
+                 dYall.p + e * dYall.bs, dyb);
+      } else {
+        for (index_t j = 0; j < full; ++j)
+          t_path(bv, m, t0 + j * m2, fs, w.dt + j * mm2, w.dq + j * mm2, es, y.p + j * yb, y.bs,
+                 dYall.p + j * dyb, dYall.bs);
+      }
+    }
+    if (r > 0)
+      t_path(bv, r, t0 + full * m2, fs, w.dt + full * mm2, w.dq + full * mm2, es,
+             y.p + full * yb, y.bs, dYall.p + full * dyb, dYall.bs);
+    if (a.dX) o.copy(B, d, n, Strided<const T>{w.g, 1, ld, dn}, strided(L.dX, a.dX));
+    finish_dv(F, in(dYall), a.dV);
   }
 
   // The householder blockwise backward (docs/math.md, "from the output alone"): from the
@@ -912,13 +1019,21 @@ void size_plan(Layout& L) {
   const bool u_matrix = L.op == Op::matrix && L.kind == Kind::householder && L.device == Device::cuda;
   L.fstride = L.f_u + (L.op == Op::apply && L.single ? d * d : u_matrix ? d * c : 0);
   if (L.k == 0) L.fstride = 0;
-  Arena<float> f{nullptr}, fw{nullptr}, bw{nullptr};
+  // The tape: a householder blockwise apply keeps each block's input and products when
+  // they take at most kTapeMax elements (as a network keeps its layers' activations), so
+  // that its backward need not recover them from the output: 8 d k n flops instead of 12.
+  constexpr std::size_t kTapeMax = std::size_t(1) << 24;  // 64 MiB of float32
+  const bool tapeable = L.op == Op::apply && L.kind == Kind::householder && !L.single && L.k > 0;
+  const std::size_t tape = nb * sz(L.B) * sz(L.n) * (d + 2 * m);
+  L.tape = tapeable && tape <= kTapeMax ? tape : 0;
+  Arena<float> f{nullptr}, fw{nullptr}, bw{nullptr}, fwt{nullptr}, bwt{nullptr};
   carve_factors<float>(L, f);
   if (L.op == Op::apply && L.single) carve_u<float>(L.bv, L.d, L.k, f);
-  carve_forward<float>(L, fw);
-  carve_backward<float>(L, bw);
-  L.ws[0] = L.ws_y + std::max(f.used, fw.used);
-  L.ws[1] = L.ws_y + bw.used;
+  carve_forward<float>(L, fw, false);
+  carve_backward<float>(L, bw, false);
+  if (L.tape) carve_forward<float>(L, fwt, true), carve_backward<float>(L, bwt, true);
+  L.ws[0] = L.ws_y + std::max({f.used, fw.used, fwt.used});
+  L.ws[1] = L.ws_y + std::max(bw.used, bwt.used);
 }
 
 }  // namespace detail
@@ -958,7 +1073,7 @@ void Plan::forward_with(const Backend<T>& be, const Forward<T>& a) const {
   need(a.out, L_.B > 0 && L_.d > 0 && L_.n > 0, "forward_with", "out");
   const detail::Run<T> r{L_, {be}};
   r.bind_y(a.V, a.factors, a.workspace, false);
-  r.forward_with(a.factors, a.X, a.out, a.workspace + L_.ws_y);
+  r.forward_with(a.factors, a.X, a.out, a.workspace + L_.ws_y, a.tape);
 }
 
 template <class T>
@@ -968,7 +1083,7 @@ void Plan::forward(const Backend<T>& be, const Forward<T>& a) const {
   if (L_.op == Op::matrix && a.out && L_.B > 0 && L_.d > 0 && L_.k > 0 && r.small())
     return r.small_factors(a.V, a.factors, a.out);  // U and the factors in one launch
   r.factors(a.V, a.tau, a.factors, a.workspace + L_.ws_y);
-  if (a.out) r.forward_with(a.factors, a.X, a.out, a.workspace + L_.ws_y);
+  if (a.out) r.forward_with(a.factors, a.X, a.out, a.workspace + L_.ws_y, a.tape);
 }
 
 template <class T>
@@ -977,7 +1092,7 @@ void Plan::backward(const Backend<T>& be, const Backward<T>& a) const {
   need(a.V, v, "backward", "V");
   need(a.factors, v && x, "backward", "factors");
   need(a.grad, v && x, "backward", "grad");
-  need(a.saved, v && x && L_.op == Op::apply, "backward", "saved");
+  need(a.saved, v && x && L_.op == Op::apply && !(a.tape && L_.tape), "backward", "saved");
   need(a.dV, L_.bv > 0 && L_.d > 0 && L_.dV.cols > 0, "backward", "dV");
   need(a.dtau, v && L_.kind == Kind::lapack, "backward", "dtau");
   need(a.workspace, workspace_size(Pass::backward) > 0, "backward", "workspace");

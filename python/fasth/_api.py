@@ -89,7 +89,7 @@ class Call:
 
     __slots__ = ("fn", "plan", "xp", "dtype", "code", "device", "module", "blas", "tf32",
                  "copies", "lapack", "apply", "wraps", "out", "dV", "dtau", "dX", "fsize", "fws",
-                 "bws")
+                 "bws", "tsize")
 
     def fail(self, cls: type[Exception], msg: str) -> Exception:
         return cls(f"{self.fn}: {msg}")
@@ -99,17 +99,27 @@ _calls: dict[tuple, Call] = {}
 _MAX_CALLS = 4096
 
 
+def cached(key: tuple) -> Call | None:
+    """The Call resolved earlier under an adapter's own key (see resolve), or None."""
+    return _calls.get(key)
+
+
 def resolve(fn: str, op: Any, kind: Any, names: tuple[str, ...], arrays: tuple, *,
             transpose: bool = False, thin: bool = False, block: int | None = None,
-            strategy: str = "auto", tf32: bool = False) -> Call:
-    """The Call for these arrays (V, then tau and X where the op has them; None where not)."""
-    try:
-        xp = _arrays.namespace(arrays[0])
-        key = (fn, transpose, thin, block, strategy, tf32,
-               *(None if a is None else (type(a), xp.key(a)) for a in arrays))
-        c = _calls.get(key)
-    except (AttributeError, TypeError):  # not arrays of one library: _new_call says which
-        key, c = None, None
+            strategy: str = "auto", tf32: bool = False, key: tuple | None = None) -> Call:
+    """The Call for these arrays (V, then tau and X where the op has them; None where not).
+    An adapter that knows its arrays' type may pass its own `key` (everything the plan
+    depends on: the call's options, each array's shape, strides, dtype and device) and look
+    it up with ``cached`` first, without the generic key's cost."""
+    c = None
+    if key is None:
+        try:
+            xp = _arrays.namespace(arrays[0])
+            key = (fn, transpose, thin, block, strategy, tf32,
+                   *(None if a is None else (type(a), xp.key(a)) for a in arrays))
+            c = _calls.get(key)
+        except (AttributeError, TypeError):  # not arrays of one library: _new_call says which
+            key = None
     if c is None:
         c = _new_call(fn, op, kind, names, arrays, transpose, thin, block, strategy, tf32)
         if key is not None:
@@ -178,6 +188,7 @@ def _new_call(fn, op, kind, names, arrays, transpose, thin, block, strategy, tf3
     # The plan's sizes as Python values, read on every run.
     c.out, c.dV, c.dtau, c.dX = plan.out, plan.dV, plan.dtau, plan.dX
     c.fsize, c.fws, c.bws = plan.factors_size, plan.forward_workspace, plan.backward_workspace
+    c.tsize = plan.tape_size
     return c
 
 
@@ -214,9 +225,17 @@ def _fix(c: Call, arrays: list) -> list:
 PACK_WORKSPACE = 1 << 14
 
 
-def forward(c: Call, V: Any, tau: Any, X: Any, pack: bool = False) -> tuple[Any, Any]:
-    """(out, factors) of the call on these arrays, in the arrays' library. With `pack`, a
-    small workspace trails the factors in one buffer (the factors returned are longer)."""
+def _tape(c: Call, like: Any) -> Any:
+    """A tape for this call's forward to fill (None where its plan keeps none)."""
+    return c.xp._empty((c.tsize,), c.dtype, like) if c.tsize else None
+
+
+def forward(c: Call, V: Any, tau: Any, X: Any, pack: bool = False,
+            tape: bool = False) -> tuple[Any, ...]:
+    """(out, factors) of the call on these arrays, in the arrays' library; with `tape`,
+    (out, factors, tape): what the backward reads instead of recomputing it (None where the
+    plan keeps none). With `pack`, a small workspace trails the factors in one buffer (the
+    factors returned are longer)."""
     xp = c.xp
     if c.copies:
         V, tau, X = _fix(c, [V, tau, X])
@@ -231,16 +250,17 @@ def forward(c: Call, V: Any, tau: Any, X: Any, pack: bool = False) -> tuple[Any,
     else:
         f, ws = xp._empty((c.fsize,), c.dtype, V), xp.workspace(c.fws, c.dtype, V)
         fp, wp = arg(f), arg(ws)  # (ws stays referenced: an address alone keeps nothing alive)
+    t = _tape(c, V) if tape else None
     c.module.forward(c.plan, c.code, arg(V), arg(tau), arg(X), arg(out), fp, wp, xp.stream(V),
-                     c.device[1], c.tf32, c.blas)
-    return out, f
+                     c.device[1], c.tf32, c.blas, arg(t))
+    return (out, f, t) if tape else (out, f)
 
 
 def backward(c: Call, V: Any, factors: Any, saved: Any, grad: Any,
-             want_dx: bool = True) -> tuple[Any, Any, Any]:
+             want_dx: bool = True, tape: Any = None) -> tuple[Any, Any, Any]:
     """(dV, dtau, dX) from V, the forward's factors, its saved output (householder apply) or
     input (LAPACK apply), and grad; dtau None unless LAPACK, dX None unless apply and
-    wanted."""
+    wanted. With the forward's tape, `saved` is not read."""
     xp = c.xp
     if c.copies:  # as the forward took them: V, and a LAPACK apply's saved input
         fixed = _fix(c, [V, None, saved if c.lapack else None])
@@ -258,21 +278,23 @@ def backward(c: Call, V: Any, factors: Any, saved: Any, grad: Any,
     arg = xp.arg
     c.module.backward(c.plan, c.code, arg(V), arg(factors), arg(saved), sshape, sstrides, arg(grad), gshape,
                       gstrides, arg(dV), arg(dtau), arg(dX), arg(ws), xp.stream(like), c.device[1],
-                      c.tf32, c.blas)
+                      c.tf32, c.blas, arg(tape))
     return dV, dtau, dX
 
 
-def forward_with(c: Call, V: Any, factors: Any, X: Any) -> Any:
-    """The op again with factors an earlier forward of this call built from V."""
+def forward_with(c: Call, V: Any, factors: Any, X: Any, tape: bool = False) -> Any:
+    """The op again with factors an earlier forward of this call built from V: out, or with
+    `tape` (out, tape) as forward's."""
     xp = c.xp
     if c.copies:
         V, _, X = _fix(c, [V, None, X])
     out = xp.empty(*c.out, c.dtype, factors)
     ws = xp.workspace(c.fws, c.dtype, factors)
     arg = xp.arg
+    t = _tape(c, factors) if tape else None
     c.module.forward_with(c.plan, c.code, arg(V), arg(factors), arg(X), arg(out), arg(ws), xp.stream(factors),
-                          c.device[1], c.tf32, c.blas)
-    return out
+                          c.device[1], c.tf32, c.blas, arg(t))
+    return (out, t) if tape else out
 
 
 # ---------------------------------------------------------------------------------------

@@ -80,6 +80,9 @@ struct Forward {
   T* out = nullptr;
   T* factors = nullptr;    // filled here, for the backward (and further forward_with calls)
   T* workspace = nullptr;  // workspace_size(Pass::forward)
+  // Optional, tape_size() elements: what this call's backward reads instead of recomputing
+  // it (each block's input and products). nullptr: not kept.
+  T* tape = nullptr;
 };
 
 template <class T>
@@ -97,6 +100,9 @@ struct Backward {
   T* dtau = nullptr;        // lapack: laid out as d_tau()
   T* dX = nullptr;          // apply: laid out as d_X(); nullptr: not wanted
   T* workspace = nullptr;   // workspace_size(Pass::backward)
+  // The tape that this call's forward filled, or nullptr: the backward then recovers each
+  // block's input from `saved` (a third more work).
+  const T* tape = nullptr;
 };
 
 namespace detail {
@@ -123,6 +129,10 @@ struct Layout {
   // single block's Z = Y_E T^T (c x k), and U itself for the materialised apply (d x d) and,
   // on CUDA, for matrix (d x n: a small-d path's backward reads it).
   std::size_t fstride = 0, f_aux = 0, f_blocks = 0, f_z = 0, f_u = 0;
+  // The tape of a householder blockwise apply, when small enough (see size_plan): each
+  // block's input (B d n, in forward order), then its products W1 = Y^T A and W2 = op(T) W1
+  // (m B n each).
+  std::size_t tape = 0;
   std::size_t ws[2] = {0, 0};  // forward, backward
   std::size_t ws_y = 0;        // the head of every workspace: Y normalised, where needed
 };
@@ -146,6 +156,9 @@ class Plan {
   std::size_t factors_size() const { return static_cast<std::size_t>(L_.bv) * L_.fstride; }
   // Elements; the forward's covers factors() and forward_with() as well.
   std::size_t workspace_size(Pass pass) const { return L_.ws[static_cast<int>(pass)]; }
+  // Elements of the optional tape (0: this plan keeps none): what a forward may leave for
+  // its backward, which then does 8 d k n flops instead of 12 d k n.
+  std::size_t tape_size() const { return L_.tape; }
   // The outputs' shapes and strides (dense), for the caller to allocate.
   const Array& out() const { return L_.out_array; }
   const Array& d_V() const { return L_.dV_array; }

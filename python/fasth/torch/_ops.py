@@ -11,9 +11,10 @@ ways:
   fake kernels (the plan's output shapes), ``register_autograd`` and vmap rules; clean under
   ``torch.library.opcheck``.
 
-The householder apply keeps its output for the backward (its input is recovered through
-orthogonality) and its input: if the caller modifies the output in place, the backward
-recomputes it from the input, so outputs behave as ordinary tensors. Under
+Eagerly, the householder apply keeps the plan's tape for the backward (each block's input
+and products), where the plan keeps one; otherwise its output (its input is recovered
+through orthogonality) and its input: if the caller modifies the output in place, the
+backward recomputes it from the input, so outputs behave as ordinary tensors. Under
 ``create_graph``, the input gradient is ``apply`` again (differentiable: gradient
 penalties), while the gradient of V raises if it is differentiated again."""
 
@@ -90,11 +91,22 @@ _tag_compile_caches()
 Spec = _api.Spec
 
 
+def _key(t: Optional[Tensor]) -> Optional[tuple]:
+    return None if t is None else (t.shape, t.stride(), t.dtype, t.device)
+
+
 def _call(s: Spec, V: Tensor, tau: Optional[Tensor], X: Optional[Tensor]) -> _api.Call:
+    try:  # the cache's key, built for tensors (a layer's every call after its first)
+        key = ("torch", s, _key(V), _key(tau), _key(X))
+        c = _api.cached(key)
+    except (AttributeError, TypeError):  # not tensors, or symbolic sizes: resolve's way
+        key, c = None, None
+    if c is not None:
+        return c
     names = ("A" if s.kind == LAPACK else "V", "tau", "C" if s.kind == LAPACK else "X")
     return _api.resolve(s.name("torch"), _OPS[s.op], _KINDS[s.kind], names, (V, tau, X),
                         transpose=s.transpose, thin=s.thin, block=s.block or None,
-                        strategy=s.strategy, tf32=s.tf32)
+                        strategy=s.strategy, tf32=s.tf32, key=key)
 
 
 def _empty(like: Tensor) -> Tensor:
@@ -253,11 +265,12 @@ def _transforming() -> bool:
     return torch._C._are_functorch_transforms_active()
 
 
-def _setup(ctx, V, tau, X, s: Spec, c: _api.Call, out: Tensor, f: Tensor, transforming: bool):
+def _setup(ctx, V, tau, X, s: Spec, c: _api.Call, out: Tensor, f: Tensor, transforming: bool,
+           tape: Optional[Tensor] = None):
     ctx.spec, ctx.call = s, c
     ctx.set_materialize_grads(False)
-    ctx.out = None
-    if s.op == APPLY and s.kind == HOUSEHOLDER:
+    ctx.out, ctx.tape = None, tape
+    if s.op == APPLY and s.kind == HOUSEHOLDER and tape is None:
         if transforming:
             ctx.save_for_backward(V, tau, X, f, out)
             return
@@ -274,9 +287,9 @@ def _grad(ctx, grad_out, transforming: bool):
     V, tau, X, f, out = ctx.saved_tensors
     s, c = ctx.spec, ctx.call
     need_v, need_tau, need_x = ctx.needs_input_grad[:3]
-    apply = s.op == APPLY
+    apply, tape = s.op == APPLY, ctx.tape
     saved = None
-    if apply:
+    if apply and tape is None:
         saved = X if s.kind == LAPACK else out if out is not None else ctx.out
         if ctx.out is not None and saved._version != ctx.version:
             saved = _api.forward_with(c, V, f, X)
@@ -284,7 +297,7 @@ def _grad(ctx, grad_out, transforming: bool):
     def grads(want_dx, V, tau, f, saved, g):
         if transforming:  # through the custom op, whose vmap rule batches it
             return _backward_op(V, tau, saved, f, g, *s, want_dx)
-        return _api.backward(c, V, f, saved, g, want_dx)
+        return _api.backward(c, V, f, saved, g, want_dx, tape)
 
     if torch.is_grad_enabled():  # create_graph: a gradient of this gradient follows
         dX = None
@@ -309,9 +322,9 @@ class _Eager(torch.autograd.Function):
     @staticmethod
     def forward(ctx, V, tau, X, s):
         c = _call(s, V, tau, X)
-        out, f = _api.forward(c, V, tau, X, pack=True)
+        out, f, tape = _api.forward(c, V, tau, X, pack=True, tape=True)
         ctx.mark_non_differentiable(f)
-        _setup(ctx, V, tau, X, s, c, out, f, False)
+        _setup(ctx, V, tau, X, s, c, out, f, False, tape)
         return out, f
 
     @staticmethod
@@ -326,8 +339,8 @@ class _EagerWith(torch.autograd.Function):
     @staticmethod
     def forward(ctx, V, tau, X, f, s):  # (V, tau, X) first, as _grad reads them
         c = _call(s, V, tau, X)
-        out = _api.forward_with(c, V, f, X)
-        _setup(ctx, V, tau, X, s, c, out, f, False)
+        out, tape = _api.forward_with(c, V, f, X, tape=True)
+        _setup(ctx, V, tau, X, s, c, out, f, False, tape)
         return out
 
     @staticmethod
@@ -365,11 +378,20 @@ class _Transformable(torch.autograd.Function):
         return (out, f.reshape(B, -1), c), (0, 0, None)
 
 
+def _recorded(V: Tensor, tau: Optional[Tensor], X: Optional[Tensor]) -> bool:
+    """Whether autograd records this call (grad mode on and an input that requires grad)."""
+    return torch.is_grad_enabled() and (
+        V.requires_grad or (X is not None and X.requires_grad)
+        or (tau is not None and tau.requires_grad))
+
+
 def _run(s: Spec, V: Tensor, tau: Optional[Tensor], X: Optional[Tensor]) -> Tensor:
     if torch.compiler.is_compiling():
         return _forward_op(V, tau, X, *s)[0]
     if _transforming():
         return _Transformable.apply(V, tau, X, s)[0]
+    if not _recorded(V, tau, X):  # nothing to differentiate: the plan alone, no graph node
+        return _api.forward(_call(s, V, tau, X), V, tau, X, pack=True)[0]
     return _Eager.apply(V, tau, X, s)[0]
 
 
@@ -384,22 +406,22 @@ _HALF = (torch.float16, torch.bfloat16)
 
 def _prepare(s: Spec, *tensors: Optional[Tensor]):
     """(tensors to compute with, the dtype to return or None)."""
+    if not any(t is not None and t.dtype in _HALF for t in tensors):
+        return tensors, None  # autocast or not: computed as they are
     t0 = tensors[0]
     dev = t0.device.type
     if torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev):
         return tuple(t.float() if t is not None and t.dtype in _HALF else t for t in tensors), None
-    if t0.dtype in _HALF or any(t is not None and t.dtype in _HALF for t in tensors):
-        names = ("A" if s.kind == LAPACK else "V", "tau", "C" if s.kind == LAPACK else "X")
-        named = {n: t for n, t in zip(names, tensors) if t is not None}
-        ns = _arrays.namespace(t0)
-        _api.check_dtypes(s.name("torch"), ns, named, _arrays.FLOAT_DTYPES + _api.HALF_DTYPES)
-        return tuple(None if t is None else t.float() for t in tensors), t0.dtype
-    return tensors, None
+    names = ("A" if s.kind == LAPACK else "V", "tau", "C" if s.kind == LAPACK else "X")
+    named = {n: t for n, t in zip(names, tensors) if t is not None}
+    _api.check_dtypes(s.name("torch"), _arrays.namespace(t0), named,
+                      _arrays.FLOAT_DTYPES + _api.HALF_DTYPES)
+    return tuple(None if t is None else t.float() for t in tensors), t0.dtype
 
 
 def _public(s: Spec, V, tau, X, run=_run) -> Tensor:
     (V, tau, X), back = _prepare(s, V, tau, X)
-    if V.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+    if V.is_cuda and torch.backends.cuda.matmul.allow_tf32:
         s = s._replace(tf32=True)
     out = run(s, V, tau, X)
     return out if back is None else out.to(back)
