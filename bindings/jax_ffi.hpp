@@ -6,9 +6,12 @@
 //
 // Three custom calls, each a Plan's run on row-major arrays of any rank (the plan is made
 // from the buffers' dimensions each call: cheap, and the one home of the shape rules):
-//   fasth_forward       args V, [tau], [X]                 rets out, factors, workspace
+//   fasth_forward       args V, [tau], [X]                 rets out, factors, workspace, [tape]
 //   fasth_forward_with  args V, factors, X                 rets out, workspace
-//   fasth_backward      args V, [tau], [S], factors, grad  rets dV, [dtau], [dX], workspace
+//   fasth_backward      args V, [tau], [S], factors, grad, [tape]
+//                                                          rets dV, [dtau], [dX], workspace
+// A tape (Plan::tape_size) is used where the call's plan keeps one and the buffer holds it:
+// the backward then reads it instead of S.
 // fasth_forward_with is a householder apply with the factors an earlier fasth_forward of the
 // same V and shapes returned (one U applied again and again: no work per V).
 // with tau for LAPACK reflectors, X and S (the saved output, or the input for LAPACK
@@ -65,6 +68,12 @@ inline ffi::Result<Buf> ret(const ffi::RemainingRets& rets, std::size_t i) {
 template <class T>
 T* data(const Buf& b) {
   return reinterpret_cast<T*>(b.untyped_data());
+}
+// The tape, where the plan keeps one and the buffer holds it (else none: a call under vmap
+// passes an empty one).
+template <class T>
+T* tape(const Plan& plan, std::size_t elements, void* p) {
+  return plan.tape_size() > 0 && elements >= plan.tape_size() ? static_cast<T*>(p) : nullptr;
 }
 template <class T>
 T* data(ffi::Result<Buf>& b, std::size_t need, const char* name) {
@@ -157,6 +166,10 @@ struct Handlers {
       a.out = data<T>(out, 0, "out");
       a.factors = data<T>(f, plan.factors_size(), "factors");
       a.workspace = data<T>(ws, plan.workspace_size(Pass::forward), "workspace");
+      if (rets.size() > 3) {
+        auto t = ret(rets, 3);
+        a.tape = tape<T>(plan, t->element_count(), t->untyped_data());
+      }
       plan.forward(backend<T>(ctx, tf32), a);
     }
   };
@@ -213,6 +226,10 @@ struct Handlers {
       }
       auto ws = ret(rets, r++);
       a.workspace = data<T>(ws, plan.workspace_size(Pass::backward), "workspace");
+      if (i < args.size()) {
+        const Buf t = arg(args, i++);
+        a.tape = tape<const T>(plan, t.element_count(), t.untyped_data());
+      }
       plan.backward(backend<T>(ctx, tf32), a);
     }
   };
