@@ -8,14 +8,14 @@
 // from the buffers' dimensions each call: cheap, and the one home of the shape rules):
 //   fasth_forward       args V, [tau], [X]                 rets out, factors, workspace, [tape]
 //   fasth_forward_with  args V, factors, X                 rets out, workspace
-//   fasth_backward      args V, [tau], [S], factors, grad, [tape]
+//   fasth_backward      args V, [tau], [S], factors, grad, [tape]   (S but for LAPACK's U)
 //                                                          rets dV, [dtau], [dX], workspace
 // A tape (Plan::tape_size) is used where the call's plan keeps one and the buffer holds it:
 // the backward then reads it instead of S.
 // fasth_forward_with is a householder apply with the factors an earlier fasth_forward of the
 // same V and shapes returned (one U applied again and again: no work per V).
-// with tau for LAPACK reflectors, X and S (the saved output, or the input for LAPACK
-// reflectors) for apply. One dtype per call (float32 or float64, dispatched once). The
+// with tau for LAPACK reflectors, X for apply, and S: the saved output (householder apply
+// and matrix), or the input (an apply of LAPACK reflectors). One dtype per call (float32 or float64, dispatched once). The
 // factors and the workspace are outputs: XLA allocates them with the call's other buffers,
 // so the handlers allocate nothing, never synchronise, and enqueue on XLA's stream (safe to
 // capture in command buffers). fasth.jax sizes them for any device (the largest).
@@ -206,8 +206,9 @@ struct Handlers {
       p.V = row_major(V);
       a.V = data<const T>(V);
       if (p.kind == Kind::lapack) p.tau = row_major(arg(args, i++));
-      if (p.op == Op::apply) {
-        p.X = a.saved_layout = row_major(arg(args, i));
+      if (p.op == Op::apply || p.kind == Kind::householder) {  // S: out (householder), or X
+        a.saved_layout = row_major(arg(args, i));
+        if (p.op == Op::apply) p.X = a.saved_layout;
         a.saved = data<const T>(arg(args, i++));
       }
       a.factors = data<const T>(arg(args, i++));

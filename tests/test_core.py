@@ -175,21 +175,28 @@ def test_plan_writes_only_its_buffers(rng, dtype, case):
     np.testing.assert_array_equal(f[: plan.factors_size], first)
     for b, n in ((obuf, obuf.size - guard), (f, plan.factors_size), (ws, plan.forward_workspace)):
         assert np.isnan(b[n:]).all()
-    saved = (X if lapack else out) if apply else None
+    saved = out if not lapack else X if apply else None
     G = randn(rng, plan.out[0], dtype)
-    dvb, dV = strided(plan.dV)
-    dtb, dtau = strided(plan.dtau) if lapack else (None, None)
-    dxb, dX = strided(plan.dX) if apply else (None, None)
-    wb = guarded(plan.backward_workspace)
-    sv = () if saved is None else (saved.shape, tuple(s // saved.itemsize for s in saved.strides))
-    core.backward(plan, code, V, f, saved, *(sv or ((), ())), G, G.shape,
-                  tuple(s // G.itemsize for s in G.strides), dV, dtau, dX, wb,
-                  blas=fasth._api.SCIPY_BLAS)
-    for b in (dvb, dtb, dxb):
-        if b is not None:
-            assert np.isnan(b[b.size - guard:]).all()
-            assert not np.isnan(b[: b.size - guard]).all() or b.size == guard
-    assert np.isnan(wb[plan.backward_workspace:]).all()
+    # The backward from the output (or input), then from the tape where the plan keeps one.
+    tape = guarded(plan.tape_size)
+    if plan.tape_size:
+        core.forward(plan, code, V, tau, X, out, f, ws, blas=fasth._api.SCIPY_BLAS, tape=tape)
+        assert np.isnan(tape[plan.tape_size:]).all()
+        assert np.isnan(ws[plan.forward_workspace:]).all()
+    for t in (None, tape) if plan.tape_size else (None,):
+        dvb, dV = strided(plan.dV)
+        dtb, dtau = strided(plan.dtau) if lapack else (None, None)
+        dxb, dX = strided(plan.dX) if apply else (None, None)
+        wb = guarded(plan.backward_workspace)
+        sv = () if saved is None else (saved.shape, tuple(s // saved.itemsize for s in saved.strides))
+        core.backward(plan, code, V, f, saved if t is None else None, *(sv or ((), ())), G,
+                      G.shape, tuple(s // G.itemsize for s in G.strides), dV, dtau, dX, wb,
+                      blas=fasth._api.SCIPY_BLAS, tape=t)
+        for b in (dvb, dtb, dxb):
+            if b is not None:
+                assert np.isnan(b[b.size - guard:]).all()
+                assert not np.isnan(b[: b.size - guard]).all() or b.size == guard
+        assert np.isnan(wb[plan.backward_workspace:]).all()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -757,10 +764,16 @@ def test_backward_from_tape_matches_backward_from_output(rng, case):
 
 
 def test_tape_only_where_small():
-    """A tape is kept up to 2^24 elements (a layer's activations), not for large problems."""
-    Plan, dense = fasth._core.Plan, fasth._api.dense_strides
-    args = lambda d, n: ((d, d), dense((d, d)), (), (), (d, n), dense((d, n)), False, False, 0,
-                         fasth._core.Strategy.blockwise, fasth._core.Device.cpu)
-    assert Plan(fasth._api.APPLY, fasth._api.HOUSEHOLDER, *args(512, 128)).tape_size > 0
-    assert Plan(fasth._api.APPLY, fasth._api.HOUSEHOLDER, *args(4096, 4096)).tape_size == 0
-    assert Plan(fasth._api.MATRIX, fasth._api.HOUSEHOLDER, *args(64, 64)).tape_size == 0
+    """A tape is kept up to 2^24 elements (a layer's activations), not for large problems; a
+    householder U is made blockwise with a tape on the CPU where the tape fits, else as one
+    block (and always on the GPU)."""
+    core, dense = fasth._core, fasth._api.dense_strides
+    args = lambda d, n, dev=core.Device.cpu: ((d, d), dense((d, d)), (), (), (d, n), dense((d, n)),
+                                              False, False, 0, core.Strategy.blockwise, dev)
+    apply, matrix = (lambda *a: core.Plan(op, fasth._api.HOUSEHOLDER, *args(*a))
+                     for op in (fasth._api.APPLY, fasth._api.MATRIX))
+    assert apply(512, 128).tape_size > 0
+    assert apply(4096, 4096).tape_size == 0
+    assert matrix(512, 0).tape_size > 0 and matrix(512, 0).strategy == core.Strategy.blockwise
+    assert matrix(2048, 0).tape_size == 0 and matrix(2048, 0).strategy == core.Strategy.materialize
+    assert matrix(64, 0, core.Device.cuda).tape_size == 0

@@ -186,7 +186,7 @@ def test_backward_op_opcheck(device):
                            "auto", False, True))
     U, f = torch.ops.fasth.forward(V, None, None, MATRIX, HH, False, False, 0, "auto", False)
     torch.library.opcheck(torch.ops.fasth.backward.default,
-                          (V, None, None, f, torch.randn_like(U), MATRIX, HH, False, False, 0,
+                          (V, None, U, f, torch.randn_like(U), MATRIX, HH, False, False, 0,
                            "auto", False, False))
 
 
@@ -415,6 +415,21 @@ def test_outputs_modified_in_place_keep_correct_gradients(device, transpose):
     (g,) = torch.autograd.grad((U * U).sum(), V)
     U2 = ft.matrix(V) + torch.ones(6, 6, dtype=torch.float64, device=device).T
     torch.testing.assert_close(g, torch.autograd.grad((U2 * U2).sum(), V)[0])
+
+
+@pytest.mark.parametrize("shape", [(32, 10), (10, 10), (70, 70), (3, 40, 24)])
+def test_same_numbers_with_and_without_autograd(device, shape):
+    """A forward gives the same numbers whether autograd records it (it then keeps a tape for
+    the backward) or not, as torch's own ops do."""
+    torch.manual_seed(0)
+    V = torch.randn(*shape, device=device)
+    X = torch.randn(*shape[:-1], 5, device=device)
+    Vg = V.clone().requires_grad_()
+    for f in (lambda V: ft.matrix(V), lambda V: ft.matrix(V, thin=True),
+              lambda V: ft.apply(V, X), lambda V: ft.apply(V, X.mT.contiguous().mT, True)):
+        with torch.no_grad():
+            plain = f(V)
+        assert torch.equal(f(Vg).detach(), plain)
 
 
 @pytest.mark.parametrize("low", [torch.bfloat16, torch.float16])

@@ -286,17 +286,20 @@ struct ForwardWs {
   UWs<T> u;
 };
 
-// `taped`: the forward that fills a tape walks on it, and finishes its last block in x.
+// `taped`: the forward that fills a tape keeps the blocks' products there.
 template <class T>
 ForwardWs<T> carve_forward(const Layout& L, Arena<T>& a, bool taped) {
   ForwardWs<T> w{};
-  if (L.op == Op::matrix) {
+  if (L.op == Op::matrix && L.single) {
     w.u = carve_u(L.B, L.n, L.k, a);
-  } else if (L.single || taped) {
-    w.x = a.take(sz(L.B) * sz(L.d) * sz(L.n));  // X, where BLAS cannot address it
   } else {
-    w.w1 = a.take(sz(L.B) * sz(L.m) * sz(L.n));
-    w.w2 = a.take(sz(L.B) * sz(L.m) * sz(L.n));
+    // X where BLAS cannot address it (single); the blocks' column-major walk where out is
+    // laid out otherwise (blockwise), and their products where no tape holds them.
+    w.x = a.take(sz(L.B) * sz(L.d) * sz(L.n));
+    if (!L.single && !taped) {
+      w.w1 = a.take(sz(L.B) * sz(L.m) * sz(L.n));
+      w.w2 = a.take(sz(L.B) * sz(L.m) * sz(L.n));
+    }
   }
   return w;
 }
@@ -367,7 +370,7 @@ BackwardWs<T> carve_backward(const Layout& L, Arena<T>& a, bool taped) {
     w.w = a.take(wb * m * wn), w.q = a.take(wb * m * wn);
     w.dt = a.take(bv * sz(L.nb) * m * m), w.dq = a.take(bv * sz(L.nb) * m * m);
     w.dy = a.take(bv * d * sz(L.k));
-  } else if (L.op == Op::matrix) {
+  } else if (L.op == Op::matrix && L.single) {
     w.mat = carve_matrix_backward(L, L.n, a);
   } else if (L.kind == Kind::lapack) {
     w.ins = a.take(sz(L.nb) * B * d * n);
@@ -612,8 +615,7 @@ struct Run {
     Arena<T> arena{ws};
     const ForwardWs<T> w = carve_forward(L, arena, taped);
     const M<T> o3 = view(L.out, out);
-    if (L.op == Op::matrix) return build_u(F, o3, B, ws);
-    if (taped) return forward_taped(F, X, out, tape, w.x);
+    if (L.op == Op::matrix && L.single) return build_u(F, o3, B, ws);
     if (L.single) {
       bool ok;
       M<const T> x = view(L.X, X, ok);
@@ -623,55 +625,56 @@ struct Run {
       }
       return o.mm(B, d, n, d, T(1), in(Uf(F)), L.transpose, x, false, T(0), o3);
     }
-    o.copy(B, d, n, strided(L.X, X), strided(o3));
-    M<T> A = o3;
-    index_t batch = B, cols = n;
-    if (L.shared && B > 1 && !A.t && A.bs == n * A.ld) batch = 1, cols = B * n, A.bs = 0;
-    // The block products W = Y^T A (m x cols) stored as A is (transposed when A is row-major):
-    // every gemm is then NN or NT, which BLAS libraries run fast for thin blocks (MKL took up
-    // to 8x longer on TT products at m <= 8).
-    auto scratch = [&](T* p) {
-      return A.t ? M<T>{p, std::max<index_t>(cols, 1), true, L.m * cols} : buffer(p, L.m, L.m * cols);
-    };
-    const M<T> W1 = scratch(w.w1), W2 = scratch(w.w2);
-    for (index_t s = 0; s < L.nb; ++s) {
-      const index_t j = forward_block(s), wd = width(j);
-      const M<const T> y = in(Y(F)).cols(j * L.m);
-      o.mm(batch, wd, cols, d, T(1), y, true, in(A), false, T(0), W1);
-      o.tr(batch, false, L.transpose, wd, cols, T(1), in(Tf(F, j)), in(W1), W2);
-      o.mm(batch, d, cols, wd, T(-1), y, false, in(W2), false, T(1), A);
-    }
+    forward_blocks(F, X, out, taped ? tape : nullptr, w);
   }
 
-  // The tape of a forward (see Layout::tape): block s's input S_s (d x cols per walk entry,
-  // column-major), W1_s = Y^T S_s and W2_s = op(T) W1_s (m x cols).
+  // The tape of a forward (see Layout::tape), in aligned parts: block s's input S_s (d x
+  // cols per walk entry, column-major), W1_s = Y^T S_s and W2_s = op(T) W1_s (m x cols).
   M<T> tape_input(T* tape, index_t s) const {
     const index_t dn = L.d * L.n;
-    return {tape + s * L.B * dn, std::max<index_t>(L.d, 1), false, L.shared ? 0 : dn};
+    return {tape + s * static_cast<index_t>(round_up(sz(L.B * dn))), std::max<index_t>(L.d, 1),
+            false, L.shared ? 0 : dn};
   }
   M<T> tape_product(T* tape, index_t s, int which) const {
-    const Walk wk = walk_of(L);
-    T* p = tape + L.nb * L.B * L.d * L.n + (2 * s + which) * wk.batch * L.m * wk.n;
-    return buffer(p, L.m, L.m * wk.n);
+    const index_t in = static_cast<index_t>(round_up(sz(L.B * L.d * L.n)));
+    const index_t w = static_cast<index_t>(round_up(sz(L.B * L.m * L.n)));
+    return buffer(tape + L.nb * in + (2 * s + which) * w, L.m, L.m * walk_of(L).n);
   }
 
-  // The forward that fills a tape: it walks the blocks on the tape's inputs (each the
-  // previous one, updated), the last into `last` (B d n), then copied to out.
-  void forward_taped(const T* F, const T* X, T* out, T* tape, T* last) const {
+  // The blockwise forward, walking column-major matrices (d x cols per walk entry): out
+  // itself where it is laid out so, else the workspace, in place; with a tape, each block's
+  // input stays in its slot (the next slot a copy of it, updated) and its products in the
+  // tape. The same products on the same values either way: a forward gives the same numbers
+  // whether or not it keeps a tape. U (matrix) is the blocks applied to the identity.
+  void forward_blocks(const T* F, const T* X, T* out, T* tape, const ForwardWs<T>& w) const {
     const index_t B = L.B, d = L.d, n = L.n, dn = d * n, ld = std::max<index_t>(d, 1);
     const Walk wk = walk_of(L);
-    o.copy(B, d, n, strided(L.X, X), Strided<T>{tape, 1, ld, dn});
+    const M<T> o3 = view(L.out, out);
+    T* const run = !o3.t && o3.ld == ld && (B <= 1 || o3.bs == dn) ? out : w.x;
+    auto S = [&](index_t s) {  // block s's input; s == nb: the output
+      return tape && s < L.nb ? tape_input(tape, s) : M<T>{run, ld, false, L.shared ? 0 : dn};
+    };
+    if (L.op == Op::matrix) o.identity(B, d, n, M<T>{S(0).p, ld, false, dn});
+    else o.copy(B, d, n, strided(L.X, X), Strided<T>{S(0).p, 1, ld, dn});
     for (index_t s = 0; s < L.nb; ++s) {
       const index_t j = forward_block(s), wd = width(j);
-      const M<const T> y = in(Y(F)).cols(j * L.m), A = in(tape_input(tape, s));
-      const M<T> W1 = tape_product(tape, s, 0), W2 = tape_product(tape, s, 1);
-      const M<T> next = s + 1 < L.nb ? tape_input(tape, s + 1) : M<T>{last, ld, false, A.bs};
-      o.mm(wk.batch, wd, wk.n, d, T(1), y, true, A, false, T(0), W1);
+      const M<const T> y = in(Y(F)).cols(j * L.m), A = in(S(s));
+      const M<T> next = S(s + 1);
+      const M<T> W1 = tape ? tape_product(tape, s, 0) : buffer(w.w1, L.m, L.m * wk.n),
+                 W2 = tape ? tape_product(tape, s, 1) : buffer(w.w2, L.m, L.m * wk.n);
+      if (L.op == Op::matrix && s == 0) first_on_identity(wk.batch, wd, wk.n, y, W1);
+      else o.mm(wk.batch, wd, wk.n, d, T(1), y, true, A, false, T(0), W1);
       o.tr(wk.batch, false, L.transpose, wd, wk.n, T(1), in(Tf(F, j)), in(W1), W2);
-      o.copy(B, d, n, Strided<const T>{A.p, 1, ld, dn}, Strided<T>{next.p, 1, ld, dn});
+      if (next.p != A.p) o.copy(B, d, n, Strided<const T>{A.p, 1, ld, dn}, Strided<T>{next.p, 1, ld, dn});
       o.mm(wk.batch, d, wk.n, wd, T(-1), y, false, in(W2), false, T(1), next);
     }
-    o.copy(B, d, n, Strided<const T>{last, 1, ld, dn}, strided(L.out, out));
+    if (run != out) o.copy(B, d, n, Strided<const T>{run, 1, ld, dn}, strided(L.out, out));
+  }
+
+  // W1 = Y^T E for the identity's first c columns E: Y's first c rows, transposed (U's first
+  // block step needs no product with the identity).
+  void first_on_identity(index_t batch, index_t wd, index_t c, M<const T> y, M<T> W1) const {
+    o.copy(batch, wd, c, Strided<const T>{y.p, y.t ? 1 : y.ld, y.t ? y.ld : 1, y.bs}, strided(W1));
   }
 
   // ---- backward
@@ -688,7 +691,8 @@ struct Run {
     const bool want_dx = L.op == Op::apply && a.dX;
     const bool taped = a.tape && L.tape;
     const Mat3 g3 = layout_of(a.grad_layout, "grad");
-    const Mat3 s3 = L.op == Op::apply && !taped ? layout_of(a.saved_layout, "saved") : Mat3{};
+    const bool reads_saved = (L.op == Op::apply || !L.single) && !taped;
+    const Mat3 s3 = reads_saved ? layout_of(a.saved_layout, "saved") : Mat3{};
     if (k == 0) {
       if (want_dx) o.copy(B, d, n, strided(g3, a.grad), strided(L.dX, a.dX));
       return;
@@ -696,7 +700,8 @@ struct Run {
     Arena<T> arena{a.workspace};
     const BackwardWs<T> w = carve_backward(L, arena, taped);
     if (taped) return taped_backward(a, g3, w);
-    if (L.op == Op::matrix) return matrix_backward(a.factors, g3, a.grad, L.n, w.mat, a.dV, a.dtau);
+    if (L.op == Op::matrix && L.single)
+      return matrix_backward(a.factors, g3, a.grad, L.n, w.mat, a.dV, a.dtau);
     if (lapack) return lapack_backward(a, g3, s3, w);
     if (L.single) return materialized_backward(a, g3, s3, w);
     householder_backward(a, g3, s3, w);
@@ -1003,6 +1008,10 @@ double materialize_cost(index_t d, index_t k, index_t n) {
   return 6 * D * D * N + 2 * D * D * D + 8 * D * K * K + 6 * D * D * K + K * K * K / 3;
 }
 
+std::size_t tape_elements(const Layout& L) {  // as Run::tape_input and tape_product lay it
+  return sz(L.nb) * (round_up(sz(L.B) * sz(L.d) * sz(L.n)) + 2 * round_up(sz(L.B) * sz(L.m) * sz(L.n)));
+}
+
 void size_plan(Layout& L) {
   // Packed, every element written by factors() (the factors are an output: deterministic).
   const std::size_t d = sz(L.d), k = sz(L.k), m = sz(L.m), nb = sz(L.nb);
@@ -1019,13 +1028,11 @@ void size_plan(Layout& L) {
   const bool u_matrix = L.op == Op::matrix && L.kind == Kind::householder && L.device == Device::cuda;
   L.fstride = L.f_u + (L.op == Op::apply && L.single ? d * d : u_matrix ? d * c : 0);
   if (L.k == 0) L.fstride = 0;
-  // The tape: a householder blockwise apply keeps each block's input and products when
-  // they take at most kTapeMax elements (as a network keeps its layers' activations), so
-  // that its backward need not recover them from the output: 8 d k n flops instead of 12.
-  constexpr std::size_t kTapeMax = std::size_t(1) << 24;  // 64 MiB of float32
-  const bool tapeable = L.op == Op::apply && L.kind == Kind::householder && !L.single && L.k > 0;
-  const std::size_t tape = nb * sz(L.B) * sz(L.n) * (d + 2 * m);
-  L.tape = tapeable && tape <= kTapeMax ? tape : 0;
+  // The tape: a householder blockwise run keeps each block's input and products where they
+  // fit, so that its backward need not recover them from the output: 8 d k n flops instead
+  // of 12.
+  const bool tapeable = L.kind == Kind::householder && !L.single && L.k > 0;
+  L.tape = tapeable && tape_elements(L) <= kTapeMax ? tape_elements(L) : 0;
   Arena<float> f{nullptr}, fw{nullptr}, bw{nullptr}, fwt{nullptr}, bwt{nullptr};
   carve_factors<float>(L, f);
   if (L.op == Op::apply && L.single) carve_u<float>(L.bv, L.d, L.k, f);
@@ -1092,7 +1099,8 @@ void Plan::backward(const Backend<T>& be, const Backward<T>& a) const {
   need(a.V, v, "backward", "V");
   need(a.factors, v && x, "backward", "factors");
   need(a.grad, v && x, "backward", "grad");
-  need(a.saved, v && x && L_.op == Op::apply && !(a.tape && L_.tape), "backward", "saved");
+  need(a.saved, v && x && (L_.op == Op::apply || !L_.single) && !(a.tape && L_.tape), "backward",
+       "saved");
   need(a.dV, L_.bv > 0 && L_.d > 0 && L_.dV.cols > 0, "backward", "dV");
   need(a.dtau, v && L_.kind == Kind::lapack, "backward", "dtau");
   need(a.workspace, workspace_size(Pass::backward) > 0, "backward", "workspace");

@@ -9,6 +9,12 @@ namespace fasth::detail {
 double blockwise_cost(index_t d, index_t k, index_t n);
 double materialize_cost(index_t d, index_t k, index_t n);
 
+// The elements of a householder blockwise run's tape (each block's input, B d n, and its
+// products, 2 m B n), and whether a plan keeps one of that size: up to kTapeMax elements,
+// as a network keeps its layers' activations.
+constexpr std::size_t kTapeMax = std::size_t(1) << 24;  // 64 MiB of float32
+std::size_t tape_elements(const Layout& L);
+
 // Fills the factors layout and the workspace sizes of a resolved Layout.
 void size_plan(Layout& L);
 

@@ -89,7 +89,7 @@ class Call:
 
     __slots__ = ("fn", "plan", "xp", "dtype", "code", "device", "module", "blas", "tf32",
                  "copies", "lapack", "apply", "wraps", "out", "dV", "dtau", "dX", "fsize", "fws",
-                 "bws", "tsize")
+                 "bws", "tsize", "reads_out")
 
     def fail(self, cls: type[Exception], msg: str) -> Exception:
         return cls(f"{self.fn}: {msg}")
@@ -189,6 +189,9 @@ def _new_call(fn, op, kind, names, arrays, transpose, thin, block, strategy, tf3
     c.out, c.dV, c.dtau, c.dX = plan.out, plan.dV, plan.dtau, plan.dX
     c.fsize, c.fws, c.bws = plan.factors_size, plan.forward_workspace, plan.backward_workspace
     c.tsize = plan.tape_size
+    # Whether a backward without the tape reads the forward's output (the householder blocks
+    # walked back from it: an apply, or a U made blockwise), or not (a single-block U).
+    c.reads_out = kind == HOUSEHOLDER and (op == APPLY or plan.strategy == _core.Strategy.blockwise)
     return c
 
 
@@ -244,9 +247,12 @@ def forward(c: Call, V: Any, tau: Any, X: Any, pack: bool = False,
     out = xp.empty(*c.out, c.dtype, V)
     arg = xp.arg
     if pack and c.fws <= PACK_WORKSPACE and xp.addressable:
-        f = ws = xp._empty((c.fsize + c.fws,), c.dtype, V)
+        # The workspace 64-byte aligned as a buffer of its own is (BLAS results can depend
+        # on their operands' alignment: a forward gives the same numbers either way).
+        head = -(-c.fsize // 16) * 16
+        f = ws = xp._empty((head + c.fws,), c.dtype, V)
         fp = arg(f)
-        wp = fp + c.fsize * (4 if c.code == 0 else 8)
+        wp = fp + head * (4 if c.code == 0 else 8)
     else:
         f, ws = xp._empty((c.fsize,), c.dtype, V), xp.workspace(c.fws, c.dtype, V)
         fp, wp = arg(f), arg(ws)  # (ws stays referenced: an address alone keeps nothing alive)
@@ -258,17 +264,20 @@ def forward(c: Call, V: Any, tau: Any, X: Any, pack: bool = False,
 
 def backward(c: Call, V: Any, factors: Any, saved: Any, grad: Any,
              want_dx: bool = True, tape: Any = None) -> tuple[Any, Any, Any]:
-    """(dV, dtau, dX) from V, the forward's factors, its saved output (householder apply) or
-    input (LAPACK apply), and grad; dtau None unless LAPACK, dX None unless apply and
-    wanted. With the forward's tape, `saved` is not read."""
+    """(dV, dtau, dX) from V, the forward's factors, its saved output (householder apply or
+    matrix) or input (LAPACK apply), and grad; dtau None unless LAPACK, dX None unless apply
+    and wanted. With the forward's tape, `saved` is not read."""
     xp = c.xp
     if c.copies:  # as the forward took them: V, and a LAPACK apply's saved input
         fixed = _fix(c, [V, None, saved if c.lapack else None])
         V, saved = fixed[0], fixed[2] if c.lapack else saved
+    def walkable(a):  # batch dimensions that one stride walks (a contiguous copy if not)
+        if a is not None and len(a.shape) > 3 and not _core.collapsible(a.shape, xp.strides(a), 2):
+            return xp.contiguous(a)
+        return a
+
+    grad, saved = walkable(grad), walkable(saved)
     gshape, gstrides = grad.shape, xp.strides(grad)
-    if len(gshape) > 3 and not _core.collapsible(gshape, gstrides, 2):
-        grad = xp.contiguous(grad)
-        gstrides = xp.strides(grad)
     dt, like = c.dtype, factors
     dV = xp.empty(*c.dV, dt, like)
     dtau = xp.empty(*c.dtau, dt, like) if c.lapack else None
@@ -404,4 +413,4 @@ def matrix_backward(V, U, grad, thin: bool = False, *, factors: Any = None,
             raise c.fail(ValueError, f"{name} has shape {tuple(a.shape)}, expected {want}")
     f = _factors(c, V, factors)
     Vw = _fix(c, [V, None, None])[0] if c.copies else V
-    return _back(c, backward(c, xp.wrap(Vw), f, None, xp.wrap(grad))[0], V)
+    return _back(c, backward(c, xp.wrap(Vw), f, xp.wrap(U), xp.wrap(grad))[0], V)

@@ -89,8 +89,9 @@ template <class T>
 struct Backward {
   const T* V = nullptr;     // as given to the forward
   const T* factors = nullptr;
-  // The forward's output (householder apply: its input is recovered from it through
-  // orthogonality), or its input X (lapack apply); unused by matrix. Any strides, as
+  // The forward's output (householder apply, and a householder matrix made blockwise: the
+  // blocks' inputs are recovered from it through orthogonality), or its input X (lapack
+  // apply); unused by a single-block matrix, and where a tape is given. Any strides, as
   // `saved_layout` says.
   const T* saved = nullptr;
   Array saved_layout;

@@ -248,11 +248,11 @@ def _varying(x: Any, *likes: Any) -> Any:
 # Differentiable ops: arrays = (V, [tau], [X]).
 
 def _saved(s: Spec, arrays: tuple, out: Any) -> tuple:
-    """What the backward reads besides the factors: the output (householder apply) or the
-    input X (LAPACK apply); nothing for matrix."""
-    if s.op != APPLY:
-        return ()
-    return (arrays[-1],) if s.kind == LAPACK else (out,)
+    """What the backward reads besides the factors: the output (householder apply or matrix)
+    or the input X (LAPACK apply); nothing for LAPACK's matrix."""
+    if s.kind == HOUSEHOLDER:
+        return (out,)
+    return (arrays[-1],) if s.op == APPLY else ()
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -264,7 +264,7 @@ def run(s: Spec, *arrays):
 
 def _taped(s: Spec, arrays: tuple) -> bool:
     """Whether the forward keeps a tape for the backward (where a device's plan keeps one)."""
-    return s.op == APPLY and s.kind == HOUSEHOLDER and sizes(s, *_shapes(s, arrays)).tape > 0
+    return s.kind == HOUSEHOLDER and sizes(s, *_shapes(s, arrays)).tape > 0
 
 
 def _residuals(s, arrays, out, f, tape):

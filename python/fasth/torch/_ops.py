@@ -158,10 +158,11 @@ def _(V, tau, saved, factors, grad, op, kind, transpose, thin, block, strategy, 
 
 
 def _saved_input(s: Spec, X, out):
-    """What the backward reads: the output (householder apply), the input (LAPACK apply)."""
-    if s.op != APPLY:
-        return None
-    return X if s.kind == LAPACK else out
+    """What the backward reads: the output (householder apply or matrix), the input (LAPACK
+    apply)."""
+    if s.kind == HOUSEHOLDER:
+        return out
+    return X if s.op == APPLY else None
 
 
 def _op_setup(ctx, inputs, output):
@@ -270,10 +271,10 @@ def _setup(ctx, V, tau, X, s: Spec, c: _api.Call, out: Tensor, f: Tensor, transf
     ctx.spec, ctx.call = s, c
     ctx.set_materialize_grads(False)
     ctx.out, ctx.tape = None, tape
-    if s.op == APPLY and s.kind == HOUSEHOLDER and tape is None:
-        if transforming:
-            ctx.save_for_backward(V, tau, X, f, out)
-            return
+    if transforming and s.kind == HOUSEHOLDER:  # the backward op's own plan decides
+        ctx.save_for_backward(V, tau, X, f, out)
+        return
+    if c.reads_out and tape is None:
         # The output as it is now, by a detached alias that shares its version counter (no
         # reference cycle): if the caller changes it in place, the backward recomputes it.
         ctx.out, ctx.version = out.detach(), out._version
@@ -289,9 +290,13 @@ def _grad(ctx, grad_out, transforming: bool):
     need_v, need_tau, need_x = ctx.needs_input_grad[:3]
     apply, tape = s.op == APPLY, ctx.tape
     saved = None
-    if apply and tape is None:
-        saved = X if s.kind == LAPACK else out if out is not None else ctx.out
-        if ctx.out is not None and saved._version != ctx.version:
+    if s.kind == LAPACK:
+        saved = X if apply else None
+    elif out is not None:  # under transforms
+        saved = out
+    elif ctx.out is not None:
+        saved = ctx.out
+        if saved._version != ctx.version:  # changed in place: computed again
             saved = _api.forward_with(c, V, f, X)
 
     def grads(want_dx, V, tau, f, saved, g):
