@@ -325,16 +325,17 @@ class _Eager(torch.autograd.Function):
     inspect.signature on every call, about 25 us here."""
 
     @staticmethod
-    def forward(ctx, V, tau, X, s):
+    def forward(ctx, V, tau, X, s, keep=None):
         c = _call(s, V, tau, X)
         out, f, tape = _api.forward(c, V, tau, X, pack=True, tape=True)
-        ctx.mark_non_differentiable(f)
+        if keep is not None:  # the factors, for the caller (Reflectors); one output is cheaper
+            keep.append(f)
         _setup(ctx, V, tau, X, s, c, out, f, False, tape)
-        return out, f
+        return out
 
     @staticmethod
-    def backward(ctx, grad_out, _gf=None):
-        return _grad(ctx, grad_out, False)
+    def backward(ctx, grad_out):
+        return *_grad(ctx, grad_out, False), None
 
 
 class _EagerWith(torch.autograd.Function):
@@ -397,7 +398,7 @@ def _run(s: Spec, V: Tensor, tau: Optional[Tensor], X: Optional[Tensor]) -> Tens
         return _Transformable.apply(V, tau, X, s)[0]
     if not _recorded(V, tau, X):  # nothing to differentiate: the plan alone, no graph node
         return _api.forward(_call(s, V, tau, X), V, tau, X, pack=True)[0]
-    return _Eager.apply(V, tau, X, s)[0]
+    return _Eager.apply(V, tau, X, s)
 
 
 # ---------------------------------------------------------------------------------------
@@ -478,7 +479,9 @@ class Reflectors:
         c = _call(s, V, tau, X)
         f = self._factors.get(c)
         if f is None:
-            out, self._factors[c] = _Eager.apply(V, tau, X, s)
+            keep: list[Tensor] = []
+            out = _Eager.apply(V, tau, X, s, keep)
+            self._factors[c] = keep[0]
             return out
         return _EagerWith.apply(V, tau, X, f, s)
 
