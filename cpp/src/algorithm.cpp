@@ -293,8 +293,8 @@ ForwardWs<T> carve_forward(const Layout& L, Arena<T>& a, bool taped) {
   if (L.op == Op::matrix && L.single) {
     w.u = carve_u(L.B, L.n, L.k, a);
   } else {
-    // X where BLAS cannot address it (single); the blocks' column-major walk where out is
-    // laid out otherwise (blockwise), and their products where no tape holds them.
+    // X where BLAS cannot address it (single); the walk where it does not end in out
+    // (blockwise, see Run::lanes); the blocks' products where no tape holds them.
     w.x = a.take(sz(L.B) * sz(L.d) * sz(L.n));
     if (!L.single && !taped) {
       w.w1 = a.take(sz(L.B) * sz(L.m) * sz(L.n));
@@ -628,47 +628,66 @@ struct Run {
     forward_blocks(F, X, out, taped ? tape : nullptr, w);
   }
 
-  // The tape of a forward (see Layout::tape), in aligned parts: block s's input S_s (d x
-  // cols per walk entry, column-major), W1_s = Y^T S_s and W2_s = op(T) W1_s (m x cols).
-  M<T> tape_input(T* tape, index_t s) const {
-    const index_t dn = L.d * L.n;
-    return {tape + s * static_cast<index_t>(round_up(sz(L.B * dn))), std::max<index_t>(L.d, 1),
-            false, L.shared ? 0 : dn};
+  // How the blockwise forward, and the backward from its tape, walk the matrices, entries
+  // d n apart: a shared V's batch as one wide column-major problem (one product per block
+  // step, not one per entry; in the workspace where out is row-major), else in out's own
+  // orientation, in place (a row-major out, as a features-last activation's transpose is,
+  // keeps its block products transposed, so that every gemm is NN or NT; MKL took up to 8x
+  // longer on TT products at m <= 8).
+  struct Lanes {
+    index_t batch, cols, ld;
+    bool t, in_out;  // in_out: the walk ends in out itself (else in the workspace's x)
+  };
+  Lanes lanes() const {
+    bool ok;
+    const bool t = view(L.out, static_cast<T*>(nullptr), ok).t;
+    if (L.shared && L.B > 1) return {1, L.B * L.n, std::max<index_t>(L.d, 1), false, !t};
+    if (t) return {L.B, L.n, std::max<index_t>(L.n, 1), true, true};
+    return {L.B, L.n, std::max<index_t>(L.d, 1), false, true};
   }
-  M<T> tape_product(T* tape, index_t s, int which) const {
-    const index_t in = static_cast<index_t>(round_up(sz(L.B * L.d * L.n)));
-    const index_t w = static_cast<index_t>(round_up(sz(L.B * L.m * L.n)));
-    return buffer(tape + L.nb * in + (2 * s + which) * w, L.m, L.m * walk_of(L).n);
+  M<T> lane(const Lanes& ln, T* p) const { return {p, ln.ld, ln.t, L.d * L.n}; }
+  M<T> products(const Lanes& ln, T* p) const {  // m x cols per walk entry, as the lanes are
+    return ln.t ? M<T>{p, std::max<index_t>(ln.cols, 1), true, L.m * ln.cols}
+                : buffer(p, L.m, L.m * ln.cols);
   }
 
-  // The blockwise forward, walking column-major matrices (d x cols per walk entry): out
-  // itself where it is laid out so, else the workspace, in place; with a tape, each block's
-  // input stays in its slot (the next slot a copy of it, updated) and its products in the
-  // tape. The same products on the same values either way: a forward gives the same numbers
-  // whether or not it keeps a tape. U (matrix) is the blocks applied to the identity.
+  // The tape of a forward (see Layout::tape), in aligned parts: block s's input S_s (laid
+  // out as out is), W1_s = Y^T S_s and W2_s = op(T) W1_s.
+  M<T> tape_input(const Lanes& ln, T* tape, index_t s) const {
+    return lane(ln, tape + s * static_cast<index_t>(round_up(sz(L.B * L.d * L.n))));
+  }
+  M<T> tape_product(const Lanes& ln, T* tape, index_t s, int which) const {
+    const index_t in = static_cast<index_t>(round_up(sz(L.B * L.d * L.n)));
+    const index_t w = static_cast<index_t>(round_up(sz(L.B * L.m * L.n)));
+    return products(ln, tape + L.nb * in + (2 * s + which) * w);
+  }
+
+  // The blockwise forward, in place on out; with a tape, each block's input stays in its
+  // slot (the next slot a copy of it, updated, the last block's output out) and its products
+  // in the tape. The same products on the same values either way: a forward gives the same
+  // numbers whether or not it keeps a tape. U (matrix) is the blocks applied to the identity.
   void forward_blocks(const T* F, const T* X, T* out, T* tape, const ForwardWs<T>& w) const {
-    const index_t B = L.B, d = L.d, n = L.n, dn = d * n, ld = std::max<index_t>(d, 1);
-    const Walk wk = walk_of(L);
-    const M<T> o3 = view(L.out, out);
-    T* const run = !o3.t && o3.ld == ld && (B <= 1 || o3.bs == dn) ? out : w.x;
+    const index_t B = L.B, d = L.d, n = L.n;
+    const Lanes ln = lanes();
+    T* const last = ln.in_out ? out : w.x;
     auto S = [&](index_t s) {  // block s's input; s == nb: the output
-      return tape && s < L.nb ? tape_input(tape, s) : M<T>{run, ld, false, L.shared ? 0 : dn};
+      return tape && s < L.nb ? tape_input(ln, tape, s) : lane(ln, last);
     };
-    if (L.op == Op::matrix) o.identity(B, d, n, M<T>{S(0).p, ld, false, dn});
-    else o.copy(B, d, n, strided(L.X, X), Strided<T>{S(0).p, 1, ld, dn});
+    if (L.op == Op::matrix) o.identity(B, d, n, S(0));
+    else o.copy(B, d, n, strided(L.X, X), strided(S(0)));
     for (index_t s = 0; s < L.nb; ++s) {
       const index_t j = forward_block(s), wd = width(j);
       const M<const T> y = in(Y(F)).cols(j * L.m), A = in(S(s));
       const M<T> next = S(s + 1);
-      const M<T> W1 = tape ? tape_product(tape, s, 0) : buffer(w.w1, L.m, L.m * wk.n),
-                 W2 = tape ? tape_product(tape, s, 1) : buffer(w.w2, L.m, L.m * wk.n);
-      if (L.op == Op::matrix && s == 0) first_on_identity(wk.batch, wd, wk.n, y, W1);
-      else o.mm(wk.batch, wd, wk.n, d, T(1), y, true, A, false, T(0), W1);
-      o.tr(wk.batch, false, L.transpose, wd, wk.n, T(1), in(Tf(F, j)), in(W1), W2);
-      if (next.p != A.p) o.copy(B, d, n, Strided<const T>{A.p, 1, ld, dn}, Strided<T>{next.p, 1, ld, dn});
-      o.mm(wk.batch, d, wk.n, wd, T(-1), y, false, in(W2), false, T(1), next);
+      const M<T> W1 = tape ? tape_product(ln, tape, s, 0) : products(ln, w.w1),
+                 W2 = tape ? tape_product(ln, tape, s, 1) : products(ln, w.w2);
+      if (L.op == Op::matrix && s == 0) first_on_identity(ln.batch, wd, ln.cols, y, W1);
+      else o.mm(ln.batch, wd, ln.cols, d, T(1), y, true, A, false, T(0), W1);
+      o.tr(ln.batch, false, L.transpose, wd, ln.cols, T(1), in(Tf(F, j)), in(W1), W2);
+      if (next.p != A.p) o.copy(B, d, n, strided(A), strided(next));
+      o.mm(ln.batch, d, ln.cols, wd, T(-1), y, false, in(W2), false, T(1), next);
     }
-    if (run != out) o.copy(B, d, n, Strided<const T>{run, 1, ld, dn}, strided(L.out, out));
+    if (last != out) o.copy(B, d, n, strided(in(lane(ln, last))), strided(L.out, out));
   }
 
   // W1 = Y^T E for the identity's first c columns E: Y's first c rows, transposed (U's first
@@ -749,19 +768,21 @@ struct Run {
   // T^-1 = striu(Y^T Y) + diag(Y^T Y) / 2.
   void taped_backward(const Backward<T>& a, const Mat3& g3, const BackwardWs<T>& w) const {
     const index_t B = L.B, d = L.d, n = L.n, m = L.m, dn = d * n, ld = std::max<index_t>(d, 1);
-    const Walk wk = walk_of(L);
-    const index_t batch = wk.batch, cols = wk.n, mm2 = m * m, es = L.nb * mm2;
+    const Lanes ln = lanes();
+    const index_t batch = ln.batch, cols = ln.cols, mm2 = m * m, es = L.nb * mm2;
     T* tape = const_cast<T*>(a.tape);
     const T* F = a.factors;
     o.copy(B, d, n, Strided<const T>{a.grad, g3.rs, g3.cs, g3.bs}, Strided<T>{w.g, 1, ld, dn});
-    const M<T> G{w.g, ld, false, L.shared ? 0 : dn};
+    const M<T> G{w.g, ld, false, dn};
     const M<T> D = buffer(w.w, m, m * cols), E = buffer(w.q, m, m * cols);
     const M<T> dYall = dy_buffer(w.dy, a.dV);
-    auto dT = [&](index_t j) { return M<T>{w.dt + j * mm2, m, false, es}; };
+    // dT per block (summed over a shared V's entries where the walk keeps them apart).
+    auto dT = [&](index_t j) { return M<T>{w.dt + j * mm2, m, false, L.shared ? 0 : es}; };
     for (index_t s = L.nb - 1; s >= 0; --s) {
       const index_t j = forward_block(s), wd = width(j);
-      const M<const T> y = in(Y(F)).cols(j * m), A = in(tape_input(tape, s));
-      const M<const T> W1 = in(tape_product(tape, s, 0)), W2 = in(tape_product(tape, s, 1));
+      const M<const T> y = in(Y(F)).cols(j * m), A = in(tape_input(ln, tape, s));
+      const M<const T> W1 = in(tape_product(ln, tape, s, 0)),
+                       W2 = in(tape_product(ln, tape, s, 1));
       const M<T> dY = dYall.cols(j * m);
       o.mm(batch, wd, cols, d, T(1), y, true, in(G), false, T(0), D);          // D = Y^T G
       o.tr(batch, false, !L.transpose, wd, cols, T(1), in(Tf(F, j)), in(D), E);  // E
