@@ -15,10 +15,11 @@
 // fasth_forward_with is a householder apply with the factors an earlier fasth_forward of the
 // same V and shapes returned (one U applied again and again: no work per V).
 // with tau for LAPACK reflectors, X for apply, and S: the saved output (householder apply
-// and matrix), or the input (an apply of LAPACK reflectors). One dtype per call (float32 or float64, dispatched once). The
-// factors and the workspace are outputs: XLA allocates them with the call's other buffers,
-// so the handlers allocate nothing, never synchronise, and enqueue on XLA's stream (safe to
-// capture in command buffers). fasth.jax sizes them for any device (the largest).
+// and matrix), or the input (an apply of LAPACK reflectors). One dtype per call (float32 or
+// float64, dispatched once). The factors and the workspace are outputs: XLA allocates them
+// with the call's other buffers, so the handlers allocate nothing, never synchronise, and
+// enqueue on XLA's stream (safe to capture in command buffers). fasth.jax sizes them for any
+// device (the largest).
 #pragma once
 
 #include <nanobind/nanobind.h>

@@ -654,12 +654,11 @@ struct Run {
   // The tape of a forward (see Layout::tape), in aligned parts: block s's input S_s (laid
   // out as out is), W1_s = Y^T S_s and W2_s = op(T) W1_s.
   M<T> tape_input(const Lanes& ln, T* tape, index_t s) const {
-    return lane(ln, tape + s * static_cast<index_t>(round_up(sz(L.B * L.d * L.n))));
+    return lane(ln, tape + s * static_cast<index_t>(tape_parts(L).input));
   }
   M<T> tape_product(const Lanes& ln, T* tape, index_t s, int which) const {
-    const index_t in = static_cast<index_t>(round_up(sz(L.B * L.d * L.n)));
-    const index_t w = static_cast<index_t>(round_up(sz(L.B * L.m * L.n)));
-    return products(ln, tape + L.nb * in + (2 * s + which) * w);
+    const TapeParts tp = tape_parts(L);
+    return products(ln, tape + L.nb * tp.input + (2 * s + which) * tp.product);
   }
 
   // The blockwise forward, in place on out; with a tape, each block's input stays in its
@@ -1029,8 +1028,13 @@ double materialize_cost(index_t d, index_t k, index_t n) {
   return 6 * D * D * N + 2 * D * D * D + 8 * D * K * K + 6 * D * D * K + K * K * K / 3;
 }
 
-std::size_t tape_elements(const Layout& L) {  // as Run::tape_input and tape_product lay it
-  return sz(L.nb) * (round_up(sz(L.B) * sz(L.d) * sz(L.n)) + 2 * round_up(sz(L.B) * sz(L.m) * sz(L.n)));
+TapeParts tape_parts(const Layout& L) {  // as Run::tape_input and tape_product lay it out
+  return {round_up(sz(L.B) * sz(L.d) * sz(L.n)), round_up(sz(L.B) * sz(L.m) * sz(L.n))};
+}
+
+std::size_t tape_elements(const Layout& L) {
+  const TapeParts tp = tape_parts(L);
+  return sz(L.nb) * (tp.input + 2 * tp.product);
 }
 
 void size_plan(Layout& L) {

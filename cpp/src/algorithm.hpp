@@ -9,10 +9,14 @@ namespace fasth::detail {
 double blockwise_cost(index_t d, index_t k, index_t n);
 double materialize_cost(index_t d, index_t k, index_t n);
 
-// The elements of a householder blockwise run's tape (each block's input, B d n, and its
-// products, 2 m B n), and whether a plan keeps one of that size: up to kTapeMax elements,
-// as a network keeps its layers' activations.
+// A householder blockwise run's tape, per block: its input (B d n) and its two products
+// (m B n each), each part rounded up to an aligned size; a plan keeps one of up to kTapeMax
+// elements, as a network keeps its layers' activations.
 constexpr std::size_t kTapeMax = std::size_t(1) << 24;  // 64 MiB of float32
+struct TapeParts {
+  std::size_t input, product;  // elements of one block's input, and of one of its products
+};
+TapeParts tape_parts(const Layout& L);
 std::size_t tape_elements(const Layout& L);
 
 // Fills the factors layout and the workspace sizes of a resolved Layout.

@@ -262,6 +262,13 @@ def forward(c: Call, V: Any, tau: Any, X: Any, pack: bool = False,
     return (out, f, t) if tape else (out, f)
 
 
+def _walkable(xp: _arrays.Namespace, a: Any) -> Any:
+    """`a` where one stride walks its batch dimensions, else a contiguous copy."""
+    if a is not None and len(a.shape) > 3 and not _core.collapsible(a.shape, xp.strides(a), 2):
+        return xp.contiguous(a)
+    return a
+
+
 def backward(c: Call, V: Any, factors: Any, saved: Any, grad: Any,
              want_dx: bool = True, tape: Any = None) -> tuple[Any, Any, Any]:
     """(dV, dtau, dX) from V, the forward's factors, its saved output (householder apply or
@@ -271,12 +278,7 @@ def backward(c: Call, V: Any, factors: Any, saved: Any, grad: Any,
     if c.copies:  # as the forward took them: V, and a LAPACK apply's saved input
         fixed = _fix(c, [V, None, saved if c.lapack else None])
         V, saved = fixed[0], fixed[2] if c.lapack else saved
-    def walkable(a):  # batch dimensions that one stride walks (a contiguous copy if not)
-        if a is not None and len(a.shape) > 3 and not _core.collapsible(a.shape, xp.strides(a), 2):
-            return xp.contiguous(a)
-        return a
-
-    grad, saved = walkable(grad), walkable(saved)
+    grad, saved = _walkable(xp, grad), _walkable(xp, saved)
     gshape, gstrides = grad.shape, xp.strides(grad)
     dt, like = c.dtype, factors
     dV = xp.empty(*c.dV, dt, like)

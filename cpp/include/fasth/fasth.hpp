@@ -130,9 +130,9 @@ struct Layout {
   // single block's Z = Y_E T^T (c x k), and U itself for the materialised apply (d x d) and,
   // on CUDA, for matrix (d x n: a small-d path's backward reads it).
   std::size_t fstride = 0, f_aux = 0, f_blocks = 0, f_z = 0, f_u = 0;
-  // The tape of a householder blockwise apply, when small enough (see size_plan): each
-  // block's input (B d n, in forward order), then its products W1 = Y^T A and W2 = op(T) W1
-  // (m B n each).
+  // The tape of a householder blockwise run (an apply, or U on the CPU), when small enough
+  // (see size_plan): each block's input (B d n, in forward order), then its products
+  // W1 = Y^T A and W2 = op(T) W1 (m B n each).
   std::size_t tape = 0;
   std::size_t ws[2] = {0, 0};  // forward, backward
   std::size_t ws_y = 0;        // the head of every workspace: Y normalised, where needed
