@@ -286,6 +286,11 @@ struct ForwardWs {
   UWs<T> u;
 };
 
+// Whether the blockwise forward walks in out itself: all but a shared V's batch over a
+// row-major out, which it walks column-major in the workspace (see Run::Lanes).
+bool out_row_major(const Layout& L) { return view(L.out, static_cast<float*>(nullptr)).t; }
+bool walk_ends_in_out(const Layout& L) { return !(L.shared && L.B > 1 && out_row_major(L)); }
+
 // `taped`: the forward that fills a tape keeps the blocks' products there.
 template <class T>
 ForwardWs<T> carve_forward(const Layout& L, Arena<T>& a, bool taped) {
@@ -295,7 +300,9 @@ ForwardWs<T> carve_forward(const Layout& L, Arena<T>& a, bool taped) {
   } else {
     // X where BLAS cannot address it (single); the walk where it does not end in out
     // (blockwise, see Run::lanes); the blocks' products where no tape holds them.
-    w.x = a.take(sz(L.B) * sz(L.d) * sz(L.n));
+    bool addressable;
+    view(L.X, static_cast<T*>(nullptr), addressable);
+    if (L.single ? !addressable : !walk_ends_in_out(L)) w.x = a.take(sz(L.B) * sz(L.d) * sz(L.n));
     if (!L.single && !taped) {
       w.w1 = a.take(sz(L.B) * sz(L.m) * sz(L.n));
       w.w2 = a.take(sz(L.B) * sz(L.m) * sz(L.n));
@@ -639,8 +646,7 @@ struct Run {
     bool t, in_out;  // in_out: the walk ends in out itself (else in the workspace's x)
   };
   Lanes lanes() const {
-    bool ok;
-    const bool t = view(L.out, static_cast<T*>(nullptr), ok).t;
+    const bool t = out_row_major(L);
     if (L.shared && L.B > 1) return {1, L.B * L.n, std::max<index_t>(L.d, 1), false, !t};
     if (t) return {L.B, L.n, std::max<index_t>(L.n, 1), true, true};
     return {L.B, L.n, std::max<index_t>(L.d, 1), false, true};
