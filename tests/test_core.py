@@ -735,6 +735,7 @@ TAPE_CASES = [
     ((33, 40), (33, 4), False, 8, False, 1e-30, ()),  # k > d; norms normalised first
     ((2, 64, 64), (2, 64, 9), True, 16, True, 1e30, ()),
     ((12, 5), (2, 12, 3), False, 2, True, 1.0, ()),
+    ((24, 20), (24, 17), True, 8, False, 1.0, ()),  # a row-major out of 16+ columns: in place
 ]
 
 
