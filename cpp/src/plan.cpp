@@ -146,17 +146,26 @@ bool column_major(const Mat3& m) { return m.rows > 1 && m.cols > 1 && m.rs == 1 
 // GPU: each block step is a few launches, which dominate at small n, and its Y^T A product
 // has an m x n output that must fill the GPU: blocks of 128 (at 64, d = 1024, n = 2048 took
 // 7.4x U @ X on an H200). CPU: each block step costs several BLAS calls, and thin products
-// run below the BLAS's speed, so wide blocks win although their T work (about m / 4n of the
-// flops) grows. Forward + backward, one thread, MKL, k = d: blocks of 64 / 128 took
-// 19.3 / 20.3 ms at d = 512, n = 256; 64.5 / 65.0 ms at d = 1024, n = 256 (and half the
-// backend calls); 277.6 / 268.4 ms at d = 2048, n = 256; at d = 1024, n = 64 64 won.
+// run below the BLAS's speed, so wide blocks win although their T work (the Grams' 2 d k m
+// flops against the products' 4 d k n) grows: blocks of 64, and of 128 at n >= 256, k >=
+// 1024 (forward + backward, one thread, MKL, k = d: 64 / 128 took 19.3 / 20.3 ms at d = 512,
+// n = 256; 64.5 / 65.0 ms at d = 1024, n = 256, and half the backend calls; 277.6 / 268.4 ms
+// at d = 2048). Where there is little work (d n <= 16384, n the columns walked: a shared V's
+// whole batch), the Grams dominate and narrower blocks win: 32, and 16 from d n <= 4096.
+// Over d = 64..1024, n = 1..128, one and two threads, this took 0.84x the time of blocks of
+// 64 (geometric mean of forward + backward, weighted 2, and forward); 0.54-0.92x at n <= 16
+// on one thread; the worst cells 1.14x (forward + backward, d = 1024, n = 8, two threads)
+// and 1.13x (forward, d = 256, n = 64, one thread); U at d <= 128 likewise.
 index_t choose_block(index_t d, index_t k, index_t n, Device device) {
-  (void)d;
   constexpr index_t kGpuBlock = 128, kCpuBlock = 64, kCpuWideBlock = 128;
   constexpr index_t kCpuWideFromK = 1024, kCpuWideFromN = 256;
+  constexpr index_t kSmallWork = 16384, kTinyWork = 4096, kSmallBlock = 32, kTinyBlock = 16;
+  const index_t work = d * n;
   const index_t m = device == Device::cuda                         ? kGpuBlock
                     : n >= kCpuWideFromN && k >= kCpuWideFromK ? kCpuWideBlock
-                                                                   : kCpuBlock;
+                    : work <= kTinyWork                        ? kTinyBlock
+                    : work <= kSmallWork                       ? kSmallBlock
+                                                               : kCpuBlock;
   return std::max<index_t>(1, std::min(m, k));
 }
 
@@ -248,7 +257,8 @@ Plan::Plan(const Problem& p, Device device) : p_(p), device_(device) {
     L.single = L.strategy == Strategy::materialize;
   }
   auto blocks = [&](bool single) {
-    const index_t m = single ? L.k : p.block > 0 ? p.block : choose_block(L.d, L.k, L.n, device);
+    const index_t cols = L.shared ? L.B * L.n : L.n;  // what the blocks are applied to
+    const index_t m = single ? L.k : p.block > 0 ? p.block : choose_block(L.d, L.k, cols, device);
     L.m = std::max<index_t>(1, std::min(m, std::max<index_t>(L.k, 1)));
     L.nb = L.k == 0 ? 0 : (L.k + L.m - 1) / L.m;
   };

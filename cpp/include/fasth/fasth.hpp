@@ -190,8 +190,9 @@ class Plan {
   detail::Layout L_;
 };
 
-// The block size m for a problem of these sizes on this kind of device, and the strategy
-// (blockwise or materialize) that costs less for forward + backward.
+// The block size m for a problem of these sizes on this kind of device (n: the columns the
+// blocks are applied to, a shared V's whole batch), and the strategy (blockwise or
+// materialize) that costs less for forward + backward.
 index_t choose_block(index_t d, index_t k, index_t n, Device device);
 Strategy choose_strategy(index_t d, index_t k, index_t n);
 
