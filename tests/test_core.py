@@ -181,6 +181,7 @@ def test_plan_writes_only_its_buffers(rng, dtype, case):
     tape = guarded(plan.tape_size)
     if plan.tape_size:
         core.forward(plan, code, V, tau, X, out, f, ws, blas=fasth._api.SCIPY_BLAS, tape=tape)
+        assert not np.isnan(tape[: plan.tape_size]).any()  # an output: every element written
         assert np.isnan(tape[plan.tape_size:]).all()
         assert np.isnan(ws[plan.forward_workspace:]).all()
     for t in (None, tape) if plan.tape_size else (None,):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import fasth
 import fasth.torch as ft
 from reference import ref_apply, ref_apply_grad, ref_matrix, ref_matrix_grad, tolerance
 
@@ -170,6 +171,7 @@ APPLY, MATRIX, HH = 0, 1, 0  # the core's Op and Kind
 
 @pytest.mark.parametrize("args", [
     lambda V, X: (V, None, X, APPLY, HH, False, False, 0, "auto", False),
+    lambda V, X: (V, None, X, APPLY, HH, False, False, 2, "blockwise", False, True),  # a tape
     lambda V, X: (V, None, X, APPLY, HH, True, False, 2, "materialize", False),
     lambda V, X: (V, None, None, MATRIX, HH, False, True, 0, "auto", False),
 ])
@@ -180,11 +182,17 @@ def test_opcheck(device, args):
 
 def test_backward_op_opcheck(device):
     V, X = sample_inputs(device, torch.float32)[2]
-    out, f = torch.ops.fasth.forward(V, None, X, APPLY, HH, False, False, 0, "auto", False)
+    out, f, _ = torch.ops.fasth.forward(V, None, X, APPLY, HH, False, False, 0, "auto", False)
     torch.library.opcheck(torch.ops.fasth.backward.default,
                           (V, None, out, f, torch.randn_like(out), APPLY, HH, False, False, 0,
                            "auto", False, True))
-    U, f = torch.ops.fasth.forward(V, None, None, MATRIX, HH, False, False, 0, "auto", False)
+    out, f, tape = torch.ops.fasth.forward(V, None, X, APPLY, HH, False, False, 2, "blockwise",
+                                           False, True)
+    assert tape.numel() > 0
+    torch.library.opcheck(torch.ops.fasth.backward.default,
+                          (V, None, out, f, torch.randn_like(out), APPLY, HH, False, False, 2,
+                           "blockwise", False, True, tape))
+    U, f, _ = torch.ops.fasth.forward(V, None, None, MATRIX, HH, False, False, 0, "auto", False)
     torch.library.opcheck(torch.ops.fasth.backward.default,
                           (V, None, U, f, torch.randn_like(U), MATRIX, HH, False, False, 0,
                            "auto", False, False))
@@ -249,6 +257,26 @@ def test_compile_training_step(device):
     V = torch.randn(8, 8, device=device, requires_grad=True)
     loss_fn(V, torch.randn(8, 3, device=device)).backward()
     assert torch.isfinite(V.grad).all()
+
+
+def test_compile_backward_reads_the_tape(device):
+    """Under torch.compile a forward that the graph differentiates keeps a tape, as in eager
+    mode: the compiled backward makes the eager backward's calls and gives its gradients."""
+    torch.manual_seed(0)
+    V = torch.randn(24, 20, device=device, dtype=torch.float64, requires_grad=True)
+    X = torch.randn(24, 5, device=device, dtype=torch.float64, requires_grad=True)
+    loss = lambda V, X: ft.apply(V, X, block=4, strategy="blockwise").square().sum()  # noqa: E731
+    compiled = torch.compile(loss, fullgraph=True)
+    compiled(V, X)
+    grads, calls = [], []
+    for fn in (loss, compiled):
+        y = fn(V, X)
+        with fasth.profile() as p:
+            grads.append(torch.autograd.grad(y, (V, X)))
+        calls.append(p.by_op)
+    assert calls[0] == calls[1]
+    for e, c in zip(*grads):
+        torch.testing.assert_close(c, e)
 
 
 @pytest.mark.parametrize("low", [torch.bfloat16, torch.float16])

@@ -688,6 +688,7 @@ struct Run {
     };
     if (L.op == Op::matrix) o.identity(B, d, n, S(0));
     else o.copy(B, d, n, strided(L.X, X), strided(S(0)));
+    if (tape) zero_tape_gaps(tape);
     for (index_t s = 0; s < L.nb; ++s) {
       const index_t j = forward_block(s), wd = width(j);
       const M<const T> y = in(Y(F)).cols(j * L.m), A = in(S(s));
@@ -697,10 +698,22 @@ struct Run {
       if (L.op == Op::matrix && s == 0) first_on_identity(ln.batch, wd, ln.cols, y, W1);
       else o.mm(ln.batch, wd, ln.cols, d, T(1), y, true, A, false, T(0), W1);
       o.tr(ln.batch, false, L.transpose, wd, ln.cols, T(1), in(Tf(F, j)), in(W1), W2);
+      if (tape && wd < L.m)  // a short block's products, whole in the tape
+        for (const M<T>& W : {W1, W2}) o.set(ln.batch, L.m - wd, ln.cols, T(0), T(0), W.rows(wd));
       if (next.p != A.p) o.copy(B, d, n, strided(A), strided(next));
       o.mm(ln.batch, d, ln.cols, wd, T(-1), y, false, in(W2), false, T(1), next);
     }
     if (last != out) o.copy(B, d, n, strided(in(lane(ln, last))), strided(L.out, out));
+  }
+
+  // The gaps that align a tape's parts, zeroed: a tape is an output (torch.compile's checks
+  // compare it whole), every element written.
+  void zero_tape_gaps(T* tape) const {
+    const TapeParts tp = tape_parts(L);
+    const index_t in = L.B * L.d * L.n, pr = L.B * L.m * L.n;
+    const index_t pi = static_cast<index_t>(tp.input), pp = static_cast<index_t>(tp.product);
+    if (pi > in) o.set(1, pi - in, L.nb, T(0), T(0), M<T>{tape + in, pi, false, 0});
+    if (pp > pr) o.set(1, pp - pr, 2 * L.nb, T(0), T(0), M<T>{tape + L.nb * pi + pr, pp, false, 0});
   }
 
   // W1 = Y^T E for the identity's first c columns E: Y's first c rows, transposed (U's first

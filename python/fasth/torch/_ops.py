@@ -113,43 +113,55 @@ def _empty(like: Tensor) -> Tensor:
     return like.new_empty((0,))
 
 
-def _forward(s: Spec, V, tau, X) -> tuple[Tensor, Tensor]:
-    return _api.forward(_call(s, V, tau, X), V, tau, X)
+def _forward(s: Spec, V, tau, X, taped: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(out, factors, tape): the tape empty unless `taped` and the plan keeps one."""
+    c = _call(s, V, tau, X)
+    out, f, t = _api.forward(c, V, tau, X, tape=True) if taped else (*_api.forward(c, V, tau, X), None)
+    return out, f, _empty(V) if t is None else t
 
 
-def _backward(s: Spec, V, tau, saved, factors, grad, want_dx: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """(dV, dtau, dX), empty tensors for those the op has not."""
+def _backward(s: Spec, V, tau, saved, factors, grad, want_dx: bool,
+              tape: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """(dV, dtau, dX), empty tensors for those the op has not; from the tape where it is not
+    empty, else from `saved`."""
     c = _call(s, V, tau, saved)
-    dV, dtau, dX = _api.backward(c, V, factors, saved, grad, want_dx)
+    tape = tape if tape is not None and tape.numel() else None
+    dV, dtau, dX = _api.backward(c, V, factors, saved, grad, want_dx, tape)
     return dV, _empty(V) if dtau is None else dtau, _empty(V) if dX is None else dX
 
 
 # ---------------------------------------------------------------------------------------
 # Custom ops (torch.compile)
 
+# The forward returns a tape where `taped` (a graph that differentiates it) and the plan keeps
+# one; the backward reads it instead of recovering each block's input from the output.
 @torch.library.custom_op("fasth::forward", mutates_args=())
 def _forward_op(V: Tensor, tau: Optional[Tensor], X: Optional[Tensor], op: int, kind: int,
                 transpose: bool, thin: bool, block: int, strategy: str,
-                tf32: bool) -> tuple[Tensor, Tensor]:
-    return _forward(Spec(op, kind, transpose, thin, block, strategy, tf32), V, tau, X)
+                tf32: bool, taped: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    return _forward(Spec(op, kind, transpose, thin, block, strategy, tf32), V, tau, X, taped)
 
 
 @_forward_op.register_fake
-def _(V, tau, X, op, kind, transpose, thin, block, strategy, tf32):
-    p = _call(Spec(op, kind, transpose, thin, block, strategy, tf32), V, tau, X).plan
-    return (V.new_empty_strided(*p.out), V.new_empty((p.factors_size,)))
+def _(V, tau, X, op, kind, transpose, thin, block, strategy, tf32, taped=False):
+    c = _call(Spec(op, kind, transpose, thin, block, strategy, tf32), V, tau, X)
+    p = c.plan
+    return (V.new_empty_strided(*p.out), V.new_empty((p.factors_size,)),
+            V.new_empty((c.tsize if taped else 0,)))
 
 
 @torch.library.custom_op("fasth::backward", mutates_args=())
 def _backward_op(V: Tensor, tau: Optional[Tensor], saved: Optional[Tensor], factors: Tensor,
                  grad: Tensor, op: int, kind: int, transpose: bool, thin: bool, block: int,
-                 strategy: str, tf32: bool, want_dx: bool) -> tuple[Tensor, Tensor, Tensor]:
+                 strategy: str, tf32: bool, want_dx: bool,
+                 tape: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
     return _backward(Spec(op, kind, transpose, thin, block, strategy, tf32), V, tau, saved,
-                     factors, grad, want_dx)
+                     factors, grad, want_dx, tape)
 
 
 @_backward_op.register_fake
-def _(V, tau, saved, factors, grad, op, kind, transpose, thin, block, strategy, tf32, want_dx):
+def _(V, tau, saved, factors, grad, op, kind, transpose, thin, block, strategy, tf32, want_dx,
+      tape=None):
     c = _call(Spec(op, kind, transpose, thin, block, strategy, tf32), V, tau, saved)
     p = c.plan
     return (V.new_empty_strided(*p.dV),
@@ -166,21 +178,21 @@ def _saved_input(s: Spec, X, out):
 
 
 def _op_setup(ctx, inputs, output):
-    V, tau, X, *spec, = inputs
-    s = Spec(*spec)
-    out, factors = output
-    ctx.save_for_backward(V, tau, _saved_input(s, X, out), factors)
+    V, tau, X, *spec = inputs
+    s = Spec(*spec[:len(Spec._fields)])
+    out, factors, tape = output
+    ctx.save_for_backward(V, tau, _saved_input(s, X, out), factors, tape)
     ctx.spec = s
     ctx.set_materialize_grads(False)
 
 
-def _op_grad(ctx, grad_out, _grad_factors):
+def _op_grad(ctx, grad_out, _grad_factors, _grad_tape):
     if grad_out is None:
-        return (None,) * 10
-    V, tau, saved, factors = ctx.saved_tensors
+        return (None,) * 11
+    V, tau, saved, factors, tape = ctx.saved_tensors
     s = ctx.spec
-    dV, dtau, dX = _backward_op(V, tau, saved, factors, grad_out, *s, ctx.needs_input_grad[2])
-    return (dV, dtau if s.kind == LAPACK else None, dX if s.op == APPLY else None) + (None,) * 7
+    dV, dtau, dX = _backward_op(V, tau, saved, factors, grad_out, *s, ctx.needs_input_grad[2], tape)
+    return (dV, dtau if s.kind == LAPACK else None, dX if s.op == APPLY else None) + (None,) * 8
 
 
 _forward_op.register_autograd(_op_grad, setup_context=_op_setup)
@@ -200,15 +212,18 @@ def _front(a: Optional[Tensor], dim: Optional[int], size: int) -> Optional[Tenso
     return a.expand(size, *a.shape) if dim is None else a.movedim(dim, 0)
 
 
+# A tape is laid out for the whole batch, not per example: under vmap the forward keeps none
+# (an empty tape, not mapped) and the backward recovers the blocks' inputs from the output.
 def _vmap_forward(fn):
     def rule(info, in_dims, V, tau, X, *spec):
         B = info.batch_size
         vd, td, xd = in_dims[:3]
+        spec = spec[:len(Spec._fields)]
         if vd is None and td is None and Spec(*spec).op == APPLY:  # one V for every example
-            out, f = fn(V, tau, _front(X, xd, B), *spec)
-            return (out, f), (0, None)
-        out, f = fn(_front(V, vd, B), _front(tau, td, B), _front(X, xd, B), *spec)
-        return (out, f.reshape(B, -1)), (0, 0)
+            out, f, t = fn(V, tau, _front(X, xd, B), *spec, False)
+            return (out, f, t), (0, None, None)
+        out, f, t = fn(_front(V, vd, B), _front(tau, td, B), _front(X, xd, B), *spec, False)
+        return (out, f.reshape(B, -1), t), (0, 0, None)
     return rule
 
 
@@ -216,9 +231,10 @@ def _vmap_backward(info, in_dims, V, tau, saved, factors, grad, *rest):
     B = info.batch_size
     vd, td, sd, fd, gd = in_dims[:5]
     f = factors.expand(B, *factors.shape) if fd is None else factors.movedim(fd, 0)
+    spec, want_dx = rest[:len(Spec._fields)], rest[len(Spec._fields)]
     out = _backward_op(_front(V, vd, B), _front(tau, td, B), _front(saved, sd, B),
-                       f.reshape(-1), _front(grad, gd, B), *rest)
-    return out, (0, 0 if rest[1] == LAPACK else None, 0 if rest[0] == APPLY and rest[-1] else None)
+                       f.reshape(-1), _front(grad, gd, B), *spec, want_dx, None)
+    return out, (0, 0 if spec[1] == LAPACK else None, 0 if spec[0] == APPLY and want_dx else None)
 
 
 _forward_op.register_vmap(_vmap_forward(_forward_op))
@@ -393,7 +409,7 @@ def _recorded(V: Tensor, tau: Optional[Tensor], X: Optional[Tensor]) -> bool:
 
 def _run(s: Spec, V: Tensor, tau: Optional[Tensor], X: Optional[Tensor]) -> Tensor:
     if torch.compiler.is_compiling():
-        return _forward_op(V, tau, X, *s)[0]
+        return _forward_op(V, tau, X, *s, _recorded(V, tau, X))[0]
     if _transforming():
         return _Transformable.apply(V, tau, X, s)[0]
     if not _recorded(V, tau, X):  # nothing to differentiate: the plan alone, no graph node
