@@ -156,6 +156,7 @@ bool column_major(const Mat3& m) { return m.rows > 1 && m.cols > 1 && m.rs == 1 
 // 64 (geometric mean of forward + backward, weighted 2, and forward); 0.54-0.92x at n <= 16
 // on one thread; the worst cells 1.14x (forward + backward, d = 1024, n = 8, two threads)
 // and 1.13x (forward, d = 256, n = 64, one thread); U at d <= 128 likewise.
+// benchmarks/cpu_blocks.py measures it.
 index_t choose_block(index_t d, index_t k, index_t n, Device device) {
   constexpr index_t kGpuBlock = 128, kCpuBlock = 64, kCpuWideBlock = 128;
   constexpr index_t kCpuWideFromK = 1024, kCpuWideFromN = 256;
