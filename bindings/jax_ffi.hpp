@@ -123,6 +123,14 @@ auto attrs(B b) {
       .template Attr<bool>("tf32");
 }
 
+// fasth.jax sizes the factors for every device's plan (the largest): V's entries take the
+// buffer's elements evenly, also where vmap broadcast one V's factors to a batch of them.
+inline std::size_t entry_stride(const Plan& plan, std::size_t elements) {
+  const std::size_t per = plan.factors_stride();
+  const std::size_t entries = per ? plan.factors_size() / per : 0;
+  return entries ? elements / entries : 0;
+}
+
 template <Device D, template <class> class Make>
 struct Handlers {
   // The backend on XLA's device and stream (CPU: neither).
@@ -166,6 +174,7 @@ struct Handlers {
       auto out = ret(rets, 0), f = ret(rets, 1), ws = ret(rets, 2);
       a.out = data<T>(out, 0, "out");
       a.factors = data<T>(f, plan.factors_size(), "factors");
+      a.factors_stride = entry_stride(plan, f->element_count());
       a.workspace = data<T>(ws, plan.workspace_size(Pass::forward), "workspace");
       if (rets.size() > 3) {
         auto t = ret(rets, 3);
@@ -190,6 +199,7 @@ struct Handlers {
         throw std::invalid_argument("fasth: factors hold " + std::to_string(F.element_count()) +
                                     " elements, need " + std::to_string(plan.factors_size()));
       a.factors = const_cast<T*>(data<const T>(F));  // read only
+      a.factors_stride = entry_stride(plan, F.element_count());
       auto out = ret(rets, 0), ws = ret(rets, 1);
       a.out = data<T>(out, 0, "out");
       a.workspace = data<T>(ws, plan.workspace_size(Pass::forward), "workspace");
@@ -212,10 +222,12 @@ struct Handlers {
         if (p.op == Op::apply) p.X = a.saved_layout;
         a.saved = data<const T>(arg(args, i++));
       }
-      a.factors = data<const T>(arg(args, i++));
+      const Buf F = arg(args, i++);
+      a.factors = data<const T>(F);
       const Buf grad = arg(args, i++);
       a.grad = data<const T>(grad), a.grad_layout = row_major(grad);
       const Plan plan(p, D);
+      a.factors_stride = entry_stride(plan, F.element_count());
       auto dV = ret(rets, 0);
       a.dV = data<T>(dV, 0, "dV");
       if (p.kind == Kind::lapack) {

@@ -133,6 +133,12 @@ PLANS = [  # (op, kind, V shape, tau shape, X shape, transpose, thin, block, str
     ("apply", "lapack", (2, 20, 14), (2, 11), (2, 20, 6), False, False, 4, "auto"),
     ("apply", "lapack", (20, 14), (11,), (3, 20, 6), True, False, 0, "auto"),
     ("matrix", "lapack", (2, 20, 14), (2, 11), (), False, False, 0, "auto"),
+    # Y not V itself (direct_y off, as fasth.jax plans) and k a multiple of 256: Y-like
+    # buffers take padded rows
+    ("apply", "householder", (260, 256), (), (2, 260, 5), False, False, 64, "blockwise", False),
+    ("apply", "householder", (2, 258, 256), (), (2, 258, 17), True, False, 0, "blockwise", False),
+    ("apply", "householder", (260, 256), (), (260, 300), False, False, 0, "materialize", False),
+    ("matrix", "householder", (256, 256), (), (), False, False, 0, "auto", False),
 ]
 
 
@@ -143,7 +149,7 @@ def test_plan_writes_only_its_buffers(rng, dtype, case):
     nothing past the outputs, factors and workspaces the plan sizes (each buffer is followed by
     NaN guards): the workspace sizes come from the code that carves them."""
     core = fasth._core
-    op, kind, vs, ts, xs, transpose, thin, block, strategy = case
+    op, kind, vs, ts, xs, transpose, thin, block, strategy, *direct_y = case
     op, kind = getattr(core.Op, op), getattr(core.Kind, kind)
     lapack, apply = kind == core.Kind.lapack, op == core.Op.apply
     V, X = randn(rng, vs, dtype), randn(rng, xs, dtype) if apply else None
@@ -151,7 +157,7 @@ def test_plan_writes_only_its_buffers(rng, dtype, case):
     dense = lambda shape: tuple(int(np.prod(shape[i + 1:], dtype=np.int64)) for i in range(len(shape)))  # noqa: E731
     plan = core.Plan(op, kind, vs, dense(vs), ts, dense(ts), xs, dense(xs), transpose, thin, block,
                      getattr(core.Strategy, {"auto": "automatic"}.get(strategy, strategy)),
-                     core.Device.cpu)
+                     core.Device.cpu, direct_y=direct_y[0] if direct_y else True)
     guard = 64
     code = DTYPES.index(dtype)
 

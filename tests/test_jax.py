@@ -75,6 +75,41 @@ def test_apply_matches_reference(dev, dtype, transpose, bv, bx, d, k, n):
     close(out, ref_apply(V, X, transpose), dtype, d)
 
 
+@pytest.mark.parametrize("d,k,n", [(100, 40, 5), (64, 64, 20)])
+def test_per_example_gradients_of_a_shared_v(dev, d, k, n):
+    """vmap of a gradient with V shared: the forward's factors (one V, sized for every
+    device's plan, whose blocks differ) broadcast to the per-example backward, which reads
+    them at the buffer's stride; likewise Reflectors' later applies."""
+    V, X, G = randn(d, k), randn(3, d, n, seed=1), randn(3, d, n, seed=2)
+    rdV = sum(ref_apply_grad(V, X[i], G[i])[0] for i in range(3))
+    per = jax.vmap(lambda x, g: jax.vjp(lambda V: fj.apply(V, x), put(V, dev))[1](g)[0])
+    close(per(put(X, dev), put(G, dev)).sum(0), rdV, "float64", d)
+    r = fj.Reflectors(put(V, dev))
+    close(jax.vmap(r.apply)(put(X, dev)), np.stack([ref_apply(V, x) for x in X]), "float64", d)
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_rows_far_apart(dev, transpose):
+    """V's rows 256 elements apart (k = 256): fasth.jax's Y (normalised into the factors) and
+    the buffers laid out as it take padded rows; values and gradients match the reference,
+    from the tape and from the output (under vmap)."""
+    d, k, n = 262, 256, 5
+    V, X, G = randn(d, k), randn(2, d, n, seed=1), randn(2, d, n, seed=2)
+    f = lambda V, X: fj.apply(V, X, transpose)  # noqa: E731
+    out, vjp = jax.vjp(jax.jit(f), put(V, dev), put(X, dev))
+    close(out, ref_apply(V, X, transpose), "float64", d)
+    rdV, rdX = ref_apply_grad(V, X, G, transpose)
+    dV, dX = vjp(put(G, dev))
+    close(dV, rdV, "float64", d)
+    close(dX, rdX, "float64", d)
+    dVs = jax.vmap(lambda x, g: jax.vjp(lambda V: f(V, x), put(V, dev))[1](g)[0])(put(X, dev), put(G, dev))
+    close(dVs.sum(0), rdV, "float64", d)
+    W, GU = randn(k, k, seed=3), randn(k, k, seed=4)
+    U, vjp = jax.vjp(fj.matrix, put(W, dev))
+    close(U, ref_matrix(W), "float64", k)
+    close(vjp(put(GU, dev))[0], ref_matrix_grad(W, GU), "float64", k)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("thin", [False, True])
 def test_matrix_matches_reference(dev, dtype, thin):

@@ -259,6 +259,33 @@ def test_compile_training_step(device):
     assert torch.isfinite(V.grad).all()
 
 
+def test_householder_product_rows_far_apart(device):
+    """LAPACK's reflectors with A's rows 256 elements apart (k = 256): Y and the buffers laid
+    out as Y take padded rows; values and gradients are torch's."""
+    torch.manual_seed(0)
+    d, k = 262, 256
+    A = torch.randn(d, k, dtype=torch.float64, device=device)
+    tau = 2 / (1 + A.tril(-1).square().sum(0))  # orthogonal reflectors: no growth over 256
+    A, tau = A.requires_grad_(), tau.requires_grad_()
+    G = torch.randn(d, k, dtype=torch.float64, device=device)
+    got = torch.autograd.grad(ft.householder_product(A, tau), (A, tau), G)
+    want = torch.autograd.grad(torch.linalg.householder_product(A, tau), (A, tau), G)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+def test_per_example_gradients_of_a_shared_v(device):
+    """vmap of a gradient with V shared by a batch that is larger work than one example: the
+    forward (V shared) and the per-example backward pick the same blocks."""
+    torch.manual_seed(0)
+    V = torch.randn(64, 64, dtype=torch.float64, device=device)
+    Xs = torch.randn(16, 64, 5, dtype=torch.float64, device=device)
+    loss = lambda V, x: ft.apply(V, x).square().sum()  # noqa: E731
+    per = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(V, Xs)
+    for x, g in zip(Xs, per):
+        torch.testing.assert_close(g, torch.func.grad(loss)(V, x))
+
+
 def test_compile_backward_reads_the_tape(device):
     """Under torch.compile a forward that the graph differentiates keeps a tape, as in eager
     mode: the compiled backward makes the eager backward's calls and gives its gradients."""

@@ -276,8 +276,8 @@ struct UWs {
 };
 
 template <class T>
-UWs<T> carve_u(index_t batch, index_t c, index_t k, Arena<T>& a) {
-  return {a.take(sz(batch) * sz(c) * sz(k))};
+UWs<T> carve_u(index_t batch, index_t c, index_t ky, Arena<T>& a) {
+  return {a.take(sz(batch) * sz(c) * sz(ky))};
 }
 
 template <class T>
@@ -303,7 +303,7 @@ template <class T>
 ForwardWs<T> carve_forward(const Layout& L, Arena<T>& a, bool taped) {
   ForwardWs<T> w{};
   if (L.op == Op::matrix && L.single) {
-    w.u = carve_u(L.B, L.n, L.k, a);
+    w.u = carve_u(L.B, L.n, L.ky, a);
   } else {
     // X where BLAS cannot address it (single); the walk where it does not end in out
     // (blockwise, see Run::lanes); the blocks' products where no tape holds them.
@@ -342,13 +342,13 @@ TBackWs<T> carve_tback(index_t batch, index_t m, Arena<T>& a) {
 template <class T>
 MatrixWs<T> carve_matrix_backward(const Layout& L, index_t c, Arena<T>& a) {
   MatrixWs<T> w{};
-  const std::size_t bv = sz(L.bv), d = sz(L.d), k = sz(L.k), cc = sz(c);
+  const std::size_t bv = sz(L.bv), d = sz(L.d), k = sz(L.k), cc = sz(c), ky = sz(L.ky);
   w.g = a.take(bv * d * cc);  // dL/dU, where BLAS cannot address it
-  w.dy = a.take(bv * d * k);
+  w.dy = a.take(bv * d * ky);
   if (L.kind == Kind::householder) {
-    w.a = a.take(bv * d * k), w.c = a.take(bv * k * k);
+    w.a = a.take(bv * d * ky), w.c = a.take(bv * k * k);
   } else {
-    w.gy = a.take(bv * d * k), w.h = a.take(bv * k * k), w.gty = a.take(bv * cc * k);
+    w.gy = a.take(bv * d * ky), w.h = a.take(bv * k * k), w.gty = a.take(bv * cc * k);
     const TBackWs<T> t = carve_tback(L.bv, L.k, a);
     w.lo = t.lo, w.kk = t.kk, w.p1 = t.p1, w.p2 = t.p2, w.e = t.e, w.ms = t.ms, w.dm = t.dm;
   }
@@ -383,7 +383,7 @@ BackwardWs<T> carve_backward(const Layout& L, Arena<T>& a, bool taped) {
     w.g = a.take(B * d * n);
     w.w = a.take(wb * m * wn), w.q = a.take(wb * m * wn);
     w.dt = a.take(bv * sz(L.nb) * m * m), w.dq = a.take(bv * sz(L.nb) * m * m);
-    w.dy = a.take(bv * d * sz(L.k));
+    w.dy = a.take(bv * d * sz(L.ky));
   } else if (L.op == Op::matrix && L.single) {
     w.mat = carve_matrix_backward(L, L.n, a);
   } else if (L.kind == Kind::lapack) {
@@ -392,7 +392,7 @@ BackwardWs<T> carve_backward(const Layout& L, Arena<T>& a, bool taped) {
     w.w = a.take(wb * m * wn), w.q = a.take(wb * m * wn);
     w.dq = a.take(wb * m * wn), w.dw = a.take(wb * m * wn);
     w.dt = a.take(wb * m * m);
-    w.dy = a.take(bv * d * sz(L.k));
+    w.dy = a.take(bv * d * sz(L.ky));
     w.tb = carve_tback(wk.batch, L.m, a);
   } else if (L.single) {
     w.g = a.take(B * d * n), w.x = a.take(B * d * n);
@@ -401,7 +401,7 @@ BackwardWs<T> carve_backward(const Layout& L, Arena<T>& a, bool taped) {
   } else {
     w.ag = a.take(2 * B * d * n);
     w.ytag = a.take(wb * m * 2 * wn), w.qdq = a.take(wb * m * 3 * wn), w.s = a.take(wb * m * m);
-    w.dy = a.take(bv * d * sz(L.k));
+    w.dy = a.take(bv * d * sz(L.ky));
   }
   return w;
 }
@@ -413,12 +413,13 @@ template <class T>
 struct Run {
   const Layout& L;
   Ops<T> o;
+  index_t fs;  // elements between V entries' factors (at least L.fstride)
   // Y for this run: in the factors, or (ydirect) V itself, or V normalised into the head of
   // the run's workspace when some column's norm is too extreme to square (bind_y).
   mutable M<const T> y_{};
   mutable bool normalized_ = true;
 
-  index_t fbs() const { return L.shared ? 0 : static_cast<index_t>(L.fstride); }
+  index_t fbs() const { return L.shared ? 0 : fs; }
   index_t width(index_t j) const { return std::min(L.m, L.k - j * L.m); }
   // The forward walks j = nb-1 .. 0 for U X = P_0 (P_1 (... X)), and 0 .. nb-1 for U^T X.
   index_t forward_block(index_t step) const { return L.transpose ? step : L.nb - 1 - step; }
@@ -427,7 +428,7 @@ struct Run {
   // so that normalising V and its gradient moves no data across.
   template <class P>
   M<P> like_y(P* p, index_t rows, index_t bs) const {
-    return L.yt ? M<P>{p, std::max<index_t>(L.k, 1), true, bs}
+    return L.yt ? M<P>{p, std::max<index_t>(L.ky, 1), true, bs}
                 : M<P>{p, std::max<index_t>(rows, 1), false, bs};
   }
   template <class P>
@@ -450,7 +451,7 @@ struct Run {
       normalized = false;
       for (index_t b = 0; b < L.bv && !normalized; ++b)
         for (index_t j = 0; j < L.k; ++j)
-          if (!squarable(F[b * L.fstride + L.f_aux + j])) {
+          if (!squarable(F[b * fs + L.f_aux + j])) {
             normalized = true;
             break;
           }
@@ -462,7 +463,7 @@ struct Run {
       y_ = in(view(L.V, const_cast<T*>(V)));
       return;
     }
-    const M<T> y = like_y(ws, L.d, L.shared ? 0 : L.d * L.k);
+    const M<T> y = like_y(ws, L.d, L.shared ? 0 : L.d * L.ky);
     o.normalize(L.bv, L.d, L.k, strided(L.V, V), y, const_cast<T*>(F) + L.f_aux, fbs());
     y_ = in(y);
   }
@@ -484,10 +485,15 @@ struct Run {
     return L.kind == Kind::householder && L.single && !L.yt && o.be.small_path(L.d, L.k);
   }
 
+  // The padding of a Y-like buffer's rows (L.ky > L.k), zeroed where the factors hold it.
+  void zero_pad(index_t batch, index_t rows, M<T> y) const {
+    if (L.ky > L.k) o.set(batch, L.ky - L.k, rows, T(0), T(0), M<T>{y.p + L.k, L.ky, false, y.bs});
+  }
+
   // dL/dY for the householder kind: in dV's own memory when it is laid out as Y is (the
   // last step then works in place), else in `scratch`.
   M<T> dy_buffer(T* scratch, T* dV) const {
-    const M<T> want = like_y(scratch, L.d, L.shared ? 0 : L.d * L.k);
+    const M<T> want = like_y(scratch, L.d, L.shared ? 0 : L.d * L.ky);
     bool ok;
     const M<T> dv = view(L.dV, dV, ok);
     const bool same = ok && dv.t == want.t && dv.ld == want.ld && (L.bv <= 1 || dv.bs == want.bs);
@@ -507,7 +513,7 @@ struct Run {
   // `ws` past its head (L.ws_y elements, where bind_y may put Y).
   void factors(const T* V, const T* tau, T* F, T* ws) const {
     if (L.bv == 0 || L.k == 0) return;
-    const index_t d = L.d, k = L.k, m = L.m, bv = L.bv, fs = static_cast<index_t>(L.fstride);
+    const index_t d = L.d, k = L.k, m = L.m, bv = L.bv;
     if (small()) return small_factors(V, F, nullptr);
     if (L.ydirect) {  // the norms alone, then V as it is where they allow
       o.normalize(bv, d, k, strided(L.V, V), M<T>{nullptr, 1, false, 0}, aux(F), fs);
@@ -515,8 +521,10 @@ struct Run {
       o.set(bv, 1, 1, T(0), normalized_ ? T(1) : T(0), M<T>{F, 1, false, fs});
     } else if (L.kind == Kind::householder) {
       o.normalize(bv, d, k, strided(L.V, V), Y(F), aux(F), fs);
+      zero_pad(bv, d, Y(F));
     } else {
       o.lower(bv, d, k, strided(L.V, V), strided(Y(F)), T(1));
+      zero_pad(bv, d, Y(F));
       o.copy(bv, k, 1, strided(L.tau, tau), Strided<T>{aux(F), 1, k, fs});
       if (L.nb * m > k)  // taus of a short last block's padding
         o.set(bv, L.nb * m - k, 1, T(0), T(0), M<T>{aux(F) + k, L.nb * m - k, false, fs});
@@ -537,8 +545,10 @@ struct Run {
       o.gram(bv, r, d, y.cols(full * m), Gf(F, full));
     }
     build_t(F, ws);
-    if (z_kept())  // Z = Y_E T^T, for U = E - Y Z^T and the householder backward
+    if (z_kept()) {  // Z = Y_E T^T, for U = E - Y Z^T and the householder backward
       o.tr(bv, true, true, k, cols_u(), T(1), in(Tf(F, 0)), in(Y(F)), Zf(F));
+      zero_pad(bv, cols_u(), Zf(F));
+    }
     if (L.op == Op::apply && L.single) build_u(F, Uf(F), bv, ws);
     if (L.fstride > L.f_u && L.op == Op::matrix)  // the small-d path's U, unused here
       o.set(bv, static_cast<index_t>(L.fstride - L.f_u), 1, T(0), T(0),
@@ -548,7 +558,7 @@ struct Run {
   // The small-d path: Y, norms and U (into the factors' U, and into `out` when given) in one
   // launch; the T factors stay unbuilt (zero).
   void small_factors(const T* V, T* F, T* out) const {
-    const index_t bv = L.bv, fs = static_cast<index_t>(L.fstride), m2 = 2 * L.m * L.m;
+    const index_t bv = L.bv, m2 = 2 * L.m * L.m;
     const index_t c = L.op == Op::matrix ? L.n : L.d;
     const M<T> U = out ? view(L.out, out) : Uf(F);
     counted(Call::small_matrix);
@@ -564,7 +574,7 @@ struct Run {
   // T[a:b, b:c] = -T[a:b, a:b] G[a:b, b:c] T[b:c, b:c], the block form of T = S^{-1} for the
   // upper triangular S = striu(G) + diag(1 / tau) (docs/math.md).
   void build_t(T* F, T* ws) const {
-    const index_t m = L.m, nb = L.nb, bv = L.bv, fs = static_cast<index_t>(L.fstride);
+    const index_t m = L.m, nb = L.nb, bv = L.bv;
     const index_t h = leaf_width(m, o.be.larft_max()), leaves = m / h, m2 = 2 * m * m;
     const T* tau = L.kind == Kind::lapack ? aux(F) : nullptr;
     T* t0 = Tf(F, 0).p;
@@ -609,10 +619,10 @@ struct Run {
     if (small())  // U is in the factors
       return o.copy(batch, d, c, strided(in(Uf(F))), strided(U));
     Arena<T> arena{ws};
-    const UWs<T> w = carve_u<T>(batch, c, k, arena);
+    const UWs<T> w = carve_u<T>(batch, c, L.ky, arena);
     M<const T> Z = in(Zf(F));  // Z = Y_E T^T, kept in the factors (householder)
     if (!z_kept()) {
-      const M<T> z = like_y(w.z, c, c * k);
+      const M<T> z = like_y(w.z, c, c * L.ky);
       o.tr(batch, true, true, k, c, T(1), in(Tf(F, 0)), in(Y(F)), z);
       Z = in(z);
     }
@@ -929,7 +939,7 @@ struct Run {
     const index_t bv = L.bv, d = L.d, k = L.k;
     const M<const T> G = addressable(g3, g, c, w.g);
     const M<const T> y = in(Y(F)), t = in(Tf(F, 0));
-    const M<T> dY = L.kind == Kind::householder ? dy_buffer(w.dy, dV) : like_y(w.dy, d, d * k);
+    const M<T> dY = L.kind == Kind::householder ? dy_buffer(w.dy, dV) : like_y(w.dy, d, d * L.ky);
     if (L.kind == Kind::householder) {
       if (small()) {
         counted(Call::small_matrix_backward);
@@ -937,7 +947,7 @@ struct Run {
         return o.be.small_matrix_backward(bv, d, k, c, F, fs, aux(F), fs, Uf(F).p, fs,
                                           strided(G), strided(L.dV, dV));
       } else {
-        const M<T> A = like_y(w.a, d, d * k), C = buffer(w.c, k, k * k);
+        const M<T> A = like_y(w.a, d, d * L.ky), C = buffer(w.c, k, k * k);
         const M<const T> BE = in(Zf(F));                                   // B_E = Y_E T^T = Z
         o.tr(bv, true, false, k, d, T(1), t, y, A);                        // A = Y T
         o.mm(bv, d, k, c, T(-1), G, false, BE, false, T(0), dY);           // dY = -G B_E
@@ -948,7 +958,7 @@ struct Run {
       }
       return finish_dv(F, in(dY), dV);
     }
-    const M<T> GY = like_y(w.gy, d, d * k), H = buffer(w.h, k, k * k),
+    const M<T> GY = like_y(w.gy, d, d * L.ky), H = buffer(w.h, k, k * k),
                GtY = buffer(w.gty, c, c * k);
     o.mm(bv, d, k, c, T(1), G, false, y, false, T(0), GY);                 // G Y_E
     o.mm(bv, k, k, d, T(-1), y, true, in(GY), false, T(0), H);             // dT = -Y^T G Y_E
@@ -1019,7 +1029,7 @@ struct Run {
       o.mm(batch, d, cols, wd, T(-1), y, false, in(Q), false, T(1), S(s + 1));
     }
     o.copy(B, d, n, Strided<const T>{a.grad, g3.rs, g3.cs, g3.bs}, Strided<T>{w.g, 1, ld, dn});
-    const M<T> dYall = like_y(w.dy, d, L.shared ? 0 : d * L.k);
+    const M<T> dYall = like_y(w.dy, d, L.shared ? 0 : d * L.ky);
     T* dtau = a.dtau;
     for (index_t s = L.nb - 1; s >= 0; --s) {
       const index_t j = forward_block(s), wd = width(j);
@@ -1069,14 +1079,14 @@ void size_plan(Layout& L) {
   const std::size_t d = sz(L.d), k = sz(L.k), m = sz(L.m), nb = sz(L.nb);
   // ydirect: no Y in the factors but a mode (0: V as it is, 1: normalised into the
   // workspace's head), then the norms.
-  L.f_aux = L.ydirect ? 1 : d * k;
-  L.ws_y = L.ydirect ? round_up(sz(L.bv) * d * k) : 0;
+  L.f_aux = L.ydirect ? 1 : d * sz(L.ky);
+  L.ws_y = L.ydirect ? round_up(sz(L.bv) * d * sz(L.ky)) : 0;
   L.f_blocks = L.f_aux + (L.kind == Kind::lapack ? nb * m : k);
   // The single block's Z = Y_E T^T (c x k) for U = E - Y Z^T, which the householder
   // backward reads again, then U.
   const std::size_t c = sz(L.op == Op::matrix ? L.n : L.d);
   L.f_z = L.f_blocks + nb * 2 * m * m;
-  L.f_u = L.f_z + (L.single && L.kind == Kind::householder ? c * k : 0);
+  L.f_u = L.f_z + (L.single && L.kind == Kind::householder ? c * sz(L.ky) : 0);
   const bool u_matrix = L.op == Op::matrix && L.kind == Kind::householder && L.device == Device::cuda;
   L.fstride = L.f_u + (L.op == Op::apply && L.single ? d * d : u_matrix ? d * c : 0);
   if (L.k == 0) L.fstride = 0;
@@ -1087,7 +1097,7 @@ void size_plan(Layout& L) {
   L.tape = tapeable && tape_elements(L) <= kTapeMax ? tape_elements(L) : 0;
   Arena<float> f{nullptr}, fw{nullptr}, bw{nullptr}, fwt{nullptr}, bwt{nullptr};
   carve_factors<float>(L, f);
-  if (L.op == Op::apply && L.single) carve_u<float>(L.bv, L.d, L.k, f);
+  if (L.op == Op::apply && L.single) carve_u<float>(L.bv, L.d, L.ky, f);
   carve_forward<float>(L, fw, false);
   carve_backward<float>(L, bw, false);
   if (L.tape) carve_forward<float>(L, fwt, true), carve_backward<float>(L, bwt, true);
@@ -1106,6 +1116,13 @@ void need(const void* p, bool used, const char* run, const char* name) {
   if (used && !p)
     throw std::invalid_argument(std::string("fasth: Plan::") + run + " needs " + name + " (null)");
 }
+// The factors' entry stride of a run: the plan's, or a caller's larger one.
+index_t entry_stride(const detail::Layout& L, std::size_t given) {
+  if (given != 0 && given < L.fstride)
+    throw std::invalid_argument("fasth: factors_stride " + std::to_string(given) +
+                                " is below the plan's " + std::to_string(L.fstride));
+  return static_cast<index_t>(given ? given : L.fstride);
+}
 }  // namespace
 
 template <class T>
@@ -1123,14 +1140,14 @@ void Plan::check_forward(const Forward<T>& a, const char* run, bool out) const {
 template <class T>
 void Plan::factors(const Backend<T>& be, const Forward<T>& a) const {
   check_forward(a, "factors", false);
-  detail::Run<T>{L_, {be}}.factors(a.V, a.tau, a.factors, a.workspace + L_.ws_y);
+  detail::Run<T>{L_, {be}, entry_stride(L_, a.factors_stride)}.factors(a.V, a.tau, a.factors, a.workspace + L_.ws_y);
 }
 
 template <class T>
 void Plan::forward_with(const Backend<T>& be, const Forward<T>& a) const {
   check_forward(a, "forward_with", true);
   need(a.out, L_.B > 0 && L_.d > 0 && L_.n > 0, "forward_with", "out");
-  const detail::Run<T> r{L_, {be}};
+  const detail::Run<T> r{L_, {be}, entry_stride(L_, a.factors_stride)};
   r.bind_y(a.V, a.factors, a.workspace, false);
   r.forward_with(a.factors, a.X, a.out, a.workspace + L_.ws_y, a.tape);
 }
@@ -1138,7 +1155,7 @@ void Plan::forward_with(const Backend<T>& be, const Forward<T>& a) const {
 template <class T>
 void Plan::forward(const Backend<T>& be, const Forward<T>& a) const {
   check_forward(a, "forward", true);
-  const detail::Run<T> r{L_, {be}};
+  const detail::Run<T> r{L_, {be}, entry_stride(L_, a.factors_stride)};
   if (L_.op == Op::matrix && a.out && L_.B > 0 && L_.d > 0 && L_.k > 0 && r.small())
     return r.small_factors(a.V, a.factors, a.out);  // U and the factors in one launch
   r.factors(a.V, a.tau, a.factors, a.workspace + L_.ws_y);
@@ -1156,7 +1173,7 @@ void Plan::backward(const Backend<T>& be, const Backward<T>& a) const {
   need(a.dV, L_.bv > 0 && L_.d > 0 && L_.dV.cols > 0, "backward", "dV");
   need(a.dtau, v && L_.kind == Kind::lapack, "backward", "dtau");
   need(a.workspace, workspace_size(Pass::backward) > 0, "backward", "workspace");
-  const detail::Run<T> r{L_, {be}};
+  const detail::Run<T> r{L_, {be}, entry_stride(L_, a.factors_stride)};
   r.bind_y(a.V, a.factors, a.workspace, false);
   Backward<T> rest = a;
   rest.workspace = a.workspace + L_.ws_y;

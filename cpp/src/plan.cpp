@@ -32,6 +32,8 @@ Array Array::dense(std::initializer_list<index_t> shape) {
 
 namespace {
 
+constexpr index_t kAliasedRows = 256, kRowPad = 16;
+
 using detail::Layout;
 using detail::Mat3;
 
@@ -150,8 +152,8 @@ bool column_major(const Mat3& m) { return m.rows > 1 && m.cols > 1 && m.rs == 1 
 // flops against the products' 4 d k n) grows: blocks of 64, and of 128 at n >= 256, k >=
 // 1024 (forward + backward, one thread, MKL, k = d: 64 / 128 took 19.3 / 20.3 ms at d = 512,
 // n = 256; 64.5 / 65.0 ms at d = 1024, n = 256, and half the backend calls; 277.6 / 268.4 ms
-// at d = 2048). Where there is little work (d n <= 16384, n the columns walked: a shared V's
-// whole batch), the Grams dominate and narrower blocks win: 32, and 16 from d n <= 4096.
+// at d = 2048). Where there is little work (d n <= 16384, n the columns of one entry), the
+// Grams dominate and narrower blocks win: 32, and 16 from d n <= 4096.
 // Over d = 64..1024, n = 1..128, one and two threads, this took 0.84x the time of blocks of
 // 64 (geometric mean of forward + backward, weighted 2, and forward); 0.54-0.92x at n <= 16
 // on one thread; the worst cells 1.14x (forward + backward, d = 1024, n = 8, two threads)
@@ -242,6 +244,11 @@ Plan::Plan(const Problem& p, Device device) : p_(p), device_(device) {
     const bool by_rows = (v.cs == 1 || v.cols <= 1) && (v.rows <= 1 || v.rs >= c);
     L.yt = device == Device::cpu && (by_columns ? false : by_rows || (v.cs == 1 && v.rs != 1));
     L.ydirect = device == Device::cpu && p.direct_y && !lapack && (by_columns || by_rows) && L.d > 0;
+    // Rows a multiple of 256 elements apart (1 KiB of float32) share cache sets: MKL's
+    // products that read Y across such rows (Y^T A, the Grams) ran 1.4-1.5x slower at k = 512
+    // and 1024 than with rows 16 elements further apart. Where Y is written anyway (not V
+    // itself: fasth.jax, LAPACK's reflectors), Y-like buffers take padded rows.
+    L.ky = L.yt && !L.ydirect && L.k > 0 && L.k % kAliasedRows == 0 ? L.k + kRowPad : L.k;
   }
   if (lapack) L.dtau_array = dense_vectors(p.tau, 1, L.k);
 
@@ -258,8 +265,10 @@ Plan::Plan(const Problem& p, Device device) : p_(p), device_(device) {
     L.single = L.strategy == Strategy::materialize;
   }
   auto blocks = [&](bool single) {
-    const index_t cols = L.shared ? L.B * L.n : L.n;  // what the blocks are applied to
-    const index_t m = single ? L.k : p.block > 0 ? p.block : choose_block(L.d, L.k, cols, device);
+    // n per entry, not a shared V's whole batch: the plans of a forward and of its backward
+    // must agree on the blocks where one shares V and the other does not (torch.func.vmap of
+    // a gradient, whose backward gives a dV per example from the forward's factors).
+    const index_t m = single ? L.k : p.block > 0 ? p.block : choose_block(L.d, L.k, L.n, device);
     L.m = std::max<index_t>(1, std::min(m, std::max<index_t>(L.k, 1)));
     L.nb = L.k == 0 ? 0 : (L.k + L.m - 1) / L.m;
   };

@@ -83,6 +83,9 @@ struct Forward {
   // Optional, tape_size() elements: what this call's backward reads instead of recomputing
   // it (each block's input and products). nullptr: not kept.
   T* tape = nullptr;
+  // Elements between consecutive V entries' factors: 0 for factors_stride(), or more, where
+  // a caller sizes factors for several plans (fasth.jax: for every device's).
+  std::size_t factors_stride = 0;
 };
 
 template <class T>
@@ -104,6 +107,7 @@ struct Backward {
   // The tape that this call's forward filled, or nullptr: the backward then recovers each
   // block's input from `saved` (a third more work).
   const T* tape = nullptr;
+  std::size_t factors_stride = 0;  // as the forward's (see Forward)
 };
 
 namespace detail {
@@ -120,6 +124,7 @@ struct Layout {
   index_t B = 0, bv = 0, d = 0, k = 0, n = 0, m = 1, nb = 0;
   bool shared = true;       // one V (and its factors) for the whole batch
   bool yt = false;          // Y stored row-major, as a row-major V is (CPU)
+  index_t ky = 0;           // elements a row of a Y-like buffer takes: k, padded where yt
   bool ydirect = false;     // Y is V itself unless a norm is too extreme to square (CPU)
   bool single = false;      // one block with the full T: matrix, and the materialised apply
   Strategy strategy = Strategy::blockwise;
@@ -155,6 +160,7 @@ class Plan {
   Strategy strategy() const { return L_.strategy; }
 
   std::size_t factors_size() const { return static_cast<std::size_t>(L_.bv) * L_.fstride; }
+  std::size_t factors_stride() const { return L_.fstride; }  // per entry of V
   // Elements; the forward's covers factors() and forward_with() as well.
   std::size_t workspace_size(Pass pass) const { return L_.ws[static_cast<int>(pass)]; }
   // Elements of the optional tape (0: this plan keeps none): what a forward may leave for
@@ -190,9 +196,9 @@ class Plan {
   detail::Layout L_;
 };
 
-// The block size m for a problem of these sizes on this kind of device (n: the columns the
-// blocks are applied to, a shared V's whole batch), and the strategy (blockwise or
-// materialize) that costs less for forward + backward.
+// The block size m for a problem of these sizes on this kind of device (n: the columns of
+// one entry of X), and the strategy (blockwise or materialize) that costs less for
+// forward + backward.
 index_t choose_block(index_t d, index_t k, index_t n, Device device);
 Strategy choose_strategy(index_t d, index_t k, index_t n);
 
