@@ -95,7 +95,9 @@ inline void def_plan(nb::module_& m) {
       .def_prop_ro("out", [](const Plan& p) { return tuple_of(p.out()); }, "(shape, strides)")
       .def_prop_ro("dV", [](const Plan& p) { return tuple_of(p.d_V()); })
       .def_prop_ro("dtau", [](const Plan& p) { return tuple_of(p.d_tau()); })
-      .def_prop_ro("dX", [](const Plan& p) { return tuple_of(p.d_X()); });
+      .def_prop_ro("dX", [](const Plan& p) { return tuple_of(p.d_X()); })
+      .def_prop_ro("reads_saved", &Plan::reads_saved,
+                   "Whether a backward given no tape reads the saved output (or LAPACK's input).");
 
   m.def("collapsible", &collapsible, nb::arg("shape"), nb::arg("strides"), nb::arg("tail"),
         "Whether the leading dimensions (all but the last `tail`) can be walked with one stride.");

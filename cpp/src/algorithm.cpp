@@ -296,7 +296,6 @@ bool out_row_major(const Layout& L) { return view(L.out, static_cast<float*>(nul
 bool walk_in_workspace(const Layout& L) {
   return out_row_major(L) && ((L.shared && L.B > 1) || (L.device == Device::cpu && L.n < kThinRows));
 }
-bool walk_ends_in_out(const Layout& L) { return !walk_in_workspace(L); }
 
 // `taped`: the forward that fills a tape keeps the blocks' products there.
 template <class T>
@@ -309,7 +308,7 @@ ForwardWs<T> carve_forward(const Layout& L, Arena<T>& a, bool taped) {
     // (blockwise, see Run::lanes); the blocks' products where no tape holds them.
     bool addressable;
     view(L.X, static_cast<T*>(nullptr), addressable);
-    if (L.single ? !addressable : !walk_ends_in_out(L)) w.x = a.take(sz(L.B) * sz(L.d) * sz(L.n));
+    if (L.single ? !addressable : walk_in_workspace(L)) w.x = a.take(sz(L.B) * sz(L.d) * sz(L.n));
     if (!L.single && !taped) {
       w.w1 = a.take(sz(L.B) * sz(L.m) * sz(L.n));
       w.w2 = a.take(sz(L.B) * sz(L.m) * sz(L.n));
@@ -663,7 +662,7 @@ struct Run {
     bool t, in_out;  // in_out: the walk ends in out itself (else in the workspace's x)
   };
   Lanes lanes() const {
-    const bool t = out_row_major(L), in_out = walk_ends_in_out(L);
+    const bool t = out_row_major(L), in_out = !walk_in_workspace(L);
     if (L.shared && L.B > 1) return {1, L.B * L.n, std::max<index_t>(L.d, 1), false, in_out};
     if (!in_out) return {L.B, L.n, std::max<index_t>(L.d, 1), false, false};
     if (t) return {L.B, L.n, std::max<index_t>(L.n, 1), true, true};
@@ -746,8 +745,7 @@ struct Run {
     const bool want_dx = L.op == Op::apply && a.dX;
     const bool taped = a.tape && L.tape;
     const Mat3 g3 = layout_of(a.grad_layout, "grad");
-    const bool reads_saved = (L.op == Op::apply || !L.single) && !taped;
-    const Mat3 s3 = reads_saved ? layout_of(a.saved_layout, "saved") : Mat3{};
+    const Mat3 s3 = L.reads_saved() && !taped ? layout_of(a.saved_layout, "saved") : Mat3{};
     if (k == 0) {
       if (want_dx) o.copy(B, d, n, strided(g3, a.grad), strided(L.dX, a.dX));
       return;
@@ -1168,8 +1166,7 @@ void Plan::backward(const Backend<T>& be, const Backward<T>& a) const {
   need(a.V, v, "backward", "V");
   need(a.factors, v && x, "backward", "factors");
   need(a.grad, v && x, "backward", "grad");
-  need(a.saved, v && x && (L_.op == Op::apply || !L_.single) && !(a.tape && L_.tape), "backward",
-       "saved");
+  need(a.saved, v && x && L_.reads_saved() && !(a.tape && L_.tape), "backward", "saved");
   need(a.dV, L_.bv > 0 && L_.d > 0 && L_.dV.cols > 0, "backward", "dV");
   need(a.dtau, v && L_.kind == Kind::lapack, "backward", "dtau");
   need(a.workspace, workspace_size(Pass::backward) > 0, "backward", "workspace");

@@ -191,7 +191,7 @@ def _new_call(fn, op, kind, names, arrays, transpose, thin, block, strategy, tf3
     c.tsize = plan.tape_size
     # Whether a backward without the tape reads the forward's output (the householder blocks
     # walked back from it: an apply, or a U made blockwise), or not (a single-block U).
-    c.reads_out = kind == HOUSEHOLDER and (op == APPLY or plan.strategy == _core.Strategy.blockwise)
+    c.reads_out = kind == HOUSEHOLDER and plan.reads_saved
     return c
 
 

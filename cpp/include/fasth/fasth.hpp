@@ -141,6 +141,9 @@ struct Layout {
   std::size_t tape = 0;
   std::size_t ws[2] = {0, 0};  // forward, backward
   std::size_t ws_y = 0;        // the head of every workspace: Y normalised, where needed
+  // Whether a backward given no tape reads `saved` (the forward's output, or a LAPACK apply's
+  // input): all but the single block's U.
+  bool reads_saved() const { return op == Op::apply || !single; }
 };
 }  // namespace detail
 
@@ -166,6 +169,7 @@ class Plan {
   // Elements of the optional tape (0: this plan keeps none): what a forward may leave for
   // its backward, which then does 8 d k n flops instead of 12 d k n.
   std::size_t tape_size() const { return L_.tape; }
+  bool reads_saved() const { return L_.reads_saved(); }  // see Backward::saved
   // The outputs' shapes and strides (dense), for the caller to allocate.
   const Array& out() const { return L_.out_array; }
   const Array& d_V() const { return L_.dV_array; }
