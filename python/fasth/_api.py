@@ -46,6 +46,13 @@ class Spec(NamedTuple):
     def name(self, adapter: str) -> str:
         return f"fasth.{adapter}.{_OP_NAMES[self.op, self.kind]}"
 
+    def saved(self, X: Any, out: Any) -> Any:
+        """What the op's backward reads besides the factors: the output (householder apply or
+        matrix), the input X (LAPACK apply), or nothing (None: LAPACK's matrix)."""
+        if self.kind == HOUSEHOLDER.value:
+            return out
+        return X if self.op == APPLY.value else None
+
 
 def dense_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     """The element strides of a C-order array of this shape."""

@@ -248,11 +248,9 @@ def _varying(x: Any, *likes: Any) -> Any:
 # Differentiable ops: arrays = (V, [tau], [X]).
 
 def _saved(s: Spec, arrays: tuple, out: Any) -> tuple:
-    """What the backward reads besides the factors: the output (householder apply or matrix)
-    or the input X (LAPACK apply); nothing for LAPACK's matrix."""
-    if s.kind == HOUSEHOLDER:
-        return (out,)
-    return (arrays[-1],) if s.op == APPLY else ()
+    """Spec.saved as the backward's arguments: () where it reads nothing besides the factors."""
+    a = s.saved(arrays[-1], out)
+    return () if a is None else (a,)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))

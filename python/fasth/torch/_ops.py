@@ -169,19 +169,11 @@ def _(V, tau, saved, factors, grad, op, kind, transpose, thin, block, strategy, 
             V.new_empty_strided(*p.dX) if c.apply and want_dx else V.new_empty((0,)))
 
 
-def _saved_input(s: Spec, X, out):
-    """What the backward reads: the output (householder apply or matrix), the input (LAPACK
-    apply)."""
-    if s.kind == HOUSEHOLDER:
-        return out
-    return X if s.op == APPLY else None
-
-
 def _op_setup(ctx, inputs, output):
     V, tau, X, *spec = inputs
     s = Spec(*spec[:len(Spec._fields)])
     out, factors, tape = output
-    ctx.save_for_backward(V, tau, _saved_input(s, X, out), factors, tape)
+    ctx.save_for_backward(V, tau, s.saved(X, out), factors, tape)
     ctx.spec = s
     ctx.set_materialize_grads(False)
 
