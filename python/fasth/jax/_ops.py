@@ -271,9 +271,9 @@ def _residuals(s, arrays, out, f, tape):
 
 
 def _run_fwd(s, *arrays):
-    if _taped(s, arrays):
-        out, f, t = run_taped(s, *arrays)
-        return (out, f), _residuals(s, arrays, out, f, (t,))
+    if _taped(s, arrays):  # run_taped's forward, less the tape among the outputs
+        (out, f, _), res = _run_taped_fwd(s, *arrays)
+        return (out, f), res
     out, f = run(s, *arrays)
     return (out, f), _residuals(s, arrays, out, f, ())
 
