@@ -66,13 +66,15 @@ int scipy_blas() {
   b.dsyrk = as<fasth::cpu::syrk_fn<double>>(fn("dsyrk"));
   b.strmm = as<fasth::cpu::trmm_fn<float>>(fn("strmm"));
   b.dtrmm = as<fasth::cpu::trmm_fn<double>>(fn("dtrmm"));
+  b.strsm = as<fasth::cpu::trsm_fn<float>>(fn("strsm"));
+  b.dtrsm = as<fasth::cpu::trsm_fn<double>>(fn("dtrsm"));
   return add_blas(b);
 }
 
 int register_blas(std::uintptr_t sgemm, std::uintptr_t dgemm, std::uintptr_t ssyrk,
                   std::uintptr_t dsyrk, std::uintptr_t strmm, std::uintptr_t dtrmm,
                   std::uintptr_t set_threads_local, std::uintptr_t sgemm_batch,
-                  std::uintptr_t dgemm_batch) {
+                  std::uintptr_t dgemm_batch, std::uintptr_t strsm, std::uintptr_t dtrsm) {
   fasth::cpu::Blas b;
   b.sgemm = as<fasth::cpu::gemm_fn<float>>(sgemm);
   b.dgemm = as<fasth::cpu::gemm_fn<double>>(dgemm);
@@ -83,6 +85,8 @@ int register_blas(std::uintptr_t sgemm, std::uintptr_t dgemm, std::uintptr_t ssy
   b.set_threads_local = as<int(int)>(set_threads_local);
   b.sgemm_batch = as<fasth::cpu::gemm_batch_fn<float>>(sgemm_batch);
   b.dgemm_batch = as<fasth::cpu::gemm_batch_fn<double>>(dgemm_batch);
+  b.strsm = as<fasth::cpu::trsm_fn<float>>(strsm);
+  b.dtrsm = as<fasth::cpu::trsm_fn<double>>(dtrsm);
   return add_blas(b);
 }
 
@@ -101,6 +105,7 @@ NB_MODULE(_core, m) {
   m.def("register_blas", &register_blas, nb::arg("sgemm"), nb::arg("dgemm"), nb::arg("ssyrk") = 0,
         nb::arg("dsyrk") = 0, nb::arg("strmm") = 0, nb::arg("dtrmm") = 0,
         nb::arg("set_threads_local") = 0, nb::arg("sgemm_batch") = 0, nb::arg("dgemm_batch") = 0,
+        nb::arg("strsm") = 0, nb::arg("dtrsm") = 0,
         "Registers the BLAS at these addresses (Fortran ABI, 32-bit integers; 0: absent, all "
         "but the gemms optional; set_threads_local: MKL's MKL_Set_Num_Threads_Local, to run "
         "small products on one thread; ?gemm_batch: MKL's group interface) and returns its id.");

@@ -724,6 +724,28 @@ void CudaBackend<T>::trmm(bool right, bool trans, index_t m, index_t n, T alpha,
 }
 
 template <class T>
+void CudaBackend<T>::trsm(index_t m, index_t n, T alpha, const T* r, index_t ldr, index_t sr,
+                          T* c, index_t ldc, index_t sc, index_t batch) const {
+  if (m <= 0 || n <= 0 || batch <= 0) return;
+  DeviceGuard guard(device_);
+  const int im = to_int(m, "m"), in = to_int(n, "n"), ir = to_int(fix_ld(ldr, m, m), "ldr");
+  const int ic = to_int(fix_ld(ldc, m, n), "ldc");
+  Slot& s = slot(device_);
+  std::lock_guard<std::mutex> lock(s.mu);
+  bind(handle_, stream_, tf32_);
+  for (index_t i = 0; i < batch; ++i) {
+    if constexpr (std::is_same_v<T, float>)
+      check(cublasStrsm(handle_, CUBLAS_SIDE_LEFT, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N,
+                        CUBLAS_DIAG_NON_UNIT, im, in, &alpha, r + i * sr, ir, c + i * sc, ic),
+            "cublasStrsm");
+    else
+      check(cublasDtrsm(handle_, CUBLAS_SIDE_LEFT, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N,
+                        CUBLAS_DIAG_NON_UNIT, im, in, &alpha, r + i * sr, ir, c + i * sc, ic),
+            "cublasDtrsm");
+  }
+}
+
+template <class T>
 void CudaBackend<T>::normalize(index_t batch, index_t d, index_t k, Strided<const T> v,
                                Strided<T> y, T* norms, index_t ns) const {
   if (batch <= 0 || k <= 0) return;

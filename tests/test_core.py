@@ -139,6 +139,9 @@ PLANS = [  # (op, kind, V shape, tau shape, X shape, transpose, thin, block, str
     ("apply", "householder", (2, 258, 256), (), (2, 258, 17), True, False, 0, "blockwise", False),
     ("apply", "householder", (260, 256), (), (260, 300), False, False, 0, "materialize", False),
     ("matrix", "householder", (256, 256), (), (), False, False, 0, "auto", False),
+    # CUDA's plans (run here on the CPU backend): one block whose T is a solve
+    ("apply", "householder", (200, 200), (), (2, 200, 7), True, False, 0, "blockwise", False, "cuda"),
+    ("matrix", "householder", (200, 150), (), (), False, True, 0, "auto", False, "cuda"),
 ]
 
 
@@ -149,7 +152,7 @@ def test_plan_writes_only_its_buffers(rng, dtype, case):
     nothing past the outputs, factors and workspaces the plan sizes (each buffer is followed by
     NaN guards): the workspace sizes come from the code that carves them."""
     core = fasth._core
-    op, kind, vs, ts, xs, transpose, thin, block, strategy, *direct_y = case
+    op, kind, vs, ts, xs, transpose, thin, block, strategy, direct_y, device = case + (True, "cpu")[len(case) - 9:]
     op, kind = getattr(core.Op, op), getattr(core.Kind, kind)
     lapack, apply = kind == core.Kind.lapack, op == core.Op.apply
     V, X = randn(rng, vs, dtype), randn(rng, xs, dtype) if apply else None
@@ -157,7 +160,7 @@ def test_plan_writes_only_its_buffers(rng, dtype, case):
     dense = lambda shape: tuple(int(np.prod(shape[i + 1:], dtype=np.int64)) for i in range(len(shape)))  # noqa: E731
     plan = core.Plan(op, kind, vs, dense(vs), ts, dense(ts), xs, dense(xs), transpose, thin, block,
                      getattr(core.Strategy, {"auto": "automatic"}.get(strategy, strategy)),
-                     core.Device.cpu, direct_y=direct_y[0] if direct_y else True)
+                     getattr(core.Device, device), direct_y=direct_y)
     guard = 64
     code = DTYPES.index(dtype)
 
@@ -785,3 +788,76 @@ def test_tape_only_where_small():
     assert matrix(512, 0).tape_size > 0 and matrix(512, 0).strategy == core.Strategy.blockwise
     assert matrix(2048, 0).tape_size == 0 and matrix(2048, 0).strategy == core.Strategy.materialize
     assert matrix(64, 0, core.Device.cuda).tape_size == 0
+
+
+def run_plan(plan, dtype, V, X, G, tape=True):
+    """A plan's forward (with its tape where it keeps one) and backward on the CPU backend
+    (SciPy's BLAS): (out, dV, dX, backend calls of the forward, of the backward)."""
+    core, code, blas = fasth._core, DTYPES.index(dtype), fasth._api.SCIPY_BLAS
+    out, f = np.empty(plan.out[0], dtype), np.empty(plan.factors_size, dtype)
+    t = np.empty(plan.tape_size, dtype) if tape and plan.tape_size else None
+    with fasth.profile() as fwd:
+        core.forward(plan, code, V, None, X, out, f, np.empty(plan.forward_workspace, dtype),
+                     blas=blas, tape=t)
+    dV = np.empty(plan.dV[0], dtype)
+    dX = None if X is None else np.empty(plan.dX[0], dtype)
+    elements = lambda a: tuple(s // a.itemsize for s in a.strides)  # noqa: E731
+    G = G.reshape(out.shape).astype(dtype)
+    with fasth.profile() as bwd:
+        core.backward(plan, code, V, f, None if t is not None else out, out.shape, elements(out),
+                      G, G.shape, elements(G), dV, None, dX,
+                      np.empty(plan.backward_workspace, dtype), blas=blas, tape=t)
+    return out, dV, dX, fwd.calls, bwd.calls
+
+
+def cuda_plan(op, vshape, xshape=(), transpose=False, thin=False, block=0,
+              device=fasth._core.Device.cuda):
+    core, dense = fasth._core, fasth._api.dense_strides
+    return core.Plan(op, fasth._api.HOUSEHOLDER, vshape, dense(vshape), (), (), xshape,
+                     dense(xshape), transpose, thin, block, core.Strategy.automatic, device)
+
+
+@pytest.mark.parametrize("vshape,xshape,transpose,zeros", [
+    ((300, 300), (300, 16), False, ()),
+    ((300, 300), (2, 300, 16), True, (3, 100)),  # V shared by a batch, zero columns
+    ((2, 200, 120), (2, 200, 9), False, ()),  # a V per entry: leaves merged, no solve
+    ((260, 256), None, False, (7,)),  # U
+    ((260, 256), None, True, ()),  # U's first k columns
+])
+@pytest.mark.parametrize("tape", [True, False])
+def test_cuda_plans_on_the_cpu_backend(rng, vshape, xshape, transpose, zeros, tape):
+    """What only CUDA's plans do, checked on any machine by running them on the CPU backend:
+    one block with the full T where the work is small, its T from one triangular solve."""
+    V = random_v(rng, vshape, zero_cols=zeros)
+    apply = xshape is not None
+    X = randn(rng, xshape) if apply else None
+    op = fasth._api.APPLY if apply else fasth._api.MATRIX
+    plan = cuda_plan(op, vshape, xshape or (), transpose=transpose and apply,
+                     thin=transpose and not apply)
+    if len(vshape) == 2:
+        assert plan.block == vshape[-1]
+    G = randn(rng, plan.out[0])
+    out, dV, dX, _, _ = run_plan(plan, "float64", V, X, G, tape)
+    d = vshape[-2]
+    if apply:
+        assert_close(out, ref_apply(V, X, transpose), "float64", d)
+        rdV, rdX = ref_apply_grad(V, X, G, transpose)
+        assert_close(dV, rdV, "float64", d)
+        assert_close(dX, rdX, "float64", d)
+    else:
+        assert_close(out, ref_matrix(V, transpose), "float64", d)
+        assert_close(dV, ref_matrix_grad(V, G, transpose), "float64", d)
+    assert np.all(dV[..., list(zeros)] == 0)
+
+
+def test_gpu_launches_where_the_work_is_small(rng):
+    """Backend calls are launches on the GPU: CUDA's plan at d = 1024, n = 256 makes at most 12
+    in a forward and 40 in a forward + backward (one block, T by a solve); blocks of 128
+    make over three times as many."""
+    d, n = 1024, 256
+    V, X, G = (randn(rng, s, "float32") for s in ((d, d), (d, n), (d, n)))
+    *_, fwd, bwd = run_plan(cuda_plan(fasth._api.APPLY, (d, d), (d, n)), "float32", V, X, G)
+    assert fwd <= 12 and fwd + bwd <= 40, (fwd, bwd)
+    *_, fwd128, bwd128 = run_plan(cuda_plan(fasth._api.APPLY, (d, d), (d, n), block=128),
+                                  "float32", V, X, G)
+    assert fwd128 + bwd128 > 3 * (fwd + bwd)

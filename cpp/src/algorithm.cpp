@@ -31,7 +31,7 @@ void counted(Call c) {
 }  // namespace
 
 const char* call_name(Call c) {
-  static const char* const names[] = {"gemm", "trmm", "gram", "copy", "set", "larft",
+  static const char* const names[] = {"gemm", "trmm", "trsm", "gram", "copy", "set", "larft",
                                       "mirror_upper", "normalize", "normalize_backward",
                                       "lower", "small_matrix", "small_matrix_backward"};
   const int i = static_cast<int>(c);
@@ -189,6 +189,12 @@ struct Ops {
     be.trmm(right, trans, w, n, alpha, r.p, r.ld, r.bs, b.p, b.ld, b.bs, c.p, c.ld, c.bs, batch);
   }
 
+  void solve(index_t batch, index_t w, index_t n, M<const T> r, M<T> c) const {  // C = R^-1 C
+    if (w == 0 || n == 0 || batch == 0) return;
+    counted(Call::trsm);
+    be.trsm(w, n, T(1), r.p, r.ld, r.bs, c.p, c.ld, c.bs, batch);
+  }
+
   void gram(index_t batch, index_t w, index_t d, M<const T> y, M<T> c) const {
     if (w == 0 || batch == 0) return;
     if (d == 0) return set(batch, w, w, T(0), T(0), c);
@@ -254,6 +260,7 @@ struct Ops {
 template <class T>
 struct FactorsWs {
   T* merge;  // T-factor merges: W = G12 T2 for a level's pairs
+  T* s;      // solve_t: S = striu(G) + I / 2 per block
 };
 
 template <class T>
@@ -265,6 +272,7 @@ FactorsWs<T> carve_factors(const Layout& L, Arena<T>& a) {
   if (L.k > 0 && L.m > 1) {
     const std::size_t half = sz(L.m / 2);
     w.merge = a.take(sz(std::max(L.bv, L.nb)) * half * half);
+    if (L.solve_t) w.s = a.take(sz(L.nb) * sz(L.m) * sz(L.m));
   }
   return w;
 }
@@ -578,6 +586,18 @@ struct Run {
     const T* tau = L.kind == Kind::lapack ? aux(F) : nullptr;
     T* t0 = Tf(F, 0).p;
     const T* g0 = t0 + m * m;
+    Arena<T> arena{ws};
+    const FactorsWs<T> w = carve_factors(L, arena);
+    if (L.solve_t && h < m) {
+      // T = S^-1 for the upper triangular S = striu(G) + I / 2 (tau_i = 2: Y's columns are
+      // unit, or zero, and a zero column's row and column of G are zero off the diagonal, so
+      // T's are too; its T_ii = 2 multiplies zeros): one triangular solve on the identity.
+      const M<T> S{w.s, m, false, m * m}, Tb{t0, m, false, m2};
+      o.copy(nb, m, m, Strided<const T>{g0, 1, m, m2}, strided(S));
+      o.set(nb, 1, m, T(0.5), T(0.5), M<T>{S.p, m + 1, false, S.bs});  // its diagonal
+      o.identity(nb, m, m, Tb);
+      return o.solve(nb, m, m, in(S), Tb);
+    }
     if (h < m)  // the leaves and merges write the upper triangle; the rest stays zero
       each(Level{bv, fs, 0}, Level{nb, m2, 0}, Level{1, 0, 0},
            [&](index_t ot, index_t, index_t count, index_t st, index_t) {
@@ -587,8 +607,6 @@ struct Run {
          [&](index_t ot, index_t otau, index_t count, index_t st, index_t stau) {
            o.larft(count, h, g0 + ot, m, st, tau ? tau + otau : nullptr, stau, t0 + ot, m, st);
          });
-    Arena<T> arena{ws};
-    T* w = carve_factors(L, arena).merge;
     for (index_t q = h; q < m; q *= 2) {  // pairs of q-wide groups, then the short tail pair
       const index_t pairs = m / (2 * q), tail = m - pairs * 2 * q;
       auto merge = [&](index_t a, index_t np, index_t p, index_t qq) {
@@ -598,7 +616,7 @@ struct Run {
              [&](index_t ot, index_t, index_t count, index_t st, index_t) {
                T* t = t0 + ot;
                const T* g = g0 + ot;
-               const M<T> W{w, std::max<index_t>(p, 1), false, p * qq};
+               const M<T> W{w.merge, std::max<index_t>(p, 1), false, p * qq};
                o.tr(count, true, false, qq, p, T(1), M<const T>{t + b + b * m, m, false, st},
                     M<const T>{g + a + b * m, m, false, st}, W);
                o.tr(count, false, false, p, qq, T(-1), M<const T>{t + a + a * m, m, false, st},

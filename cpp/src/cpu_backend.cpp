@@ -47,6 +47,7 @@ struct Fns<float> {
   static gemm_fn<float>* gemm(const Blas& b) { return b.sgemm; }
   static syrk_fn<float>* syrk(const Blas& b) { return b.ssyrk; }
   static trmm_fn<float>* trmm(const Blas& b) { return b.strmm; }
+  static trsm_fn<float>* trsm(const Blas& b) { return b.strsm; }
   static gemm_batch_fn<float>* gemm_batch(const Blas& b) { return b.sgemm_batch; }
 };
 template <>
@@ -54,6 +55,7 @@ struct Fns<double> {
   static gemm_fn<double>* gemm(const Blas& b) { return b.dgemm; }
   static syrk_fn<double>* syrk(const Blas& b) { return b.dsyrk; }
   static trmm_fn<double>* trmm(const Blas& b) { return b.dtrmm; }
+  static trsm_fn<double>* trsm(const Blas& b) { return b.dtrsm; }
   static gemm_batch_fn<double>* gemm_batch(const Blas& b) { return b.dgemm_batch; }
 };
 
@@ -239,6 +241,20 @@ void scale_column(const T* c, index_t rs, T* o, index_t ors, index_t d, T amax, 
   if (amax == T(0)) for (index_t i = 0; i < d; ++i) o[i * ors] = 0;
   else if (std::isfinite(sc)) for (index_t i = 0; i < d; ++i) o[i * ors] = c[i * rs] * sc;
   else for (index_t i = 0; i < d; ++i) o[i * ors] = c[i * rs] / amax / rt;
+}
+
+template <class T>
+void CpuBackend<T>::trsm(index_t m, index_t n, T alpha, const T* r, index_t ldr, index_t sr, T* c,
+                         index_t ldc, index_t sc, index_t batch) const {
+  auto* f = Fns<T>::trsm(blas_);
+  if (!f) return Backend<T>::trsm(m, n, alpha, r, ldr, sr, c, ldc, sc, batch);
+  if (m == 0 || n == 0 || batch == 0) return;
+  const char side = 'L', uplo = 'U', ct = 'N', diag = 'N';
+  const int im = to_int(m), in = to_int(n), ir = to_int(std::max<index_t>(ldr, 1)),
+            ic = to_int(std::max<index_t>(ldc, 1));
+  const SerialIfSmall serial(blas_, double(m) * double(m) * double(n) * double(batch));
+  for (index_t i = 0; i < batch; ++i)
+    f(&side, &uplo, &ct, &diag, &im, &in, &alpha, r + i * sr, &ir, c + i * sc, &ic);
 }
 
 template <class T>

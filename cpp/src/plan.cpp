@@ -147,7 +147,11 @@ bool column_major(const Mat3& m) { return m.rows > 1 && m.cols > 1 && m.rs == 1 
 
 // GPU: each block step is a few launches, which dominate at small n, and its Y^T A product
 // has an m x n output that must fill the GPU: blocks of 128 (at 64, d = 1024, n = 2048 took
-// 7.4x U @ X on an H200). CPU: each block step costs several BLAS calls, and thin products
+// 7.4x U @ X on an H200). Where the work is small (d <= 1024, n <= 256), launches dominate
+// whatever the flops: one block with the full T (built by a solve, Layout::solve_t), a
+// forward of 10-11 launches and a forward + backward of 24 (k = d = 1024, n = 256: 47 and 101
+// with blocks of 128), for about 3x the flops (at most 4.5 GFLOP forward, tens of
+// microseconds on an H200). CPU: each block step costs several BLAS calls, and thin products
 // run below the BLAS's speed, so wide blocks win although their T work (the Grams' 2 d k m
 // flops against the products' 4 d k n) grows: blocks of 64, and of 128 at n >= 256, k >=
 // 1024 (forward + backward, one thread, MKL, k = d: 64 / 128 took 19.3 / 20.3 ms at d = 512,
@@ -160,11 +164,13 @@ bool column_major(const Mat3& m) { return m.rows > 1 && m.cols > 1 && m.rs == 1 
 // and 1.13x (forward, d = 256, n = 64, one thread); U at d <= 128 likewise.
 // benchmarks/cpu_blocks.py measures it.
 index_t choose_block(index_t d, index_t k, index_t n, Device device) {
-  constexpr index_t kGpuBlock = 128, kCpuBlock = 64, kCpuWideBlock = 128;
+  constexpr index_t kGpuBlock = 128, kGpuOneBlockD = 1024, kGpuOneBlockN = 256;
+  constexpr index_t kCpuBlock = 64, kCpuWideBlock = 128;
   constexpr index_t kCpuWideFromK = 1024, kCpuWideFromN = 256;
   constexpr index_t kSmallWork = 16384, kTinyWork = 4096, kSmallBlock = 32, kTinyBlock = 16;
   const index_t work = d * n;
-  const index_t m = device == Device::cuda                         ? kGpuBlock
+  const index_t m = device == Device::cuda
+                        ? (d <= kGpuOneBlockD && n <= kGpuOneBlockN ? k : kGpuBlock)
                     : n >= kCpuWideFromN && k >= kCpuWideFromK ? kCpuWideBlock
                     : work <= kTinyWork                        ? kTinyBlock
                     : work <= kSmallWork                       ? kSmallBlock
@@ -289,6 +295,9 @@ Plan::Plan(const Problem& p, Device device) : p_(p), device_(device) {
       L.m = m, L.nb = nb;
     }
   }
+
+  L.solve_t = device == Device::cuda && L.kind == Kind::householder && L.bv <= 1 && L.k > 0 &&
+              L.k % L.m == 0;
 
   // Output layouts as batches of matrices.
   L.out = matrices(L.out_array, "out");

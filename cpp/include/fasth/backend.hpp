@@ -46,6 +46,16 @@ class Backend {
       gemm(trans, false, m, n, m, alpha, r, ldr, sr, b, ldb, sb, T(0), c, ldc, sc, batch);
   }
 
+  // C_b = alpha R_b^-1 C_b in place, R m x m upper triangular (its upper triangle read), C
+  // m x n. Only plans that build T by a solve call it (Layout::solve_t); a backend without a
+  // triangular solve cannot run them.
+  virtual void trsm(index_t m, index_t n, T alpha, const T* r, index_t ldr, index_t sr, T* c,
+                    index_t ldc, index_t sc, index_t batch) const {
+    (void)m, (void)n, (void)alpha, (void)r, (void)ldr, (void)sr, (void)c, (void)ldc, (void)sc,
+        (void)batch;
+    throw std::logic_error("fasth: this backend has no triangular solve");
+  }
+
   // C_b = op(A_b)^T op(A_b) (n x n, full), op(A) k x n: the Gram matrices of the blocks. By
   // default a gemm; a backend with a symmetric rank-k update (syrk) does half the work.
   virtual void gram(bool trans_a, index_t n, index_t k, const T* a, index_t lda, index_t sa,

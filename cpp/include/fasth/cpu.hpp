@@ -27,6 +27,9 @@ using trmm_fn = void(const char* side, const char* uplo, const char* transa, con
                      const int* m, const int* n, const T* alpha, const T* a, const int* lda,
                      T* b, const int* ldb);
 
+template <class T>
+using trsm_fn = trmm_fn<T>;  // the same arguments
+
 // MKL's ?gemm_batch (Fortran ABI, group interface): group_count groups of group_size
 // products, each group with one set of the scalar arguments.
 template <class T>
@@ -42,6 +45,8 @@ struct Blas {
   syrk_fn<double>* dsyrk = nullptr;
   trmm_fn<float>* strmm = nullptr;  // optional: triangular products then cost half
   trmm_fn<double>* dtrmm = nullptr;
+  trsm_fn<float>* strsm = nullptr;  // optional: only CUDA's plans solve for T (Layout::solve_t)
+  trsm_fn<double>* dtrsm = nullptr;
   // Optional: sets this thread's BLAS thread count and returns the previous setting (MKL's
   // C-ABI MKL_Set_Num_Threads_Local). Products too small to gain from threads then run on one:
   // on 2 cores MKL spent 4-10x longer on the 12..64-sized products of a small U than with
@@ -65,6 +70,8 @@ class CpuBackend final : public Backend<T> {
   void trmm(bool right, bool trans, index_t m, index_t n, T alpha, const T* r, index_t ldr,
             index_t sr, const T* b, index_t ldb, index_t sb, T* c, index_t ldc, index_t sc,
             index_t batch) const override;
+  void trsm(index_t m, index_t n, T alpha, const T* r, index_t ldr, index_t sr, T* c,
+            index_t ldc, index_t sc, index_t batch) const override;
   void gram(bool trans_a, index_t n, index_t k, const T* a, index_t lda, index_t sa, T* c,
             index_t ldc, index_t sc, index_t batch) const override;
   void copy(index_t m, index_t n, Strided<const T> a, Strided<T> b, index_t batch) const override;

@@ -127,6 +127,10 @@ struct Layout {
   index_t ky = 0;           // elements a row of a Y-like buffer takes: k, padded where yt
   bool ydirect = false;     // Y is V itself unless a norm is too extreme to square (CPU)
   bool single = false;      // one block with the full T: matrix, and the materialised apply
+  // The T of a householder block wider than the backend's larft by a triangular solve,
+  // T = S^-1 (a few calls), not by leaves merged level by level (two calls a level): CUDA,
+  // one V, where calls are launches.
+  bool solve_t = false;
   Strategy strategy = Strategy::blockwise;
   Mat3 V, tau, X, out, dV, dtau, dX;  // the arrays as batches of matrices
   Array out_array, dV_array, dtau_array, dX_array;
@@ -209,7 +213,7 @@ Strategy choose_strategy(index_t d, index_t k, index_t n);
 // Backend calls (each one BLAS call or kernel launch on a batch), counted by operation
 // while counting is on; process-wide, thread-safe.
 enum class Call : int {
-  gemm, trmm, gram, copy, set, larft, mirror_upper, normalize, normalize_backward, lower,
+  gemm, trmm, trsm, gram, copy, set, larft, mirror_upper, normalize, normalize_backward, lower,
   small_matrix, small_matrix_backward, count_
 };
 const char* call_name(Call c);

@@ -55,6 +55,9 @@ class CudaBackend final : public fasth::Backend<T> {
   void trmm(bool right, bool trans, index_t m, index_t n, T alpha, const T* r, index_t ldr,
             index_t sr, const T* b, index_t ldb, index_t sb, T* c, index_t ldc, index_t sc,
             index_t batch) const override;
+  // cuBLAS's trsm, one call per matrix (its batched form takes arrays of device pointers).
+  void trsm(index_t m, index_t n, T alpha, const T* r, index_t ldr, index_t sr, T* c,
+            index_t ldc, index_t sc, index_t batch) const override;
   void copy(index_t m, index_t n, Strided<const T> a, Strided<T> b, index_t batch) const override;
   void set(index_t m, index_t n, T offdiag, T diag, T* a, index_t lda, index_t sa,
            index_t batch) const override;

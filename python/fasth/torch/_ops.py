@@ -63,7 +63,8 @@ def torch_blas(gemm_batch: bool = True) -> int | None:
         address("strmm_"), address("dtrmm_"),
         set_threads_local=address("MKL_Set_Num_Threads_Local"),
         sgemm_batch=address("sgemm_batch_") if gemm_batch else 0,
-        dgemm_batch=address("dgemm_batch_") if gemm_batch else 0)
+        dgemm_batch=address("dgemm_batch_") if gemm_batch else 0,
+        strsm=address("strsm_"), dtrsm=address("dtrsm_"))
     return blas
 
 
