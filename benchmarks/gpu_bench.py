@@ -7,7 +7,7 @@ timings after a warm-up, the median of repeats.
   n = 64 .. 256 (launch-bound): ratios eager and under CUDA-graph replay, launches per call
   forward + backward at d = 1024, n = 256 vs torch.linalg.householder_product(V, tau) @ X
   small-d matrix, d = 48: forward + backward time and launches
-  blocks of 256 (T from two leaves of 128 merged with gemm) against the default 128
+  the default block and blocks of 256 against blocks of 128 (choose_block's GPU rule)
   materialize against blockwise around choose_strategy's crossover
 
 Prints a markdown table (GPU name first) and exits 0; the targets are in the last column.
@@ -142,15 +142,20 @@ def forward_and_backward(table: Table, d: int, n: int, reps: int) -> None:
 
 
 def block_width(table: Table, d: int, n: int, reps: int) -> None:
-    """Blocks of 256 against the default 128 (ratio below 1: 256 is faster), to decide
-    choose_block's GPU rule."""
+    """The default block (choose_block's GPU rule: one block, T by a solve, where d <= 1024 and
+    n <= 256) and blocks of 256 against blocks of 128 (ratio below 1: faster than 128)."""
     V, X = householder(d, d), torch.randn(d, n, device="cuda", requires_grad=True)
     G = torch.randn(d, n, device="cuda")
+    default = api._core.choose_block(d, d, n, api._core.Device.cuda)
+    widths = sorted({128, 256, default})
     with torch.no_grad():
-        t = time_us({m: (lambda m=m: ft.apply(V, X, block=m)) for m in (128, 256)}, reps)
-    table.add(f"apply fwd d={d} n={n}, blocks of 256", t[256], t[128], "blocks of 128")
-    t = time_us({m: (lambda m=m: ft.apply(V, X, block=m).backward(G)) for m in (128, 256)}, reps)
-    table.add(f"apply fwd+bwd d={d} n={n}, blocks of 256", t[256], t[128], "blocks of 128")
+        t = time_us({m: (lambda m=m: ft.apply(V, X, block=m)) for m in widths}, reps)
+    tb = time_us({m: (lambda m=m: ft.apply(V, X, block=m).backward(G)) for m in widths}, reps)
+    for m in widths:
+        if m != 128:
+            label = f"blocks of {m}" + (" (default)" if m == default else "")
+            table.add(f"apply fwd d={d} n={n}, {label}", t[m], t[128], "blocks of 128")
+            table.add(f"apply fwd+bwd d={d} n={n}, {label}", tb[m], tb[128], "blocks of 128")
 
 
 def strategies(table: Table, d: int, n: int, reps: int) -> None:

@@ -67,7 +67,11 @@ def test_layer_bench_writes_table_json_and_plot(tmp_path, capsys):
     assert "## backend calls per training step" in text and "| fasth Orthogonal |" in text
 
     data = json.loads((tmp_path / "results.json").read_text())
-    assert {"environment", "config", "steps", "calls", "accuracy"} <= data.keys()
+    assert {"environment", "config", "steps", "calls", "accuracy", "plans"} <= data.keys()
+    plan_calls = {(r["d"], r["n"], r["device"]): r for r in data["plans"]}
+    assert plan_calls[(1024, 256, "cuda")]["forward"] <= 12
+    assert plan_calls[(1024, 256, "cuda")]["forward_backward"] <= 40
+    assert "## backend calls of `apply`" in text
     steps = {(r["threads"], r["d"], r["layer"]): r for r in data["steps"]}
     assert set(steps) == {(n, d, m) for n in (1, 2) for d in (8, 16) for m in layers.LAYERS}
     for (n, d, m), r in steps.items():

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 import fasth
 import fasth._api
 import fasth._arrays
+from fasth.bench import plans
 from reference import (finite_difference, ref_apply, ref_apply_grad, ref_matrix,
                        ref_matrix_grad, tolerance)
 
@@ -790,33 +791,6 @@ def test_tape_only_where_small():
     assert matrix(64, 0, core.Device.cuda).tape_size == 0
 
 
-def run_plan(plan, dtype, V, X, G, tape=True):
-    """A plan's forward (with its tape where it keeps one) and backward on the CPU backend
-    (SciPy's BLAS): (out, dV, dX, backend calls of the forward, of the backward)."""
-    core, code, blas = fasth._core, DTYPES.index(dtype), fasth._api.SCIPY_BLAS
-    out, f = np.empty(plan.out[0], dtype), np.empty(plan.factors_size, dtype)
-    t = np.empty(plan.tape_size, dtype) if tape and plan.tape_size else None
-    with fasth.profile() as fwd:
-        core.forward(plan, code, V, None, X, out, f, np.empty(plan.forward_workspace, dtype),
-                     blas=blas, tape=t)
-    dV = np.empty(plan.dV[0], dtype)
-    dX = None if X is None else np.empty(plan.dX[0], dtype)
-    elements = lambda a: tuple(s // a.itemsize for s in a.strides)  # noqa: E731
-    G = G.reshape(out.shape).astype(dtype)
-    with fasth.profile() as bwd:
-        core.backward(plan, code, V, f, None if t is not None else out, out.shape, elements(out),
-                      G, G.shape, elements(G), dV, None, dX,
-                      np.empty(plan.backward_workspace, dtype), blas=blas, tape=t)
-    return out, dV, dX, fwd.calls, bwd.calls
-
-
-def cuda_plan(op, vshape, xshape=(), transpose=False, thin=False, block=0,
-              device=fasth._core.Device.cuda):
-    core, dense = fasth._core, fasth._api.dense_strides
-    return core.Plan(op, fasth._api.HOUSEHOLDER, vshape, dense(vshape), (), (), xshape,
-                     dense(xshape), transpose, thin, block, core.Strategy.automatic, device)
-
-
 @pytest.mark.parametrize("vshape,xshape,transpose,zeros", [
     ((300, 300), (300, 16), False, ()),
     ((300, 300), (2, 300, 16), True, (3, 100)),  # V shared by a batch, zero columns
@@ -831,13 +805,12 @@ def test_cuda_plans_on_the_cpu_backend(rng, vshape, xshape, transpose, zeros, ta
     V = random_v(rng, vshape, zero_cols=zeros)
     apply = xshape is not None
     X = randn(rng, xshape) if apply else None
-    op = fasth._api.APPLY if apply else fasth._api.MATRIX
-    plan = cuda_plan(op, vshape, xshape or (), transpose=transpose and apply,
-                     thin=transpose and not apply)
+    p = plans.plan("apply" if apply else "matrix", vshape, xshape or (),
+                   transpose=transpose and apply, thin=transpose and not apply)
     if len(vshape) == 2:
-        assert plan.block == vshape[-1]
-    G = randn(rng, plan.out[0])
-    out, dV, dX, _, _ = run_plan(plan, "float64", V, X, G, tape)
+        assert p.block == vshape[-1]
+    G = randn(rng, p.out[0])
+    out, dV, dX, _, _ = plans.run(p, V, X, G, tape)
     d = vshape[-2]
     if apply:
         assert_close(out, ref_apply(V, X, transpose), "float64", d)
@@ -856,8 +829,7 @@ def test_gpu_launches_where_the_work_is_small(rng):
     make over three times as many."""
     d, n = 1024, 256
     V, X, G = (randn(rng, s, "float32") for s in ((d, d), (d, n), (d, n)))
-    *_, fwd, bwd = run_plan(cuda_plan(fasth._api.APPLY, (d, d), (d, n)), "float32", V, X, G)
+    *_, fwd, bwd = plans.run(plans.plan("apply", (d, d), (d, n)), V, X, G)
     assert fwd <= 12 and fwd + bwd <= 40, (fwd, bwd)
-    *_, fwd128, bwd128 = run_plan(cuda_plan(fasth._api.APPLY, (d, d), (d, n), block=128),
-                                  "float32", V, X, G)
+    *_, fwd128, bwd128 = plans.run(plans.plan("apply", (d, d), (d, n), block=128), V, X, G)
     assert fwd128 + bwd128 > 3 * (fwd + bwd)

@@ -175,5 +175,6 @@ def run_layers(cfg, a: argparse.Namespace, command: str) -> int:
 
         bench.run(progress)
     data = {"environment": environment(cfg.device, command) | {"loadavg_1min": [load[0], os.getloadavg()[0]]},
-            "config": cfg.__dict__, "steps": bench.steps, "calls": bench.calls, "accuracy": bench.accuracy}
+            "config": cfg.__dict__, "steps": bench.steps, "calls": bench.calls, "accuracy": bench.accuracy,
+            "plans": bench.plans}
     return _finish(Path(a.out), data, layers_markdown(data), layers_plot, "layers_vs_d.png")

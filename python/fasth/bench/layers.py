@@ -14,7 +14,8 @@ alternatives, the fixed cost of one call, and the backend calls per operation.
    map and a ``d x d x d`` GEMM; in the full set, ``apply`` with ``k = 8`` against ``k = 16``
    reflectors at ``d = 4096``, ``n = 1024``.
 3. Backend calls (BLAS calls or kernel launches, from ``fasth.profile()``) of each fasth
-   training step and each fixed-cost operation.
+   training step and each fixed-cost operation, and of ``apply`` by the CPU's and CUDA's
+   plans (both run on the CPU backend: ``fasth.bench.plans``).
 
 Each thread count of ``--threads`` is measured in turn."""
 
@@ -141,8 +142,12 @@ class LayerBench:
     steps: list[dict] = field(default_factory=list)
     calls: list[dict] = field(default_factory=list)
     accuracy: list[dict] = field(default_factory=list)
+    plans: list[dict] = field(default_factory=list)
 
     def run(self, progress: Callable[[str], None] = lambda s: None) -> None:
+        from .plans import CALL_SIZES, apply_calls
+
+        self.plans = [apply_calls(d, n, dev) for d, n in CALL_SIZES for dev in ("cpu", "cuda")]
         for n in self.cfg.threads:
             with threads_of(n):
                 budget = Budget(self.cfg.cap_s)

@@ -208,6 +208,15 @@ def layers_markdown(data: dict) -> str:
                  _calls(r)] for r in data["calls"] if r["threads"] == n]
         out += [f"## fixed cost per call, {_threads(n)}", ""]
         out += _table(["case", "op", "median (25–75)", "ratio", "backend calls"], rows) + [""]
+    if data.get("plans"):
+        by = {(r["d"], r["n"], r["device"]): r for r in data["plans"]}
+        sizes = sorted({(r["d"], r["n"]) for r in data["plans"]}, key=lambda s: (s[0], -s[1]))
+        out += ["## backend calls of `apply` (k = d, float32) by each device's plan, forward / "
+                "forward + backward from the tape (both run on the CPU backend; on CUDA each is a "
+                "launch)", ""]
+        cell = lambda r: f"{r['forward']} / {r['forward_backward']} (blocks of {r['block']})"  # noqa: E731
+        out += _table(["d", "n", "CPU plan", "CUDA plan"],
+                      [[str(d), str(n)] + [cell(by[(d, n, dev)]) for dev in ("cpu", "cuda")] for d, n in sizes]) + [""]
     acc = data["accuracy"]
     if acc:
         ds = sorted({a["d"] for a in acc})
