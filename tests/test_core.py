@@ -795,6 +795,7 @@ def test_tape_only_where_small():
     ((300, 300), (300, 16), False, ()),
     ((300, 300), (2, 300, 16), True, (3, 100)),  # V shared by a batch, zero columns
     ((2, 200, 120), (2, 200, 9), False, ()),  # a V per entry: leaves merged, no solve
+    ((33, 40), (33, 4), True, ()),  # more reflectors than rows
     ((260, 256), None, False, (7,)),  # U
     ((260, 256), None, True, ()),  # U's first k columns
 ])
@@ -829,7 +830,11 @@ def test_gpu_launches_where_the_work_is_small(rng):
     make over three times as many."""
     d, n = 1024, 256
     V, X, G = (randn(rng, s, "float32") for s in ((d, d), (d, n), (d, n)))
-    *_, fwd, bwd = plans.run(plans.plan("apply", (d, d), (d, n)), V, X, G)
+    out, dV, dX, fwd, bwd = plans.run(plans.plan("apply", (d, d), (d, n)), V, X, G)
     assert fwd <= 12 and fwd + bwd <= 40, (fwd, bwd)
+    assert_close(out, ref_apply(V, X), "float32", d)  # one block of 1024 reflectors
+    rdV, rdX = ref_apply_grad(V, X, G)
+    assert_close(dV, rdV, "float32", d + n)
+    assert_close(dX, rdX, "float32", d)
     *_, fwd128, bwd128 = plans.run(plans.plan("apply", (d, d), (d, n), block=128), V, X, G)
     assert fwd128 + bwd128 > 3 * (fwd + bwd)
