@@ -140,6 +140,9 @@ PLANS = [  # (op, kind, V shape, tau shape, X shape, transpose, thin, block, str
     ("apply", "householder", (2, 258, 256), (), (2, 258, 17), True, False, 0, "blockwise", False),
     ("apply", "householder", (260, 256), (), (260, 300), False, False, 0, "materialize", False),
     ("matrix", "householder", (256, 256), (), (), False, False, 0, "auto", False),
+    # V itself as Y, its rows 256 elements apart: a forward reads a padded copy of it
+    ("apply", "householder", (2, 270, 256), (), (2, 270, 5), True, False, 64, "blockwise"),
+    ("matrix", "householder", (256, 256), (), (), False, False, 0, "auto"),
     # CUDA's plans (run here on the CPU backend): one block whose T is a solve
     ("apply", "householder", (200, 200), (), (2, 200, 7), True, False, 0, "blockwise", False, "cuda"),
     ("matrix", "householder", (200, 150), (), (), False, True, 0, "auto", False, "cuda"),
@@ -734,6 +737,33 @@ def test_plan_runs_name_a_missing_pointer(rng, missing):
         c.module.backward(c.plan, c.code, arg(given["V"]), arg(given["factors"]), arg(given["saved"]),
                           out.shape, elements(out), arg(given["grad"]), G.shape, elements(G),
                           arg(given["dV"]), None, None, arg(given["workspace"]), blas=c.blas)
+
+
+@pytest.mark.parametrize("vshape,cols,scale", [
+    ((300, 256), 256, 1.0), ((2, 260, 256), 256, 1.0),  # k = 256, a V per entry
+    ((300, 256), 200, 1.0),  # a view of 200 columns, rows 256 apart
+    ((270, 256), 256, 1e30),  # norms too large to square: V normalised instead
+])
+def test_rows_far_apart_as_they_are(xp, rng, vshape, cols, scale):
+    """V row-major with its rows a multiple of 256 elements apart, used as it is (numpy,
+    torch): the forward reads a padded copy of it; values and gradients match the reference,
+    from the tape and from the output."""
+    V = np.ascontiguousarray(random_v(rng, vshape))[..., :cols] * scale
+    X, G = randn(rng, (*vshape[:-2], vshape[-2], 7)), randn(rng, (*vshape[:-2], vshape[-2], 7))
+    for transpose in (False, True):
+        out = fasth.apply(xp(V), xp(X), transpose)
+        assert_close(xp.numpy(out), ref_apply(V, X, transpose), "float64", vshape[-2])
+        dV, dX = fasth.apply_backward(xp(V), out, xp(G), transpose)
+        rdV, rdX = ref_apply_grad(V, X, G, transpose)
+        assert_close(xp.numpy(dV) * scale, rdV * scale, "float64", vshape[-2])
+        assert_close(xp.numpy(dX), rdX, "float64", vshape[-2])
+    c = fasth._api.resolve("apply", fasth._api.APPLY, fasth._api.HOUSEHOLDER, ("V", "X"), (V, X))
+    out, f, tape = fasth._api.forward(c, V, None, X, tape=True)
+    dVt, _, dXt = fasth._api.backward(c, V, f, None, G, tape=tape)
+    rdV, rdX = ref_apply_grad(V, X, G, False)
+    assert_close(dVt * scale, rdV * scale, "float64", vshape[-2])
+    assert_close(dXt, rdX, "float64", vshape[-2])
+    assert_close(fasth.matrix(V), ref_matrix(V), "float64", vshape[-2])
 
 
 # V shape, X shape, transpose, block, V row-major, scale of V, zero columns

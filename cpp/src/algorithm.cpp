@@ -466,6 +466,12 @@ struct Run {
       normalized = L.bv > 0 && F[0] != T(0);
     }
     normalized_ = normalized;
+    if (!normalized && fresh && L.ypad) {  // a forward's copy of V in rows that do not alias
+      const M<T> y{ws, L.k + kRowPad, true, L.shared ? 0 : L.d * (L.k + kRowPad)};
+      o.copy(L.bv, L.d, L.k, strided(L.V, V), strided(y));
+      y_ = in(y);
+      return;
+    }
     if (!normalized) {
       y_ = in(view(L.V, const_cast<T*>(V)));
       return;
@@ -1096,7 +1102,7 @@ void size_plan(Layout& L) {
   // ydirect: no Y in the factors but a mode (0: V as it is, 1: normalised into the
   // workspace's head), then the norms.
   L.f_aux = L.ydirect ? 1 : d * sz(L.ky);
-  L.ws_y = L.ydirect ? round_up(sz(L.bv) * d * sz(L.ky)) : 0;
+  L.ws_y = L.ydirect ? round_up(sz(L.bv) * d * sz(L.ypad ? L.k + kRowPad : L.ky)) : 0;
   L.f_blocks = L.f_aux + (L.kind == Kind::lapack ? nb * m : k);
   // The single block's Z = Y_E T^T (c x k) for U = E - Y Z^T, which the householder
   // backward reads again, then U.

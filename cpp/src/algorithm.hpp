@@ -19,6 +19,10 @@ struct TapeParts {
 TapeParts tape_parts(const Layout& L);
 std::size_t tape_elements(const Layout& L);
 
+// Rows a multiple of kAliasedRows elements apart share cache sets; Y-like buffers then take
+// kRowPad more (Layout::ky, Layout::ypad).
+constexpr index_t kAliasedRows = 256, kRowPad = 16, kPadCopyMax = index_t(1) << 22;
+
 // Fills the factors layout and the workspace sizes of a resolved Layout.
 void size_plan(Layout& L);
 

@@ -32,8 +32,9 @@ Array Array::dense(std::initializer_list<index_t> shape) {
 
 namespace {
 
-constexpr index_t kAliasedRows = 256, kRowPad = 16;
-
+using detail::kAliasedRows;
+using detail::kPadCopyMax;
+using detail::kRowPad;
 using detail::Layout;
 using detail::Mat3;
 
@@ -254,7 +255,15 @@ Plan::Plan(const Problem& p, Device device) : p_(p), device_(device) {
     // products that read Y across such rows (Y^T A, the Grams) ran 1.4-1.5x slower at k = 512
     // and 1024 than with rows 16 elements further apart. Where Y is written anyway (not V
     // itself: fasth.jax, LAPACK's reflectors), Y-like buffers take padded rows.
-    L.ky = L.yt && !L.ydirect && L.k > 0 && L.k % kAliasedRows == 0 ? L.k + kRowPad : L.k;
+    const bool aliased = L.yt && L.k > 0 && L.k % kAliasedRows == 0;
+    L.ky = aliased && !L.ydirect ? L.k + kRowPad : L.k;
+    // Where Y is V itself, a forward reads a padded copy of it in its workspace (one copy of
+    // d k elements), up to kPadCopyMax elements. One thread, k = d: forward 0.67x the time at
+    // d = 1024, n = 16, 0.84x at n = 64, 0.95x at n = 256, 0.81-0.93x at d = 512 and 0.91x at
+    // d = 2048, n = 128; forward + backward 0.79-1.0x. At d = 4096 the copy, and the fresh
+    // pages of so large a workspace, cost more than it saved (n = 64: 125 -> 147 ms).
+    const index_t v_ld = v.rows <= 1 ? c : v.rs;  // of V's rows, where it is Y (yt)
+    L.ypad = L.ydirect && L.yt && v_ld % kAliasedRows == 0 && L.bv * L.d * L.k <= kPadCopyMax;
   }
   if (lapack) L.dtau_array = dense_vectors(p.tau, 1, L.k);
 

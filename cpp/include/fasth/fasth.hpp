@@ -126,6 +126,7 @@ struct Layout {
   bool yt = false;          // Y stored row-major, as a row-major V is (CPU)
   index_t ky = 0;           // elements a row of a Y-like buffer takes: k, padded where yt
   bool ydirect = false;     // Y is V itself unless a norm is too extreme to square (CPU)
+  bool ypad = false;        // ydirect, V's rows alias: a forward reads a padded copy of V
   bool single = false;      // one block with the full T: matrix, and the materialised apply
   // The T of a householder block wider than the backend's larft by a triangular solve,
   // T = S^-1 (a few calls), not by leaves merged level by level (two calls a level): CUDA,
