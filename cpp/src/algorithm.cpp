@@ -271,8 +271,8 @@ FactorsWs<T> carve_factors(const Layout& L, Arena<T>& a) {
   FactorsWs<T> w{};
   if (L.k > 0 && L.m > 1) {
     const std::size_t half = sz(L.m / 2);
-    w.merge = a.take(sz(std::max(L.bv, L.nb)) * half * half);
-    if (L.solve_t) w.s = a.take(sz(L.nb) * sz(L.m) * sz(L.m));
+    if (L.solve_t) w.s = a.take(sz(L.nb) * sz(L.m) * sz(L.m));  // (no merges: build_t)
+    else w.merge = a.take(sz(std::max(L.bv, L.nb)) * half * half);
   }
   return w;
 }
@@ -467,7 +467,7 @@ struct Run {
     }
     normalized_ = normalized;
     if (!normalized && fresh && L.ypad) {  // a forward's copy of V in rows that do not alias
-      const M<T> y{ws, L.k + kRowPad, true, L.shared ? 0 : L.d * (L.k + kRowPad)};
+      const M<T> y{ws, ypad_ld(L), true, L.shared ? 0 : L.d * ypad_ld(L)};
       o.copy(L.bv, L.d, L.k, strided(L.V, V), strided(y));
       y_ = in(y);
       return;
@@ -743,7 +743,8 @@ struct Run {
   // compare it whole), every element written.
   void zero_tape_gaps(T* tape) const {
     const TapeParts tp = tape_parts(L);
-    const index_t in = L.B * L.d * L.n, pr = L.B * L.m * L.n;
+    const index_t in = static_cast<index_t>(tp.input_used);
+    const index_t pr = static_cast<index_t>(tp.product_used);
     const index_t pi = static_cast<index_t>(tp.input), pp = static_cast<index_t>(tp.product);
     if (pi > in) o.set(1, pi - in, L.nb, T(0), T(0), M<T>{tape + in, pi, false, 0});
     if (pp > pr) o.set(1, pp - pr, 2 * L.nb, T(0), T(0), M<T>{tape + L.nb * pi + pr, pp, false, 0});
@@ -1088,7 +1089,8 @@ double materialize_cost(index_t d, index_t k, index_t n) {
 }
 
 TapeParts tape_parts(const Layout& L) {  // as Run::tape_input and tape_product lay it out
-  return {round_up(sz(L.B) * sz(L.d) * sz(L.n)), round_up(sz(L.B) * sz(L.m) * sz(L.n))};
+  const std::size_t in = sz(L.B) * sz(L.d) * sz(L.n), pr = sz(L.B) * sz(L.m) * sz(L.n);
+  return {round_up(in), round_up(pr), in, pr};
 }
 
 std::size_t tape_elements(const Layout& L) {
@@ -1102,7 +1104,7 @@ void size_plan(Layout& L) {
   // ydirect: no Y in the factors but a mode (0: V as it is, 1: normalised into the
   // workspace's head), then the norms.
   L.f_aux = L.ydirect ? 1 : d * sz(L.ky);
-  L.ws_y = L.ydirect ? round_up(sz(L.bv) * d * sz(L.ypad ? L.k + kRowPad : L.ky)) : 0;
+  L.ws_y = L.ydirect ? round_up(sz(L.bv) * d * sz(L.ypad ? ypad_ld(L) : L.ky)) : 0;
   L.f_blocks = L.f_aux + (L.kind == Kind::lapack ? nb * m : k);
   // The single block's Z = Y_E T^T (c x k) for U = E - Y Z^T, which the householder
   // backward reads again, then U.

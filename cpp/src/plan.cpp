@@ -152,13 +152,14 @@ bool column_major(const Mat3& m) { return m.rows > 1 && m.cols > 1 && m.rs == 1 
 // whatever the flops: one block with the full T (built by a solve, Layout::solve_t), a
 // forward of 10-11 launches and a forward + backward of 24 (k = d = 1024, n = 256: 47 and 101
 // with blocks of 128), for about 3x the flops (at most 4.5 GFLOP forward: about 0.1 ms at
-// an H200's float32 peak; not yet timed on one). CPU: each block step costs several BLAS calls, and thin products
-// run below the BLAS's speed, so wide blocks win although their T work (the Grams' 2 d k m
-// flops against the products' 4 d k n) grows: blocks of 64, and of 128 at n >= 256, k >=
-// 1024 (forward + backward, one thread, MKL, k = d: 64 / 128 took 19.3 / 20.3 ms at d = 512,
-// n = 256; 64.5 / 65.0 ms at d = 1024, n = 256, and half the backend calls; 277.6 / 268.4 ms
-// at d = 2048). Where there is little work (d n <= 16384, n the columns of one entry), the
-// Grams dominate and narrower blocks win: 32, and 16 from d n <= 4096.
+// an H200's float32 peak; not yet timed on one). CPU: each block step costs several BLAS
+// calls, and thin products run below the BLAS's speed, so wide blocks win although their T
+// work (the Grams' 2 d k m flops against the products' 4 d k n) grows: blocks of 64, and of
+// 128 at n >= 256, k >= 1024 (forward + backward, one thread, MKL, k = d: 64 / 128 took
+// 19.3 / 20.3 ms at d = 512, n = 256; 64.5 / 65.0 ms at d = 1024, n = 256, and half the
+// backend calls; 277.6 / 268.4 ms at d = 2048). Where there is little work (d n <= 16384,
+// n the columns of one entry), the Grams dominate and narrower blocks win: 32, and 16 from
+// d n <= 4096.
 // Over d = 64..1024, n = 1..128, one and two threads, this took 0.84x the time of blocks of
 // 64 (geometric mean of forward + backward, weighted 2, and forward); 0.54-0.92x at n <= 16
 // on one thread; the worst cells 1.14x (forward + backward, d = 1024, n = 8, two threads)

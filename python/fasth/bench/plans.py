@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .. import _api, _core
+from .. import _api, _arrays, _core
 from .._profile import profile
 
 # The sizes of the issue's launch targets and of a layer's usual apply: (d, n), k = d.
@@ -37,8 +37,8 @@ def plan(op: str, vshape: tuple, xshape: tuple = (), *, device: str = "cuda",
 def run(p: _core.Plan, V: np.ndarray, X: np.ndarray | None, G: np.ndarray, tape: bool = True) -> Run:
     """The plan's forward (keeping its tape where it has one) and backward on the CPU
     backend, with the backend calls of each."""
-    dt = V.dtype
-    code = {np.dtype("float32"): 0, np.dtype("float64"): 1}[dt]
+    dt, xp = V.dtype, _arrays.namespace(V)
+    code = _api._DTYPE_CODES[str(dt)]
     out, f = np.empty(p.out[0], dt), np.empty(p.factors_size, dt)
     t = np.empty(p.tape_size, dt) if tape and p.tape_size else None
     with profile() as fwd:
@@ -47,10 +47,9 @@ def run(p: _core.Plan, V: np.ndarray, X: np.ndarray | None, G: np.ndarray, tape:
     dV = np.empty(p.dV[0], dt)
     dX = None if X is None else np.empty(p.dX[0], dt)
     G = np.ascontiguousarray(G.reshape(out.shape), dtype=dt)
-    elements = lambda a: tuple(s // a.itemsize for s in a.strides)  # noqa: E731
     with profile() as bwd:
-        _core.backward(p, code, V, f, None if t is not None else out, out.shape, elements(out),
-                       G, G.shape, elements(G), dV, None, dX,
+        _core.backward(p, code, V, f, None if t is not None else out, out.shape, xp.strides(out),
+                       G, G.shape, xp.strides(G), dV, None, dX,
                        np.empty(p.backward_workspace, dt), blas=_api.SCIPY_BLAS, tape=t)
     return Run(out, dV, dX, fwd.calls, bwd.calls)
 
