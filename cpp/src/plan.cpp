@@ -150,7 +150,7 @@ bool column_major(const Mat3& m) { return m.rows > 1 && m.cols > 1 && m.rs == 1 
 // has an m x n output that must fill the GPU: blocks of 128 (at 64, d = 1024, n = 2048 took
 // 7.4x U @ X on an H200). Where the work is small (d <= 1024, n <= 256), launches dominate
 // whatever the flops: one block with the full T (built by a solve, Layout::solve_t), a
-// forward of 10-11 launches and a forward + backward of 24 (k = d = 1024, n = 256: 47 and 101
+// forward of 10-11 launches and a forward + backward of 24 (k = d = 1024, n = 256: 36 and 91
 // with blocks of 128), for about 3x the flops (at most 4.5 GFLOP forward: about 0.1 ms at
 // an H200's float32 peak; not yet timed on one). CPU: each block step costs several BLAS
 // calls, and thin products run below the BLAS's speed, so wide blocks win although their T

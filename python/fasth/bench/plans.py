@@ -1,8 +1,10 @@
 """Any device's plan run on the CPU backend (SciPy's BLAS) on numpy arrays. The algorithm is
 the same on every device; a plan decides its blocks and paths. So CUDA's plans run here
-make, call for call, the backend calls that are launches on a GPU (the backend's own
-small-d path aside: at d <= 128 CUDA builds U in one launch), counted on any machine, and
-their paths can be checked against the reference without a GPU."""
+make the backend calls that are launches on a GPU, counted on any machine, and their paths
+can be checked against the reference without a GPU. Two backend properties differ: at
+d <= 128 CUDA builds U in one launch (its small-d path), and its larft takes blocks of up to
+128 columns in one launch where the CPU's takes 32, so for blocks of 33 to 128 this run
+builds T in 4 calls (a solve) or by merging leaves, where a GPU makes one launch."""
 
 from __future__ import annotations
 

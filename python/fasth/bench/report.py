@@ -213,7 +213,8 @@ def layers_markdown(data: dict) -> str:
         sizes = sorted({(r["d"], r["n"]) for r in data["plans"]}, key=lambda s: (s[0], -s[1]))
         out += ["## backend calls of `apply` (k = d, float32) by each device's plan, forward / "
                 "forward + backward from the tape (both run on the CPU backend; on CUDA each is a "
-                "launch)", ""]
+                "launch; where CUDA's plan takes blocks of 128, a GPU makes 3 fewer: its larft takes "
+                "them whole)", ""]
         cell = lambda r: f"{r['forward']} / {r['forward_backward']} (blocks of {r['block']})"  # noqa: E731
         out += _table(["d", "n", "CPU plan", "CUDA plan"],
                       [[str(d), str(n)] + [cell(by[(d, n, dev)]) for dev in ("cpu", "cuda")] for d, n in sizes]) + [""]
