@@ -62,8 +62,6 @@ int scipy_blas() {
   fasth::cpu::Blas b;
   b.sgemm = as<fasth::cpu::gemm_fn<float>>(fn("sgemm"));
   b.dgemm = as<fasth::cpu::gemm_fn<double>>(fn("dgemm"));
-  b.ssyrk = as<fasth::cpu::syrk_fn<float>>(fn("ssyrk"));
-  b.dsyrk = as<fasth::cpu::syrk_fn<double>>(fn("dsyrk"));
   b.strmm = as<fasth::cpu::trmm_fn<float>>(fn("strmm"));
   b.dtrmm = as<fasth::cpu::trmm_fn<double>>(fn("dtrmm"));
   b.strsm = as<fasth::cpu::trsm_fn<float>>(fn("strsm"));
@@ -71,15 +69,14 @@ int scipy_blas() {
   return add_blas(b);
 }
 
-int register_blas(std::uintptr_t sgemm, std::uintptr_t dgemm, std::uintptr_t ssyrk,
-                  std::uintptr_t dsyrk, std::uintptr_t strmm, std::uintptr_t dtrmm,
+// ssyrk, dsyrk: accepted for fasth.torch's positional call, unused (gram runs on gemm).
+int register_blas(std::uintptr_t sgemm, std::uintptr_t dgemm, std::uintptr_t /*ssyrk*/,
+                  std::uintptr_t /*dsyrk*/, std::uintptr_t strmm, std::uintptr_t dtrmm,
                   std::uintptr_t set_threads_local, std::uintptr_t sgemm_batch,
                   std::uintptr_t dgemm_batch, std::uintptr_t strsm, std::uintptr_t dtrsm) {
   fasth::cpu::Blas b;
   b.sgemm = as<fasth::cpu::gemm_fn<float>>(sgemm);
   b.dgemm = as<fasth::cpu::gemm_fn<double>>(dgemm);
-  b.ssyrk = as<fasth::cpu::syrk_fn<float>>(ssyrk);
-  b.dsyrk = as<fasth::cpu::syrk_fn<double>>(dsyrk);
   b.strmm = as<fasth::cpu::trmm_fn<float>>(strmm);
   b.dtrmm = as<fasth::cpu::trmm_fn<double>>(dtrmm);
   b.set_threads_local = as<int(int)>(set_threads_local);
@@ -107,6 +104,6 @@ NB_MODULE(_core, m) {
         nb::arg("set_threads_local") = 0, nb::arg("sgemm_batch") = 0, nb::arg("dgemm_batch") = 0,
         nb::arg("strsm") = 0, nb::arg("dtrsm") = 0,
         "Registers the BLAS at these addresses (Fortran ABI, 32-bit integers; 0: absent, all "
-        "but the gemms optional; set_threads_local: MKL's MKL_Set_Num_Threads_Local, to run "
+        "but the gemms optional; ssyrk and dsyrk ignored; set_threads_local: MKL's MKL_Set_Num_Threads_Local, to run "
         "small products on one thread; ?gemm_batch: MKL's group interface) and returns its id.");
 }

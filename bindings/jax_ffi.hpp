@@ -102,9 +102,15 @@ struct Attrs {
   bool transpose, thin, tf32;
 };
 
+// Factors laid out alike on every device: fasth.jax sizes them for any.
+inline PlanOptions options() {
+  PlanOptions o;
+  o.direct_y = false;
+  return o;
+}
+
 inline Problem problem(const Attrs& at) {
   Problem p;
-  p.direct_y = false;  // factors laid out alike on every device: fasth.jax sizes them for any
   p.op = static_cast<Op>(at.op), p.kind = static_cast<Kind>(at.kind);
   p.transpose = at.transpose, p.thin = at.thin, p.block = at.block;
   p.strategy = static_cast<Strategy>(at.strategy);
@@ -170,7 +176,7 @@ struct Handlers {
       p.V = row_major(arg(args, i)), a.V = data<const T>(arg(args, i++));
       if (p.kind == Kind::lapack) p.tau = row_major(arg(args, i)), a.tau = data<const T>(arg(args, i++));
       if (p.op == Op::apply) p.X = row_major(arg(args, i)), a.X = data<const T>(arg(args, i++));
-      const Plan plan(p, D);
+      const Plan plan(p, D, options());
       auto out = ret(rets, 0), f = ret(rets, 1), ws = ret(rets, 2);
       a.out = data<T>(out, 0, "out");
       a.factors = data<T>(f, plan.factors_size(), "factors");
@@ -194,7 +200,7 @@ struct Handlers {
       Forward<T> a;
       p.V = row_major(V), a.V = data<const T>(V);
       p.X = row_major(X), a.X = data<const T>(X);
-      const Plan plan(p, D);
+      const Plan plan(p, D, options());
       if (F.element_count() < plan.factors_size())
         throw std::invalid_argument("fasth: factors hold " + std::to_string(F.element_count()) +
                                     " elements, need " + std::to_string(plan.factors_size()));
@@ -226,7 +232,7 @@ struct Handlers {
       a.factors = data<const T>(F);
       const Buf grad = arg(args, i++);
       a.grad = data<const T>(grad), a.grad_layout = row_major(grad);
-      const Plan plan(p, D);
+      const Plan plan(p, D, options());
       a.factors_stride = entry_stride(plan, F.element_count());
       auto dV = ret(rets, 0);
       a.dV = data<T>(dV, 0, "dV");

@@ -34,18 +34,12 @@ inline std::tuple<Dims, Dims> tuple_of(const Array& a) {
 }
 
 // Whether the leading dimensions of (shape, strides) can be walked with one stride (else
-// the caller passes a contiguous copy).
+// the caller passes a contiguous copy): the core's rule (leading_stride).
 inline bool collapsible(const Dims& shape, const Dims& strides, int tail) {
-  index_t expect = 0;
-  bool first = true;
-  for (int i = static_cast<int>(shape.size()) - tail - 1; i >= 0; --i) {
-    if (shape[i] == 1) continue;
-    if (shape[i] == 0) return true;
-    if (first) expect = strides[i] * shape[i], first = false;
-    else if (strides[i] != expect) return false;
-    else expect *= shape[i];
-  }
-  return true;
+  if (shape.size() != strides.size())
+    throw std::invalid_argument("fasth: shape and strides differ in length");
+  index_t stride;
+  return leading_stride(shape.data(), strides.data(), static_cast<int>(shape.size()) - tail, stride);
 }
 
 inline void def_plan(nb::module_& m) {
@@ -65,14 +59,12 @@ inline void def_plan(nb::module_& m) {
              const Dims& x_strides, bool transpose, bool thin, index_t block,
              Strategy strategy, Device device, const std::string& x_name, bool direct_y) {
             Problem p;
-            p.x_name = x_name.c_str();  // read during construction only
-            p.direct_y = direct_y;
             p.op = op, p.kind = kind, p.transpose = transpose, p.thin = thin;
             p.block = block, p.strategy = strategy;
             p.V = array_of(v_shape, v_strides, kind == Kind::lapack ? "A" : "V");
             if (kind == Kind::lapack) p.tau = array_of(tau_shape, tau_strides, "tau");
             if (op == Op::apply) p.X = array_of(x_shape, x_strides, "X");
-            new (self) Plan(p, device);
+            new (self) Plan(p, device, PlanOptions{x_name, direct_y});
           },
           nb::arg("op"), nb::arg("kind"), nb::arg("v_shape"), nb::arg("v_strides"),
           nb::arg("tau_shape"), nb::arg("tau_strides"), nb::arg("x_shape"),
@@ -105,15 +97,15 @@ inline void def_plan(nb::module_& m) {
   m.def("choose_strategy", &choose_strategy, nb::arg("d"), nb::arg("k"), nb::arg("n"));
 }
 
-// The call counters of this module's copy of the core (each device module has its own).
+// The backend-operation counters of this module's copy of the core (each device module has its own).
 inline void def_counts(nb::module_& m) {
-  m.def("count_calls", &count_calls, nb::arg("on"), "Counts backend calls while on.");
-  m.def("reset_call_counts", &reset_call_counts);
+  m.def("count_calls", &count_backend_ops, nb::arg("on"), "Counts backend calls while on.");
+  m.def("reset_call_counts", &reset_backend_op_counts);
   m.def("call_counts", []() {
     nb::dict d;
-    for (int i = 0; i < static_cast<int>(Call::count_); ++i) {
-      const auto c = static_cast<Call>(i);
-      if (call_count(c)) d[call_name(c)] = call_count(c);
+    for (int i = 0; i < static_cast<int>(BackendOp::count_); ++i) {
+      const auto op = static_cast<BackendOp>(i);
+      if (backend_op_count(op)) d[backend_op_name(op)] = backend_op_count(op);
     }
     return d;
   }, "{backend operation: calls} since the last reset (nonzero ones).");

@@ -15,8 +15,8 @@ int to_int(index_t v) {
   return static_cast<int>(v);
 }
 
-// Below about a 64^3 product, waking a BLAS's threads costs more than they give (measured
-// with MKL on 2 cores): such products run on this thread alone.
+// Below about a 64^3 product, waking a BLAS's threads costs more than they give: such
+// products run on this thread alone.
 constexpr double kSerialBelowFlops = 6e5;
 
 // One BLAS thread while alive, for a product of `flops` below kSerialBelowFlops.
@@ -45,7 +45,6 @@ struct Fns;
 template <>
 struct Fns<float> {
   static gemm_fn<float>* gemm(const Blas& b) { return b.sgemm; }
-  static syrk_fn<float>* syrk(const Blas& b) { return b.ssyrk; }
   static trmm_fn<float>* trmm(const Blas& b) { return b.strmm; }
   static trsm_fn<float>* trsm(const Blas& b) { return b.strsm; }
   static gemm_batch_fn<float>* gemm_batch(const Blas& b) { return b.sgemm_batch; }
@@ -53,7 +52,6 @@ struct Fns<float> {
 template <>
 struct Fns<double> {
   static gemm_fn<double>* gemm(const Blas& b) { return b.dgemm; }
-  static syrk_fn<double>* syrk(const Blas& b) { return b.dsyrk; }
   static trmm_fn<double>* trmm(const Blas& b) { return b.dtrmm; }
   static trsm_fn<double>* trsm(const Blas& b) { return b.dtrsm; }
   static gemm_batch_fn<double>* gemm_batch(const Blas& b) { return b.dgemm_batch; }
@@ -124,8 +122,8 @@ void CpuBackend<T>::trmm(bool right, bool trans, index_t m, index_t n, T alpha, 
 template <class T>
 void CpuBackend<T>::gram(bool ta, index_t n, index_t k, const T* a, index_t lda, index_t sa,
                          T* c, index_t ldc, index_t sc, index_t batch) const {
-  // One gemm per Gram matrix: MKL ran the blocks' 64 x 64 Grams (k = 1024) at 28 GF/s
-  // through syrk, 44 through ?gemm_batch and 87 through gemm, twice the flops notwithstanding.
+  // One full gemm per Gram matrix: BLAS runs these small products faster as gemm than as
+  // syrk or a batched gemm, twice the flops notwithstanding (docs/benchmarks.md).
   for (index_t i = 0; i < batch; ++i)
     gemm(!ta, ta, n, n, k, T(1), a + i * sa, lda, 0, a + i * sa, lda, 0, T(0), c + i * sc, ldc, 0, 1);
 }

@@ -1,13 +1,12 @@
-// Planning: validation of a Problem, its arrays as batches of matrices, the block size and
-// strategy, the outputs' layouts and the sizes of the factors and workspaces. The workspace
-// sizes come from the same carving functions the runs use (algorithm.hpp), so they cannot
-// drift apart.
+// A Plan made: the Problem validated and resolved into its Layout (the arrays as batches of
+// matrices, the outputs' layouts, how Y is stored, the strategy and blocks), then sized by
+// size_plan (planning.cpp).
 #include <algorithm>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
-#include "algorithm.hpp"
-#include "fasth/fasth.hpp"
+#include "detail/planning.hpp"
 
 namespace fasth {
 
@@ -28,6 +27,19 @@ Array Array::dense(std::initializer_list<index_t> shape) {
   index_t s = 1;
   for (int i = a.rank - 1; i >= 0; --i) a.strides[i] = s, s *= std::max<index_t>(a.shape[i], 1);
   return a;
+}
+
+bool leading_stride(const index_t* shape, const index_t* strides, int lead, index_t& stride) {
+  stride = 0;
+  index_t expect = 0;
+  bool first = true;
+  for (int i = lead - 1; i >= 0; --i) {
+    if (shape[i] <= 1) continue;
+    if (first) stride = strides[i], expect = stride * shape[i], first = false;
+    else if (strides[i] != expect) return false;
+    else expect *= shape[i];
+  }
+  return true;
 }
 
 namespace {
@@ -61,50 +73,27 @@ bool same_lead(const Array& a, int ta, const Array& b, int tb) {
   return true;
 }
 
-// The batch stride of the leading dimensions (all but the last `tail`) when one stride
-// walks them all; sets ok = false otherwise.
-index_t batch_stride(const Array& a, int tail, bool& ok) {
-  ok = true;
-  index_t stride = 0, expect = 0;
-  bool first = true;
-  for (int i = a.rank - tail - 1; i >= 0; --i) {
-    if (a.shape[i] == 1) continue;
-    if (a.shape[i] == 0) return 0;
-    if (first) {
-      stride = a.strides[i], expect = stride * a.shape[i], first = false;
-    } else if (a.strides[i] != expect) {
-      ok = false;
-      return 0;
-    } else {
-      expect *= a.shape[i];
-    }
-  }
-  return stride;
-}
-
 Mat3 matrices(const Array& a, const char* name) {
-  bool ok = true;
   Mat3 m;
   m.batch = lead_size(a, 2);
   m.rows = a.shape[a.rank - 2];
   m.cols = a.shape[a.rank - 1];
   m.rs = a.strides[a.rank - 2];
   m.cs = a.strides[a.rank - 1];
-  m.bs = m.batch > 1 ? batch_stride(a, 2, ok) : 0;
-  if (!ok) bad(std::string(name) + "'s batch dimensions cannot be walked with one stride; pass a contiguous copy");
+  if (!leading_stride(a.shape, a.strides, a.rank - 2, m.bs))
+    bad(std::string(name) + "'s batch dimensions cannot be walked with one stride; pass a contiguous copy");
   return m;
 }
 
 Mat3 vectors(const Array& a, const char* name) {  // (..., k) as a batch of k x 1 matrices
-  bool ok = true;
   Mat3 m;
   m.batch = lead_size(a, 1);
   m.rows = a.shape[a.rank - 1];
   m.cols = 1;
   m.rs = a.strides[a.rank - 1];
   m.cs = std::max<index_t>(m.rows, 1);
-  m.bs = m.batch > 1 ? batch_stride(a, 1, ok) : 0;
-  if (!ok) bad(std::string(name) + "'s batch dimensions cannot be walked with one stride; pass a contiguous copy");
+  if (!leading_stride(a.shape, a.strides, a.rank - 1, m.bs))
+    bad(std::string(name) + "'s batch dimensions cannot be walked with one stride; pass a contiguous copy");
   return m;
 }
 
@@ -146,48 +135,12 @@ bool column_major(const Mat3& m) { return m.rows > 1 && m.cols > 1 && m.rs == 1 
 
 }  // namespace
 
-// GPU: each block step is a few launches, which dominate at small n, and its Y^T A product
-// has an m x n output that must fill the GPU: blocks of 128 (at 64, d = 1024, n = 2048 took
-// 7.4x U @ X on an H200). Where the work is small (d <= 1024, n <= 256), launches dominate
-// whatever the flops: one block with the full T (built by a solve, Layout::solve_t), a
-// forward of 10-11 launches and a forward + backward of 24 (k = d = 1024, n = 256: 36 and 91
-// with blocks of 128), for about 3x the flops (at most 4.5 GFLOP forward: about 0.1 ms at
-// an H200's float32 peak; not yet timed on one). CPU: each block step costs several BLAS
-// calls, and thin products run below the BLAS's speed, so wide blocks win although their T
-// work (the Grams' 2 d k m flops against the products' 4 d k n) grows: blocks of 64, and of
-// 128 at n >= 256, k >= 1024 (forward + backward, one thread, MKL, k = d: 64 / 128 took
-// 19.3 / 20.3 ms at d = 512, n = 256; 64.5 / 65.0 ms at d = 1024, n = 256, and half the
-// backend calls; 277.6 / 268.4 ms at d = 2048). Where there is little work (d n <= 16384,
-// n the columns of one entry), the Grams dominate and narrower blocks win: 32, and 16 from
-// d n <= 4096.
-// Over d = 64..1024, n = 1..128, one and two threads, this took 0.84x the time of blocks of
-// 64 (geometric mean of forward + backward, weighted 2, and forward); 0.54-0.92x at n <= 16
-// on one thread; the worst cells 1.14x (forward + backward, d = 1024, n = 8, two threads)
-// and 1.13x (forward, d = 256, n = 64, one thread); U at d <= 128 likewise.
-// benchmarks/cpu_blocks.py measures it.
-index_t choose_block(index_t d, index_t k, index_t n, Device device) {
-  constexpr index_t kGpuBlock = 128, kGpuOneBlockD = 1024, kGpuOneBlockN = 256;
-  constexpr index_t kCpuBlock = 64, kCpuWideBlock = 128;
-  constexpr index_t kCpuWideFromK = 1024, kCpuWideFromN = 256;
-  constexpr index_t kSmallWork = 16384, kTinyWork = 4096, kSmallBlock = 32, kTinyBlock = 16;
-  const index_t work = d * n;
-  const index_t m = device == Device::cuda
-                        ? (d <= kGpuOneBlockD && n <= kGpuOneBlockN ? k : kGpuBlock)
-                    : n >= kCpuWideFromN && k >= kCpuWideFromK ? kCpuWideBlock
-                    : work <= kTinyWork                        ? kTinyBlock
-                    : work <= kSmallWork                       ? kSmallBlock
-                                                               : kCpuBlock;
-  return std::max<index_t>(1, std::min(m, k));
-}
+Plan::Plan(const Problem& p, Device device) : Plan(p, device, PlanOptions{}) {}
 
-Strategy choose_strategy(index_t d, index_t k, index_t n) {
-  return detail::materialize_cost(d, k, n) < detail::blockwise_cost(d, k, n)
-             ? Strategy::materialize
-             : Strategy::blockwise;
-}
-
-Plan::Plan(const Problem& p, Device device) : p_(p), device_(device) {
-  Layout& L = L_;
+Plan::Plan(const Problem& p, Device device, const PlanOptions& options)
+    : p_(p), device_(device) {
+  auto layout = std::make_shared<Layout>();
+  Layout& L = *layout;
   const bool lapack = p.kind == Kind::lapack;
   const char* vname = lapack ? "A" : "V";
   L.op = p.op, L.kind = p.kind, L.device = device, L.transpose = p.op == Op::apply && p.transpose;
@@ -211,7 +164,7 @@ Plan::Plan(const Problem& p, Device device) : p_(p), device_(device) {
   }
   if (p.block < 0) bad("block must be a positive integer, got " + std::to_string(p.block));
   if (p.op == Op::apply) {
-    const std::string xn = p.x_name ? p.x_name : "X";
+    const std::string& xn = options.x_name;
     need_rank(p.X, 2, xn.c_str());
     L.X = matrices(p.X, xn.c_str());
     if (L.X.rows != L.d)
@@ -251,18 +204,14 @@ Plan::Plan(const Problem& p, Device device) : p_(p), device_(device) {
     const bool by_columns = (v.rs == 1 || v.rows <= 1) && (v.cols <= 1 || v.cs >= r);
     const bool by_rows = (v.cs == 1 || v.cols <= 1) && (v.rows <= 1 || v.rs >= c);
     L.yt = device == Device::cpu && (by_columns ? false : by_rows || (v.cs == 1 && v.rs != 1));
-    L.ydirect = device == Device::cpu && p.direct_y && !lapack && (by_columns || by_rows) && L.d > 0;
-    // Rows a multiple of 256 elements apart (1 KiB of float32) share cache sets: MKL's
-    // products that read Y across such rows (Y^T A, the Grams) ran 1.4-1.5x slower at k = 512
-    // and 1024 than with rows 16 elements further apart. Where Y is written anyway (not V
-    // itself: fasth.jax, LAPACK's reflectors), Y-like buffers take padded rows.
+    L.ydirect = device == Device::cpu && options.direct_y && !lapack && (by_columns || by_rows) && L.d > 0;
+    // Rows a multiple of 256 elements apart (1 KiB of float32) share cache sets, which slows
+    // the products that read Y across them: where Y is written anyway (not V itself:
+    // fasth.jax, LAPACK's reflectors), Y-like buffers take padded rows.
     const bool aliased = L.yt && L.k > 0 && L.k % kAliasedRows == 0;
     L.ky = aliased && !L.ydirect ? L.k + kRowPad : L.k;
     // Where Y is V itself, a forward reads a padded copy of it in its workspace (one copy of
-    // d k elements), up to kPadCopyMax elements. One thread, k = d: forward 0.67x the time at
-    // d = 1024, n = 16, 0.84x at n = 64, 0.95x at n = 256, 0.81-0.93x at d = 512 and 0.91x at
-    // d = 2048, n = 128; forward + backward 0.79-1.0x. At d = 4096 the copy, and the fresh
-    // pages of so large a workspace, cost more than it saved (n = 64: 125 -> 147 ms).
+    // d k elements), up to kPadCopyMax elements, beyond which the copy costs more than it saves.
     const index_t v_ld = v.rows <= 1 ? c : v.rs;  // of V's rows, where it is Y (yt)
     L.ypad = L.ydirect && L.yt && v_ld % kAliasedRows == 0 && L.bv * L.d * L.k <= kPadCopyMax;
   }
@@ -290,11 +239,9 @@ Plan::Plan(const Problem& p, Device device) : p_(p), device_(device) {
   };
   blocks(L.single);
   // A householder U on the CPU: the blocks applied to the identity, keeping a tape for the
-  // backward where it fits (4 d^2 k flops forward, 8 d^2 k backward), instead of the single
-  // block (Gram, T and Z, then one GEMM: 5.3 d^3 forward, 9 d^3 backward). Float32, one
-  // thread, d = 512: forward 6.8 against 9.5 ms (2.3x against 3.3x a GEMM of d^3),
-  // forward + backward 23.4 against 24.1 ms; d = 256: 0.95 against 1.24 ms, 3.1 against
-  // 3.2 ms. The GPU keeps the single block, a few launches.
+  // backward where it fits (4 d^2 k flops forward, 8 d^2 k backward), cost less than the
+  // single block (5.3 d^3 forward, 9 d^3 backward). The GPU keeps the single block, a few
+  // launches.
   if (p.op == Op::matrix && !lapack && device == Device::cpu && L.k > 0) {
     const index_t m = L.m, nb = L.nb;
     blocks(false);
@@ -317,7 +264,24 @@ Plan::Plan(const Problem& p, Device device) : p_(p), device_(device) {
   if (p.op == Op::apply) L.dX = matrices(L.dX_array, "dX");
 
   detail::size_plan(L);
-  p_.x_name = nullptr;  // read during construction only
+  L_ = std::move(layout);
 }
+
+index_t Plan::batch() const { return L_->B; }
+bool Plan::shared() const { return L_->shared; }
+index_t Plan::d() const { return L_->d; }
+index_t Plan::k() const { return L_->k; }
+index_t Plan::n() const { return L_->n; }
+index_t Plan::block() const { return L_->m; }
+Strategy Plan::strategy() const { return L_->strategy; }
+std::size_t Plan::factors_size() const { return detail::sz(L_->bv) * L_->factors_stride; }
+std::size_t Plan::factors_stride() const { return L_->factors_stride; }
+std::size_t Plan::workspace_size(Pass pass) const { return L_->workspace[static_cast<int>(pass)]; }
+std::size_t Plan::tape_size() const { return L_->tape_size; }
+bool Plan::reads_saved() const { return L_->reads_saved(); }
+const Array& Plan::out() const { return L_->out_array; }
+const Array& Plan::d_V() const { return L_->dV_array; }
+const Array& Plan::d_tau() const { return L_->dtau_array; }
+const Array& Plan::d_X() const { return L_->dX_array; }
 
 }  // namespace fasth

@@ -1,8 +1,8 @@
 // The backend interface: the few BLAS-like operations that the algorithm is written over.
 // A backend (the CPU through BLAS, CUDA through cuBLAS and a few kernels) implements these
-// and nothing else; blocking, T factors, forward, transpose and backward live in
-// algorithm.cpp. Every call is one BLAS call or one kernel launch on a batch (one backend
-// call), which is what fasth::call_counts() counts.
+// and nothing else; blocking, T factors, forward, transpose and backward live in the core
+// (cpp/src). Every call is one BLAS call or one kernel launch on a batch (one backend call),
+// which is what fasth::backend_op_count() counts.
 //
 // Conventions: column-major, strides and leading dimensions in elements, `batch` entries
 // at stride s* apart (stride 0: the same matrix for every entry). Calls are asynchronous

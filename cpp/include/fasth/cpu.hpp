@@ -18,11 +18,6 @@ using gemm_fn = void(const char* transa, const char* transb, const int* m, const
                      const int* ldb, const T* beta, T* c, const int* ldc);
 
 template <class T>
-using syrk_fn = void(const char* uplo, const char* trans, const int* n, const int* k,
-                     const T* alpha, const T* a, const int* lda, const T* beta, T* c,
-                     const int* ldc);
-
-template <class T>
 using trmm_fn = void(const char* side, const char* uplo, const char* transa, const char* diag,
                      const int* m, const int* n, const T* alpha, const T* a, const int* lda,
                      T* b, const int* ldb);
@@ -41,19 +36,17 @@ using gemm_batch_fn = void(const char* transa, const char* transb, const int* m,
 struct Blas {
   gemm_fn<float>* sgemm = nullptr;
   gemm_fn<double>* dgemm = nullptr;
-  syrk_fn<float>* ssyrk = nullptr;  // optional, unused: gemm ran the Gram matrices faster
-  syrk_fn<double>* dsyrk = nullptr;
   trmm_fn<float>* strmm = nullptr;  // optional: triangular products then cost half
   trmm_fn<double>* dtrmm = nullptr;
   trsm_fn<float>* strsm = nullptr;  // optional: only CUDA's plans solve for T (Layout::solve_t)
   trsm_fn<double>* dtrsm = nullptr;
   // Optional: sets this thread's BLAS thread count and returns the previous setting (MKL's
-  // C-ABI MKL_Set_Num_Threads_Local). Products too small to gain from threads then run on one:
-  // on 2 cores MKL spent 4-10x longer on the 12..64-sized products of a small U than with
-  // one thread. BLAS libraries that keep small calls serial themselves need none.
+  // C-ABI MKL_Set_Num_Threads_Local). Products too small to gain from threads then run on
+  // one, as waking threads costs them more than it gives. BLAS libraries that keep small
+  // calls serial themselves need none.
   int (*set_threads_local)(int) = nullptr;
-  // Optional: a batch in one call, which MKL spreads over its threads by entry. On 2 cores
-  // the thin products of two d = 256 frames ran 1.3-1.6x faster that way than in turn.
+  // Optional: a batch in one call, which MKL spreads over its threads by entry (faster than
+  // products in turn where each is too thin to thread).
   gemm_batch_fn<float>* sgemm_batch = nullptr;
   gemm_batch_fn<double>* dgemm_batch = nullptr;
 };

@@ -24,6 +24,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
+#include <memory>
+#include <string>
 
 #include "fasth/backend.hpp"
 
@@ -64,7 +66,11 @@ struct Problem {
   bool thin = false;       // householder matrix: U[:, :min(k, d)]
   index_t block = 0;       // reflectors per block; 0: chosen for the sizes and device
   Strategy strategy = Strategy::automatic;
-  const char* x_name = "X";  // how errors name X (read while the plan is made, then cleared)
+};
+
+// What a front end adds to a Problem; a C++ user needs none of it.
+struct PlanOptions {
+  std::string x_name = "X";  // how errors name X
   // The CPU may use V itself for its unit vectors (no copy) where its columns' norms allow;
   // false keeps the factors laid out alike on every device (JAX sizes them for any device).
   bool direct_y = true;
@@ -111,75 +117,38 @@ struct Backward {
 };
 
 namespace detail {
-// A batch of matrices: element (i, j) of entry b at b * bs + i * rs + j * cs.
-struct Mat3 {
-  index_t batch = 0, rows = 0, cols = 0, rs = 1, cs = 1, bs = 0;
-};
-// Everything a run needs to know, resolved once by the plan (fasth's own code reads it).
-struct Layout {
-  Op op = Op::apply;
-  Kind kind = Kind::householder;
-  Device device = Device::cpu;
-  bool transpose = false;
-  index_t B = 0, bv = 0, d = 0, k = 0, n = 0, m = 1, nb = 0;
-  bool shared = true;       // one V (and its factors) for the whole batch
-  bool yt = false;          // Y stored row-major, as a row-major V is (CPU)
-  index_t ky = 0;           // elements a row of a Y-like buffer takes: k, padded where yt
-  bool ydirect = false;     // Y is V itself unless a norm is too extreme to square (CPU)
-  bool ypad = false;        // ydirect, V's rows alias: a forward reads a padded copy of V
-  bool single = false;      // one block with the full T: matrix, and the materialised apply
-  // The T of a householder block wider than the backend's larft by a triangular solve,
-  // T = S^-1 (a few calls), not by leaves merged level by level (two calls a level): CUDA,
-  // one V, where calls are launches.
-  bool solve_t = false;
-  Strategy strategy = Strategy::blockwise;
-  Mat3 V, tau, X, out, dV, dtau, dX;  // the arrays as batches of matrices
-  Array out_array, dV_array, dtau_array, dX_array;
-  // Factors of one V entry, fstride apart: unit reflectors Y (d x k), their norms or taus
-  // (nb * m, zero past k), per block its T and Gram matrix (m x m each), the householder
-  // single block's Z = Y_E T^T (c x k), and U itself for the materialised apply (d x d) and,
-  // on CUDA, for matrix (d x n: a small-d path's backward reads it).
-  std::size_t fstride = 0, f_aux = 0, f_blocks = 0, f_z = 0, f_u = 0;
-  // The tape of a householder blockwise run (an apply, or U on the CPU), when small enough
-  // (see size_plan): each block's input (B d n, in forward order), then its products
-  // W1 = Y^T A and W2 = op(T) W1 (m B n each).
-  std::size_t tape = 0;
-  std::size_t ws[2] = {0, 0};  // forward, backward
-  std::size_t ws_y = 0;        // the head of every workspace: Y normalised, where needed
-  // Whether a backward given no tape reads `saved` (the forward's output, or a LAPACK apply's
-  // input): all but the single block's U.
-  bool reads_saved() const { return op == Op::apply || !single; }
-};
+struct Layout;  // what the plan resolves (fasth's own code reads it)
 }  // namespace detail
 
 class Plan {
  public:
   // Validates the problem (std::invalid_argument, naming the argument) and resolves it.
   Plan(const Problem& problem, Device device);
+  Plan(const Problem& problem, Device device, const PlanOptions& options);
 
   const Problem& problem() const { return p_; }
   Device device() const { return device_; }
-  index_t batch() const { return L_.B; }    // entries of X / out
-  bool shared() const { return L_.shared; }  // one V for the whole batch
-  index_t d() const { return L_.d; }
-  index_t k() const { return L_.k; }        // reflectors
-  index_t n() const { return L_.n; }        // columns of X / out
-  index_t block() const { return L_.m; }
-  Strategy strategy() const { return L_.strategy; }
+  index_t batch() const;   // entries of X / out
+  bool shared() const;     // one V for the whole batch
+  index_t d() const;
+  index_t k() const;       // reflectors
+  index_t n() const;       // columns of X / out
+  index_t block() const;
+  Strategy strategy() const;
 
-  std::size_t factors_size() const { return static_cast<std::size_t>(L_.bv) * L_.fstride; }
-  std::size_t factors_stride() const { return L_.fstride; }  // per entry of V
+  std::size_t factors_size() const;
+  std::size_t factors_stride() const;  // per entry of V
   // Elements; the forward's covers factors() and forward_with() as well.
-  std::size_t workspace_size(Pass pass) const { return L_.ws[static_cast<int>(pass)]; }
+  std::size_t workspace_size(Pass pass) const;
   // Elements of the optional tape (0: this plan keeps none): what a forward may leave for
   // its backward, which then does 8 d k n flops instead of 12 d k n.
-  std::size_t tape_size() const { return L_.tape; }
-  bool reads_saved() const { return L_.reads_saved(); }  // see Backward::saved
+  std::size_t tape_size() const;
+  bool reads_saved() const;  // see Backward::saved
   // The outputs' shapes and strides (dense), for the caller to allocate.
-  const Array& out() const { return L_.out_array; }
-  const Array& d_V() const { return L_.dV_array; }
-  const Array& d_tau() const { return L_.dtau_array; }
-  const Array& d_X() const { return L_.dX_array; }
+  const Array& out() const;
+  const Array& d_V() const;
+  const Array& d_tau() const;
+  const Array& d_X() const;
 
   // factors() then forward_with() (unless a.out is null): the usual forward.
   template <class T>
@@ -194,16 +163,18 @@ class Plan {
   template <class T>
   void backward(const Backend<T>& be, const Backward<T>& a) const;
 
-  const detail::Layout& layout() const { return L_; }
-
  private:
   // std::invalid_argument where a pointer that the run needs is null.
   template <class T>
   void check_forward(const Forward<T>& a, const char* run, bool out) const;
   Problem p_;
   Device device_;
-  detail::Layout L_;
+  std::shared_ptr<const detail::Layout> L_;  // immutable: copies of a plan share it
 };
+
+// The one stride that walks the leading `lead` dimensions of (shape, strides), where one
+// does: a dimension of size 0 or 1 imposes no constraint (stride 0 where none does).
+bool leading_stride(const index_t* shape, const index_t* strides, int lead, index_t& stride);
 
 // The block size m for a problem of these sizes on this kind of device (n: the columns of
 // one entry of X), and the strategy (blockwise or materialize) that costs less for
@@ -211,15 +182,15 @@ class Plan {
 index_t choose_block(index_t d, index_t k, index_t n, Device device);
 Strategy choose_strategy(index_t d, index_t k, index_t n);
 
-// Backend calls (each one BLAS call or kernel launch on a batch), counted by operation
-// while counting is on; process-wide, thread-safe.
-enum class Call : int {
+// The Backend's operations. Calls of each (one BLAS call or kernel launch on a batch) are
+// counted while counting is on; process-wide, thread-safe.
+enum class BackendOp : int {
   gemm, trmm, trsm, gram, copy, set, larft, mirror_upper, normalize, normalize_backward, lower,
   small_matrix, small_matrix_backward, count_
 };
-const char* call_name(Call c);
-void count_calls(bool on);
-void reset_call_counts();
-std::int64_t call_count(Call c);
+const char* backend_op_name(BackendOp op);
+void count_backend_ops(bool on);
+void reset_backend_op_counts();
+std::int64_t backend_op_count(BackendOp op);
 
 }  // namespace fasth

@@ -1,7 +1,8 @@
-// Internal to libfasth: what plan.cpp and algorithm.cpp share.
+// Planning's internals: the cost models behind choose_strategy, the tape's parts, and the
+// sizing of a resolved Layout's factors and workspaces (planning.cpp, tape.cpp).
 #pragma once
 
-#include "fasth/fasth.hpp"
+#include "detail/layout.hpp"
 
 namespace fasth::detail {
 
@@ -19,12 +20,6 @@ struct TapeParts {
 };
 TapeParts tape_parts(const Layout& L);
 std::size_t tape_elements(const Layout& L);
-
-// Rows a multiple of kAliasedRows elements apart share cache sets; Y-like buffers then take
-// kRowPad more (Layout::ky, Layout::ypad).
-constexpr index_t kAliasedRows = 256, kRowPad = 16, kPadCopyMax = index_t(1) << 22;
-// The rows of a forward's padded copy of V (Layout::ypad).
-inline index_t ypad_ld(const Layout& L) { return L.k + kRowPad; }
 
 // Fills the factors layout and the workspace sizes of a resolved Layout.
 void size_plan(Layout& L);

@@ -1,0 +1,89 @@
+// The Plan's runs: checked entry points (every pointer that a run uses must be given) over
+// the algorithm's Run, instantiated for every dtype.
+#include <stdexcept>
+#include <string>
+
+#include "detail/dtypes.hpp"
+#include "detail/run.hpp"
+
+namespace fasth {
+
+namespace {
+// A run's pointers: each one that the run will read or write must be given.
+void need(const void* p, bool used, const char* run, const char* name) {
+  if (used && !p)
+    throw std::invalid_argument(std::string("fasth: Plan::") + run + " needs " + name + " (null)");
+}
+// The factors' entry stride of a run: the plan's, or a caller's larger one.
+index_t entry_stride(const detail::Layout& L, std::size_t given) {
+  if (given != 0 && given < L.factors_stride)
+    throw std::invalid_argument("fasth: factors_stride " + std::to_string(given) +
+                                " is below the plan's " + std::to_string(L.factors_stride));
+  return static_cast<index_t>(given ? given : L.factors_stride);
+}
+}  // namespace
+
+template <class T>
+void Plan::check_forward(const Forward<T>& a, const char* run, bool out) const {
+  const bool v = L_->bv > 0 && L_->d > 0 && L_->k > 0, x = L_->B > 0 && L_->d > 0 && L_->n > 0;
+  need(a.V, v, run, "V");
+  need(a.tau, v && L_->kind == Kind::lapack, run, "tau");
+  need(a.factors, factors_size() > 0, run, "factors");
+  need(a.workspace, workspace_size(Pass::forward) > 0, run, "workspace");
+  need(a.X, out && a.out && x && L_->op == Op::apply, run, "X");
+}
+
+// Each run's workspace: its head holds Y where bind_y normalises V into it; the rest is
+// carved by the run.
+template <class T>
+void Plan::factors(const Backend<T>& be, const Forward<T>& a) const {
+  check_forward(a, "factors", false);
+  detail::Run<T>{*L_, {be}, entry_stride(*L_, a.factors_stride)}.factors(a.V, a.tau, a.factors, a.workspace + L_->y_head);
+}
+
+template <class T>
+void Plan::forward_with(const Backend<T>& be, const Forward<T>& a) const {
+  check_forward(a, "forward_with", true);
+  need(a.out, L_->B > 0 && L_->d > 0 && L_->n > 0, "forward_with", "out");
+  const detail::Run<T> r{*L_, {be}, entry_stride(*L_, a.factors_stride)};
+  r.bind_y(a.V, a.factors, a.workspace, false);
+  r.forward_with(a.factors, a.X, a.out, a.workspace + L_->y_head, a.tape);
+}
+
+template <class T>
+void Plan::forward(const Backend<T>& be, const Forward<T>& a) const {
+  check_forward(a, "forward", true);
+  const detail::Run<T> r{*L_, {be}, entry_stride(*L_, a.factors_stride)};
+  if (L_->op == Op::matrix && a.out && L_->B > 0 && L_->d > 0 && L_->k > 0 && r.small())
+    return r.small_factors(a.V, a.factors, a.out);  // U and the factors in one launch
+  r.factors(a.V, a.tau, a.factors, a.workspace + L_->y_head);
+  if (a.out) r.forward_with(a.factors, a.X, a.out, a.workspace + L_->y_head, a.tape);
+}
+
+template <class T>
+void Plan::backward(const Backend<T>& be, const Backward<T>& a) const {
+  const bool v = L_->bv > 0 && L_->d > 0 && L_->k > 0, x = L_->B > 0 && L_->d > 0 && L_->n > 0;
+  need(a.V, v, "backward", "V");
+  need(a.factors, v && x, "backward", "factors");
+  need(a.grad, v && x, "backward", "grad");
+  need(a.saved, v && x && L_->reads_saved() && !(a.tape && L_->tape_size), "backward", "saved");
+  need(a.dV, L_->bv > 0 && L_->d > 0 && L_->dV.cols > 0, "backward", "dV");
+  need(a.dtau, v && L_->kind == Kind::lapack, "backward", "dtau");
+  need(a.workspace, workspace_size(Pass::backward) > 0, "backward", "workspace");
+  const detail::Run<T> r{*L_, {be}, entry_stride(*L_, a.factors_stride)};
+  r.bind_y(a.V, a.factors, a.workspace, false);
+  Backward<T> rest = a;
+  rest.workspace = a.workspace + L_->y_head;
+  r.backward(rest);
+}
+
+#define FASTH_INSTANTIATE(T)                                                       \
+  template void Plan::factors<T>(const Backend<T>&, const Forward<T>&) const;      \
+  template void Plan::forward_with<T>(const Backend<T>&, const Forward<T>&) const; \
+  template void Plan::forward<T>(const Backend<T>&, const Forward<T>&) const;      \
+  template void Plan::backward<T>(const Backend<T>&, const Backward<T>&) const;
+
+FASTH_FOR_EACH_DTYPE(FASTH_INSTANTIATE)
+#undef FASTH_INSTANTIATE
+
+}  // namespace fasth
