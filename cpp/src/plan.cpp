@@ -31,10 +31,12 @@ Array Array::dense(std::initializer_list<index_t> shape) {
 
 bool leading_stride(const index_t* shape, const index_t* strides, int lead, index_t& stride) {
   stride = 0;
+  for (int i = 0; i < lead; ++i)
+    if (shape[i] == 0) return true;  // an empty batch: nothing to walk
   index_t expect = 0;
   bool first = true;
   for (int i = lead - 1; i >= 0; --i) {
-    if (shape[i] <= 1) continue;
+    if (shape[i] == 1) continue;
     if (first) stride = strides[i], expect = stride * shape[i], first = false;
     else if (strides[i] != expect) return false;
     else expect *= shape[i];

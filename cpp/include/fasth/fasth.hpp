@@ -173,7 +173,8 @@ class Plan {
 };
 
 // The one stride that walks the leading `lead` dimensions of (shape, strides), where one
-// does: a dimension of size 0 or 1 imposes no constraint (stride 0 where none does).
+// does: a dimension of size 1 imposes no constraint, and an empty batch (a dimension of
+// size 0) none at all (stride 0 where nothing constrains it).
 bool leading_stride(const index_t* shape, const index_t* strides, int lead, index_t& stride);
 
 // The block size m for a problem of these sizes on this kind of device (n: the columns of
