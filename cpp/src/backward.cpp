@@ -13,7 +13,8 @@ template <class T>
 void Run<T>::backward(const Backward<T>& a) const {
   const index_t B = L.B, d = L.d, n = L.n, k = L.k;
   const bool lapack = L.kind == Kind::lapack;
-  if (L.bv > 0 && L.dV.cols > 0 && d > 0)  // dV of columns that no reflector uses, and of an empty problem
+  // dV of columns that no reflector uses, and of an empty problem.
+  if (L.bv > 0 && L.dV.cols > 0 && d > 0)
     if (lapack || B == 0 || n == 0 || k == 0)
       o.set(L.bv, d, L.dV.cols, T(0), T(0), view(L.dV, a.dV));
   if (lapack && L.bv > 0 && k > 0 && (B == 0 || n == 0 || d == 0))
@@ -42,14 +43,15 @@ template <class T>
 Mat3 Run<T>::layout_of(const Array& g, const char* name) const {
   Mat3 m;
   m.batch = L.B, m.rows = L.d, m.cols = L.n;
-  if (g.rank < 2) throw std::invalid_argument(std::string("fasth: ") + name + " must have at least 2 dimensions");
+  const std::string what = std::string("fasth: ") + name;
+  if (g.rank < 2) throw std::invalid_argument(what + " must have at least 2 dimensions");
   m.rs = g.strides[g.rank - 2], m.cs = g.strides[g.rank - 1];
   if (!leading_stride(g.shape, g.strides, g.rank - 2, m.bs))
-    throw std::invalid_argument(std::string("fasth: ") + name + "'s batch dimensions cannot be walked with one stride");
+    throw std::invalid_argument(what + "'s batch dimensions cannot be walked with one stride");
   index_t total = 1;
   for (int i = 0; i < g.rank - 2; ++i) total *= g.shape[i];
   if (g.shape[g.rank - 2] != L.d || g.shape[g.rank - 1] != L.n || total != L.B)
-    throw std::invalid_argument(std::string("fasth: ") + name + " has the wrong shape");
+    throw std::invalid_argument(what + " has the wrong shape");
   return m;
 }
 
@@ -98,12 +100,14 @@ void Run<T>::matrix_backward(const T* F, const Mat3& g3, const T* g, index_t c,
   lapack_matrix_backward(F, G, c, w, dV, dtau);
 }
 
-#define FASTH_INSTANTIATE(T) \
-  template void Run<T>::backward(const Backward<T>&) const; \
-  template Mat3 Run<T>::layout_of(const Array&, const char*) const; \
-  template M<const T> Run<T>::addressable(const Mat3&, const T*, index_t, T*) const; \
-  template void Run<T>::materialized_backward(const Backward<T>&, const Mat3&, const Mat3&, const BackwardWs<T>&) const; \
-  template void Run<T>::matrix_backward(const T*, const Mat3&, const T*, index_t, const MatrixWs<T>&, T*, T*) const; \
+#define FASTH_INSTANTIATE(T)                                                                \
+  template void Run<T>::backward(const Backward<T>&) const;                                 \
+  template Mat3 Run<T>::layout_of(const Array&, const char*) const;                         \
+  template M<const T> Run<T>::addressable(const Mat3&, const T*, index_t, T*) const;        \
+  template void Run<T>::materialized_backward(const Backward<T>&, const Mat3&, const Mat3&, \
+      const BackwardWs<T>&) const;                                                          \
+  template void Run<T>::matrix_backward(const T*, const Mat3&, const T*, index_t,           \
+      const MatrixWs<T>&, T*, T*) const;
 
 FASTH_FOR_EACH_DTYPE(FASTH_INSTANTIATE)
 #undef FASTH_INSTANTIATE

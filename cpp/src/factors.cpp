@@ -147,11 +147,11 @@ void Run<T>::build_u(const T* F, M<T> U, index_t batch, T* ws) const {
   o.mm(batch, d, c, k, T(-1), in(Y(F)), false, Z, true, T(1), U);
 }
 
-#define FASTH_INSTANTIATE(T) \
-  template void Run<T>::factors(const T*, const T*, T*, T*) const; \
-  template void Run<T>::small_factors(const T*, T*, T*) const; \
-  template void Run<T>::build_t(T*, T*) const; \
-  template void Run<T>::build_u(const T*, M<T>, index_t, T*) const; \
+#define FASTH_INSTANTIATE(T)                                        \
+  template void Run<T>::factors(const T*, const T*, T*, T*) const;  \
+  template void Run<T>::small_factors(const T*, T*, T*) const;      \
+  template void Run<T>::build_t(T*, T*) const;                      \
+  template void Run<T>::build_u(const T*, M<T>, index_t, T*) const;
 
 FASTH_FOR_EACH_DTYPE(FASTH_INSTANTIATE)
 #undef FASTH_INSTANTIATE

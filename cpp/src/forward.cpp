@@ -66,10 +66,12 @@ void Run<T>::first_on_identity(index_t batch, index_t wd, index_t c, M<const T> 
   o.copy(batch, wd, c, Strided<const T>{y.p, y.t ? 1 : y.ld, y.t ? y.ld : 1, y.bs}, strided(W1));
 }
 
-#define FASTH_INSTANTIATE(T) \
-  template void Run<T>::forward_with(const T*, const T*, T*, T*, T*) const; \
-  template void Run<T>::forward_blocks(const T*, const T*, T*, T*, const ForwardWs<T>&) const; \
-  template void Run<T>::first_on_identity(index_t, index_t, index_t, M<const T>, M<T>) const; \
+#define FASTH_INSTANTIATE(T)                                                     \
+  template void Run<T>::forward_with(const T*, const T*, T*, T*, T*) const;      \
+  template void Run<T>::forward_blocks(const T*, const T*, T*, T*,               \
+      const ForwardWs<T>&) const;                                                \
+  template void Run<T>::first_on_identity(index_t, index_t, index_t, M<const T>, \
+      M<T>) const;
 
 FASTH_FOR_EACH_DTYPE(FASTH_INSTANTIATE)
 #undef FASTH_INSTANTIATE

@@ -146,10 +146,13 @@ void Run<T>::householder_matrix_backward(const T* F, M<const T> G, index_t c,
   finish_dv(F, in(dY), dV);
 }
 
-#define FASTH_INSTANTIATE(T) \
-  template void Run<T>::taped_backward(const Backward<T>&, const Mat3&, const BackwardWs<T>&) const; \
-  template void Run<T>::householder_backward(const Backward<T>&, const Mat3&, const Mat3&, const BackwardWs<T>&) const; \
-  template void Run<T>::householder_matrix_backward(const T*, M<const T>, index_t, const MatrixWs<T>&, T*) const; \
+#define FASTH_INSTANTIATE(T)                                                               \
+  template void Run<T>::taped_backward(const Backward<T>&, const Mat3&,                    \
+      const BackwardWs<T>&) const;                                                         \
+  template void Run<T>::householder_backward(const Backward<T>&, const Mat3&, const Mat3&, \
+      const BackwardWs<T>&) const;                                                         \
+  template void Run<T>::householder_matrix_backward(const T*, M<const T>, index_t,         \
+      const MatrixWs<T>&, T*) const;
 
 FASTH_FOR_EACH_DTYPE(FASTH_INSTANTIATE)
 #undef FASTH_INSTANTIATE

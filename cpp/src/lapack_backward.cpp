@@ -106,10 +106,13 @@ void Run<T>::lapack_matrix_backward(const T* F, M<const T> G, index_t c, const M
   o.lower(bv, d, k, strided(in(dY)), strided(L.dV, dV), T(0));
 }
 
-#define FASTH_INSTANTIATE(T) \
-  template void Run<T>::lapack_backward(const Backward<T>&, const Mat3&, const Mat3&, const BackwardWs<T>&) const; \
-  template void Run<T>::lapack_matrix_backward(const T*, M<const T>, index_t, const MatrixWs<T>&, T*, T*) const; \
-  template void Run<T>::lapack_t_backward(index_t, index_t, M<const T>, const T*, index_t, const TBackWs<T>&, M<T>, M<const T>, T*, index_t) const; \
+#define FASTH_INSTANTIATE(T)                                                               \
+  template void Run<T>::lapack_backward(const Backward<T>&, const Mat3&, const Mat3&,      \
+      const BackwardWs<T>&) const;                                                         \
+  template void Run<T>::lapack_matrix_backward(const T*, M<const T>, index_t,              \
+      const MatrixWs<T>&, T*, T*) const;                                                   \
+  template void Run<T>::lapack_t_backward(index_t, index_t, M<const T>, const T*, index_t, \
+      const TBackWs<T>&, M<T>, M<const T>, T*, index_t) const;
 
 FASTH_FOR_EACH_DTYPE(FASTH_INSTANTIATE)
 #undef FASTH_INSTANTIATE

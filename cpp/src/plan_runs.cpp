@@ -38,7 +38,8 @@ void Plan::check_forward(const Forward<T>& a, const char* run, bool out) const {
 template <class T>
 void Plan::factors(const Backend<T>& be, const Forward<T>& a) const {
   check_forward(a, "factors", false);
-  detail::Run<T>{*L_, {be}, entry_stride(*L_, a.factors_stride)}.factors(a.V, a.tau, a.factors, a.workspace + L_->y_head);
+  const detail::Run<T> r{*L_, {be}, entry_stride(*L_, a.factors_stride)};
+  r.factors(a.V, a.tau, a.factors, a.workspace + L_->y_head);
 }
 
 template <class T>

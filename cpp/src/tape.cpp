@@ -40,10 +40,10 @@ void Run<T>::zero_tape_gaps(T* tape) const {
   if (pp > pr) o.set(1, pp - pr, 2 * L.nb, T(0), T(0), M<T>{tape + L.nb * pi + pr, pp, false, 0});
 }
 
-#define FASTH_INSTANTIATE(T) \
-  template M<T> Run<T>::tape_input(const Lanes&, T*, index_t) const; \
+#define FASTH_INSTANTIATE(T)                                                \
+  template M<T> Run<T>::tape_input(const Lanes&, T*, index_t) const;        \
   template M<T> Run<T>::tape_product(const Lanes&, T*, index_t, int) const; \
-  template void Run<T>::zero_tape_gaps(T*) const; \
+  template void Run<T>::zero_tape_gaps(T*) const;
 
 FASTH_FOR_EACH_DTYPE(FASTH_INSTANTIATE)
 #undef FASTH_INSTANTIATE
