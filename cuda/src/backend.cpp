@@ -1,0 +1,237 @@
+// The CUDA backend's methods: cuBLAS for the products, the kernels of kernels.hpp for the
+// rest, each on the caller's device and stream. Plain C++.
+#include <algorithm>
+#include <climits>
+#include <string>
+#include <type_traits>
+
+#include "fasth/cuda.hpp"
+#include "kernels.hpp"
+#include "runtime.hpp"
+
+namespace fasth::cuda {
+
+using namespace detail;
+
+namespace {
+
+// cuBLAS wants a leading dimension >= the stored rows (and >= 1) even when there is one
+// column and it is never used; fix that case up and leave real errors to cuBLAS.
+index_t fix_ld(index_t ld, index_t rows, index_t cols) {
+  return cols <= 1 ? std::max<index_t>({ld, rows, 1}) : ld;
+}
+
+int to_int(index_t v, const char* what) {
+  if (v > INT_MAX) fail(std::string(what) + " = " + std::to_string(v) + " exceeds cuBLAS's int");
+  return static_cast<int>(v);
+}
+
+// The cuBLAS entry points, by type.
+cublasStatus_t gemm_strided(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb,
+                            int m, int n, int k, const float* alpha, const float* a, int lda,
+                            long long sa, const float* b, int ldb, long long sb,
+                            const float* beta, float* c, int ldc, long long sc, int batch) {
+  return batch == 1 ? cublasSgemm(h, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+                    : cublasSgemmStridedBatched(h, ta, tb, m, n, k, alpha, a, lda, sa, b, ldb,
+                                                sb, beta, c, ldc, sc, batch);
+}
+
+cublasStatus_t gemm_strided(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb,
+                            int m, int n, int k, const double* alpha, const double* a, int lda,
+                            long long sa, const double* b, int ldb, long long sb,
+                            const double* beta, double* c, int ldc, long long sc, int batch) {
+  return batch == 1 ? cublasDgemm(h, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+                    : cublasDgemmStridedBatched(h, ta, tb, m, n, k, alpha, a, lda, sa, b, ldb,
+                                                sb, beta, c, ldc, sc, batch);
+}
+
+}  // namespace
+
+template <class T>
+CudaBackend<T>::CudaBackend(int device, cudaStream_t stream, bool allow_tf32)
+    : device_(device),
+      stream_(stream),
+      tf32_(allow_tf32 && std::is_same_v<T, float>),
+      handle_(handle_for(device)) {}
+
+template <class T>
+void CudaBackend<T>::gemm(bool trans_a, bool trans_b, index_t m, index_t n, index_t k,
+                          T alpha, const T* a, index_t lda, index_t sa, const T* b,
+                          index_t ldb, index_t sb, T beta, T* c, index_t ldc, index_t sc,
+                          index_t batch) const {
+  if (m <= 0 || n <= 0 || batch <= 0) return;
+  DeviceGuard guard(device_);
+  ldc = fix_ld(ldc, m, n);
+  if (k <= 0) {  // C = beta C, as BLAS does
+    if (beta == T(1)) return;
+    kernels::scale(m, n, beta, c, ldc, sc, batch, stream_);
+    check(cudaGetLastError(), "scale_kernel launch");
+    return;
+  }
+  lda = trans_a ? fix_ld(lda, k, m) : fix_ld(lda, m, k);
+  ldb = trans_b ? fix_ld(ldb, n, k) : fix_ld(ldb, k, n);
+  const int im = to_int(m, "m"), in = to_int(n, "n"), ik = to_int(k, "k");
+  const int ilda = to_int(lda, "lda"), ildb = to_int(ldb, "ldb"), ildc = to_int(ldc, "ldc");
+  const cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+
+  const BoundHandle bound(device_, handle_, stream_, tf32_);
+  for (index_t b0 = 0; b0 < batch; b0 += INT_MAX) {
+    const int nb = static_cast<int>(std::min<index_t>(batch - b0, INT_MAX));
+    check(gemm_strided(handle_, op_a, op_b, im, in, ik, &alpha, a + b0 * sa, ilda, sa,
+                       b + b0 * sb, ildb, sb, &beta, c + b0 * sc, ildc, sc, nb),
+          std::is_same_v<T, float> ? "cublasSgemm" : "cublasDgemm");
+  }
+}
+
+template <class T>
+void CudaBackend<T>::copy(index_t m, index_t n, Strided<const T> a, Strided<T> b,
+                          index_t batch) const {
+  if (m <= 0 || n <= 0 || batch <= 0) return;
+  DeviceGuard guard(device_);
+  // The tiled kernel for B column-major (the transpose through shared memory when A is
+  // row-major); B row-major is the transposed problem.
+  if (b.rs == 1 && (a.rs == 1 || a.cs == 1)) {
+    const bool trans = a.rs != 1;
+    kernels::copy_tiles(trans, false, m, n, a.p, trans ? a.rs : a.cs, a.bs, b.p, b.cs, b.bs,
+                        batch, stream_);
+  } else if (b.cs == 1 && (a.rs == 1 || a.cs == 1)) {
+    const bool trans = a.cs != 1;
+    kernels::copy_tiles(trans, false, n, m, a.p, trans ? a.cs : a.rs, a.bs, b.p, b.rs, b.bs,
+                        batch, stream_);
+  } else {
+    kernels::copy_strided(m, n, a, b, batch, stream_);
+  }
+  check(cudaGetLastError(), "copy launch");
+}
+
+template <class T>
+void CudaBackend<T>::set(index_t m, index_t n, T offdiag, T diag, T* a, index_t lda,
+                         index_t sa, index_t batch) const {
+  if (m <= 0 || n <= 0 || batch <= 0) return;
+  DeviceGuard guard(device_);
+  kernels::set(m, n, offdiag, diag, a, lda, sa, batch, stream_);
+  check(cudaGetLastError(), "set_kernel launch");
+}
+
+template <class T>
+void CudaBackend<T>::mirror_upper(index_t m, T* a, index_t lda, index_t sa,
+                                  index_t batch) const {
+  if (m <= 1 || batch <= 0) return;
+  DeviceGuard guard(device_);
+  kernels::copy_tiles<T>(true, true, m, m, a, lda, sa, a, lda, sa, batch, stream_);
+  check(cudaGetLastError(), "mirror_upper launch");
+}
+
+template <class T>
+void CudaBackend<T>::larft(index_t count, index_t m, const T* g, index_t ldg, index_t sg,
+                           const T* tau, index_t stau, T* t, index_t ldt, index_t st) const {
+  if (count <= 0 || m <= 0) return;
+  DeviceGuard guard(device_);
+  kernels::larft(device_, count, m, g, ldg, sg, tau, stau, t, ldt, st, stream_);
+  check(cudaGetLastError(), "larft_kernel launch");
+}
+
+template <class T>
+void CudaBackend<T>::trmm(bool right, bool trans, index_t m, index_t n, T alpha, const T* r,
+                          index_t ldr, index_t sr, const T* b, index_t ldb, index_t sb, T* c,
+                          index_t ldc, index_t sc, index_t batch) const {
+  if (m <= 0 || n <= 0 || batch <= 0) return;
+  if (batch > 1) return Backend<T>::trmm(right, trans, m, n, alpha, r, ldr, sr, b, ldb, sb, c, ldc, sc, batch);
+  DeviceGuard guard(device_);
+  const index_t rows = right ? n : m, cols = right ? m : n;
+  const int irows = to_int(rows, "m"), icols = to_int(cols, "n"), ir = to_int(fix_ld(ldr, m, m), "ldr");
+  const int ib = to_int(fix_ld(ldb, rows, cols), "ldb"), ic = to_int(fix_ld(ldc, rows, cols), "ldc");
+  const BoundHandle bound(device_, handle_, stream_, tf32_);
+  const cublasSideMode_t side = right ? CUBLAS_SIDE_RIGHT : CUBLAS_SIDE_LEFT;
+  const cublasOperation_t op = trans ? CUBLAS_OP_T : CUBLAS_OP_N;
+  if constexpr (std::is_same_v<T, float>)
+    check(cublasStrmm(handle_, side, CUBLAS_FILL_MODE_UPPER, op, CUBLAS_DIAG_NON_UNIT, irows,
+                      icols, &alpha, r, ir, b, ib, c, ic), "cublasStrmm");
+  else
+    check(cublasDtrmm(handle_, side, CUBLAS_FILL_MODE_UPPER, op, CUBLAS_DIAG_NON_UNIT, irows,
+                      icols, &alpha, r, ir, b, ib, c, ic), "cublasDtrmm");
+}
+
+template <class T>
+void CudaBackend<T>::trsm(index_t m, index_t n, T alpha, const T* r, index_t ldr, index_t sr,
+                          T* c, index_t ldc, index_t sc, index_t batch) const {
+  if (m <= 0 || n <= 0 || batch <= 0) return;
+  DeviceGuard guard(device_);
+  const int im = to_int(m, "m"), in = to_int(n, "n"), ir = to_int(fix_ld(ldr, m, m), "ldr");
+  const int ic = to_int(fix_ld(ldc, m, n), "ldc");
+  const BoundHandle bound(device_, handle_, stream_, tf32_);
+  for (index_t i = 0; i < batch; ++i) {
+    if constexpr (std::is_same_v<T, float>)
+      check(cublasStrsm(handle_, CUBLAS_SIDE_LEFT, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N,
+                        CUBLAS_DIAG_NON_UNIT, im, in, &alpha, r + i * sr, ir, c + i * sc, ic),
+            "cublasStrsm");
+    else
+      check(cublasDtrsm(handle_, CUBLAS_SIDE_LEFT, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N,
+                        CUBLAS_DIAG_NON_UNIT, im, in, &alpha, r + i * sr, ir, c + i * sc, ic),
+            "cublasDtrsm");
+  }
+}
+
+template <class T>
+void CudaBackend<T>::normalize(index_t batch, index_t d, index_t k, Strided<const T> v,
+                               Strided<T> y, T* norms, index_t ns) const {
+  if (batch <= 0 || k <= 0) return;
+  DeviceGuard guard(device_);
+  kernels::normalize(batch, d, k, v, y, norms, ns, stream_);
+  check(cudaGetLastError(), "normalize_kernel launch");
+}
+
+template <class T>
+void CudaBackend<T>::normalize_backward(index_t batch, index_t d, index_t k, Strided<const T> y,
+                                        const T* norms, index_t ns, Strided<const T> dy,
+                                        Strided<T> dv) const {
+  if (batch <= 0 || k <= 0 || d <= 0) return;
+  DeviceGuard guard(device_);
+  kernels::normalize_backward(batch, d, k, y, norms, ns, dy, dv, stream_);
+  check(cudaGetLastError(), "normalize_backward_kernel launch");
+}
+
+template <class T>
+void CudaBackend<T>::lower(index_t batch, index_t d, index_t k, Strided<const T> a, Strided<T> b,
+                           T diag) const {
+  if (batch <= 0 || k <= 0 || d <= 0) return;
+  DeviceGuard guard(device_);
+  kernels::lower(d, k, a, b, diag, batch, stream_);
+  check(cudaGetLastError(), "lower_kernel launch");
+}
+
+template <class T>
+bool CudaBackend<T>::small_path(index_t d, index_t k) const {
+  return d >= 1 && d <= kernels::kSmallD && k <= 4 * kernels::kSmallD &&
+         kernels::small_fits<T>(device_, d, k);
+}
+
+template <class T>
+void CudaBackend<T>::small_matrix(index_t batch, index_t d, index_t k, index_t cols,
+                                  Strided<const T> V, Strided<T> U, T* y, index_t ys, T* norms,
+                                  index_t ns, T* u2, index_t u2s) const {
+  if (batch <= 0 || d <= 0 || cols <= 0) return;
+  if (d > kernels::kSmallD || cols > d) fail("small_matrix: sizes outside the small path");
+  DeviceGuard guard(device_);
+  kernels::small_matrix(batch, d, k, cols, V, U, y, ys, norms, ns, u2, u2s, stream_);
+  check(cudaGetLastError(), "small_matrix_kernel launch");
+}
+
+template <class T>
+void CudaBackend<T>::small_matrix_backward(index_t batch, index_t d, index_t k, index_t cols,
+                                           const T* y, index_t ys, const T* norms, index_t ns,
+                                           const T* u, index_t us, Strided<const T> G,
+                                           Strided<T> dV) const {
+  if (batch <= 0 || d <= 0 || k <= 0) return;
+  if (d > kernels::kSmallD || cols < 1 || cols > d)
+    fail("small_matrix_backward: sizes outside the small path");
+  DeviceGuard guard(device_);
+  kernels::small_matrix_backward(batch, d, k, cols, y, ys, norms, ns, u, us, G, dV, stream_);
+  check(cudaGetLastError(), "small_matrix_backward_kernel launch");
+}
+
+template class CudaBackend<float>;
+template class CudaBackend<double>;
+
+}  // namespace fasth::cuda
