@@ -4,6 +4,7 @@
 // against each other; exit status 0 when the errors are small.
 #include <fasth/cpu.hpp>
 #include <fasth/fasth.hpp>
+#include <fasth/fortran_blas.hpp>  // fasth::cpu::fortran_blas(): the BLAS this program links
 #ifdef FASTH_EXAMPLE_CUDA
 #include <cuda_runtime.h>
 #include <fasth/cuda.hpp>
@@ -14,9 +15,6 @@
 #include <cstdio>
 #include <random>
 #include <vector>
-
-extern "C" fasth::cpu::gemm_fn<float> sgemm_;
-extern "C" fasth::cpu::gemm_fn<double> dgemm_;
 
 using fasth::index_t;
 using Vec = std::vector<double>;
@@ -133,7 +131,7 @@ int main() {
   for (double& a : X) a = normal(gen);
   for (double& a : G) a = normal(gen);
 
-  const fasth::cpu::Blas blas{&sgemm_, &dgemm_};
+  const fasth::cpu::Blas blas = fasth::cpu::fortran_blas();
   const fasth::cpu::CpuBackend<double> cpu(blas);
   Host host;
   const Results r = run(cpu, host, V, X, G);

@@ -1,10 +1,9 @@
 // The CPU backend: BLAS through a table of function pointers, so that nothing is linked at
 // build time. Each backend object uses the table it is made with (a property of the call,
 // not of the process). A C++ program fills one from any BLAS it links (Fortran ABI, 32-bit
-// integers), e.g. with CMake's FindBLAS:
+// integers), e.g. with CMake's FindBLAS, through fasth/fortran_blas.hpp:
 //
-//   extern "C" void sgemm_(...); extern "C" void dgemm_(...);
-//   const fasth::cpu::Blas blas{&sgemm_, &dgemm_};
+//   const fasth::cpu::Blas blas = fasth::cpu::fortran_blas();
 //   fasth::cpu::CpuBackend<float> be(blas);
 #pragma once
 
