@@ -26,24 +26,23 @@ int to_int(index_t v, const char* what) {
   return static_cast<int>(v);
 }
 
-// The cuBLAS entry points, by type.
-cublasStatus_t gemm_strided(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb,
-                            int m, int n, int k, const float* alpha, const float* a, int lda,
-                            long long sa, const float* b, int ldb, long long sb,
-                            const float* beta, float* c, int ldc, long long sc, int batch) {
-  return batch == 1 ? cublasSgemm(h, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
-                    : cublasSgemmStridedBatched(h, ta, tb, m, n, k, alpha, a, lda, sa, b, ldb,
-                                                sb, beta, c, ldc, sc, batch);
-}
-
-cublasStatus_t gemm_strided(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb,
-                            int m, int n, int k, const double* alpha, const double* a, int lda,
-                            long long sa, const double* b, int ldb, long long sb,
-                            const double* beta, double* c, int ldc, long long sc, int batch) {
-  return batch == 1 ? cublasDgemm(h, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
-                    : cublasDgemmStridedBatched(h, ta, tb, m, n, k, alpha, a, lda, sa, b, ldb,
-                                                sb, beta, c, ldc, sc, batch);
-}
+// The cuBLAS entry points and their names, by element type (another type: one more of these).
+template <class T>
+struct Cublas;
+template <>
+struct Cublas<float> {
+  static constexpr auto gemm = &cublasSgemm, gemm_batched = &cublasSgemmStridedBatched;
+  static constexpr auto trmm = &cublasStrmm, trsm = &cublasStrsm;
+  static constexpr const char *gemm_name = "cublasSgemm", *trmm_name = "cublasStrmm",
+                             *trsm_name = "cublasStrsm";
+};
+template <>
+struct Cublas<double> {
+  static constexpr auto gemm = &cublasDgemm, gemm_batched = &cublasDgemmStridedBatched;
+  static constexpr auto trmm = &cublasDtrmm, trsm = &cublasDtrsm;
+  static constexpr const char *gemm_name = "cublasDgemm", *trmm_name = "cublasDtrmm",
+                             *trsm_name = "cublasDtrsm";
+};
 
 }  // namespace
 
@@ -78,9 +77,13 @@ void CudaBackend<T>::gemm(bool trans_a, bool trans_b, index_t m, index_t n, inde
   const BoundHandle bound(device_, handle_, stream_, tf32_);
   for (index_t b0 = 0; b0 < batch; b0 += INT_MAX) {
     const int nb = static_cast<int>(std::min<index_t>(batch - b0, INT_MAX));
-    check(gemm_strided(handle_, op_a, op_b, im, in, ik, &alpha, a + b0 * sa, ilda, sa,
-                       b + b0 * sb, ildb, sb, &beta, c + b0 * sc, ildc, sc, nb),
-          std::is_same_v<T, float> ? "cublasSgemm" : "cublasDgemm");
+    const T *ab = a + b0 * sa, *bb = b + b0 * sb;
+    T* cb = c + b0 * sc;
+    check(nb == 1 ? Cublas<T>::gemm(handle_, op_a, op_b, im, in, ik, &alpha, ab, ilda, bb, ildb,
+                                    &beta, cb, ildc)
+                  : Cublas<T>::gemm_batched(handle_, op_a, op_b, im, in, ik, &alpha, ab, ilda, sa,
+                                            bb, ildb, sb, &beta, cb, ildc, sc, nb),
+          Cublas<T>::gemm_name);
   }
 }
 
@@ -145,12 +148,9 @@ void CudaBackend<T>::trmm(bool right, bool trans, index_t m, index_t n, T alpha,
   const BoundHandle bound(device_, handle_, stream_, tf32_);
   const cublasSideMode_t side = right ? CUBLAS_SIDE_RIGHT : CUBLAS_SIDE_LEFT;
   const cublasOperation_t op = trans ? CUBLAS_OP_T : CUBLAS_OP_N;
-  if constexpr (std::is_same_v<T, float>)
-    check(cublasStrmm(handle_, side, CUBLAS_FILL_MODE_UPPER, op, CUBLAS_DIAG_NON_UNIT, irows,
-                      icols, &alpha, r, ir, b, ib, c, ic), "cublasStrmm");
-  else
-    check(cublasDtrmm(handle_, side, CUBLAS_FILL_MODE_UPPER, op, CUBLAS_DIAG_NON_UNIT, irows,
-                      icols, &alpha, r, ir, b, ib, c, ic), "cublasDtrmm");
+  check(Cublas<T>::trmm(handle_, side, CUBLAS_FILL_MODE_UPPER, op, CUBLAS_DIAG_NON_UNIT, irows,
+                        icols, &alpha, r, ir, b, ib, c, ic),
+        Cublas<T>::trmm_name);
 }
 
 template <class T>
@@ -162,14 +162,9 @@ void CudaBackend<T>::trsm(index_t m, index_t n, T alpha, const T* r, index_t ldr
   const int ic = to_int(fix_ld(ldc, m, n), "ldc");
   const BoundHandle bound(device_, handle_, stream_, tf32_);
   for (index_t i = 0; i < batch; ++i) {
-    if constexpr (std::is_same_v<T, float>)
-      check(cublasStrsm(handle_, CUBLAS_SIDE_LEFT, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N,
-                        CUBLAS_DIAG_NON_UNIT, im, in, &alpha, r + i * sr, ir, c + i * sc, ic),
-            "cublasStrsm");
-    else
-      check(cublasDtrsm(handle_, CUBLAS_SIDE_LEFT, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N,
-                        CUBLAS_DIAG_NON_UNIT, im, in, &alpha, r + i * sr, ir, c + i * sc, ic),
-            "cublasDtrsm");
+    check(Cublas<T>::trsm(handle_, CUBLAS_SIDE_LEFT, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N,
+                          CUBLAS_DIAG_NON_UNIT, im, in, &alpha, r + i * sr, ir, c + i * sc, ic),
+          Cublas<T>::trsm_name);
   }
 }
 
