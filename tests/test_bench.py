@@ -142,3 +142,68 @@ def test_budget_skips_by_the_estimate():
     b.record("x", 64, 0.1)
     assert b.over("x", 128) is None and b.over("x", 256) == pytest.approx(6.4)
     assert b.over("x", 256, factor=10) is None
+
+
+TINY = ["--d", "8", "--n", "3", "--repeats", "1", "--threads", "1", "--no-progress", "--ops", "apply",
+        "--methods", "sequential"]
+
+
+@pytest.mark.parametrize("variable, value", [("OMP_NUM_THREADS", "1"), ("OPENBLAS_CORETYPE", "Haswell"),
+                                             ("MKL_NUM_THREADS", "{0} {x}")])
+def test_report_header_takes_any_environment(tmp_path, monkeypatch, capsys, variable, value):
+    monkeypatch.setenv(variable, value)
+    assert bench.main(TINY + ["--out", str(tmp_path)]) == 0
+    text = (tmp_path / "results.md").read_text()
+    assert variable in text and "load average" in text
+
+
+def test_a_failing_run_keeps_its_rows_and_reports_them(tmp_path, monkeypatch, capsys):
+    from fasth.bench import record, suite
+
+    group, calls = suite.Suite.group, []
+
+    def fails_second(self, *args):
+        calls.append(args)
+        if len(calls) == 2:
+            raise RuntimeError("injected")
+        return group(self, *args)
+
+    monkeypatch.setattr(suite.Suite, "group", fails_second)
+    with pytest.raises(RuntimeError, match="injected"):
+        bench.main(TINY[:1] + ["8,16"] + TINY[2:] + ["--out", str(tmp_path)])
+    rows = record.read(tmp_path / record.ROWS)
+    assert {(r["d"], r["method"]) for r in rows["results"]} == {(8, "fasth"), (8, cases.GEMM), (8, "sequential")}
+    assert rows["header"][0]["environment"]["command"].startswith("python -m fasth bench")
+    text = (tmp_path / "results.md").read_text()
+    assert text.startswith("**Interrupted") and "d=8 n=3" in text
+    assert json.loads((tmp_path / "results.json").read_text())["complete"] is False
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_killed_run_leaves_its_measured_rows_on_disk(tmp_path, sig):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from fasth.bench import record
+
+    rows = tmp_path / record.ROWS
+    argv = ["--layers", "--d", "8,16,24,32,40,48,56,64", "--batch", "4", "--repeats", "3", "--threads", "1",
+            "--no-progress", "--methods", "fasth Orthogonal", "--out", str(tmp_path)]
+    proc = subprocess.Popen([sys.executable, "-m", "fasth", "bench", *argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if rows.exists() and sum('"table": "steps"' in line for line in rows.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be stopped: " + proc.stderr.read()
+    proc.send_signal(getattr(signal, sig))
+    proc.wait(60)
+    assert proc.returncode != 0
+    steps = record.read(rows)["steps"]
+    assert len(steps) >= 2 and all(r["status"] == "ok" and r["times_s"] for r in steps)
+    assert (tmp_path / "results.md").read_text().startswith("**Interrupted")
+    assert os.path.getsize(tmp_path / "results.json") > 0

@@ -133,48 +133,89 @@ def _progress(total: int, desc: str, off: bool):
     return tqdm(total=total, desc=desc, disable=off, file=sys.stderr)
 
 
-def _finish(out: Path, data: dict, text: str, plot, png: str) -> int:
+def _finish(out: Path, data: dict, markdown, plot, png: str, complete: bool) -> list[Path]:
+    """The report of what was measured; a run cut short says so on its first line."""
     from .report import write
 
+    text = markdown(data)
+    if not complete:
+        text = ("**Interrupted: the rows measured before the run stopped** (every row is also in "
+                "`rows.jsonl`).\n\n" + text)
     paths = write(out, data, text, plot, png)
     print(text)
     print("\nwrote " + ", ".join(map(str, paths)))
+    return paths
+
+
+def _measure(a: argparse.Namespace, cfg, command: str, tables: dict, run, markdown, plot, png: str) -> int:
+    """Runs ``run(record)`` (which appends to the lists in ``tables`` and calls ``record()``
+    after each group), every row on disk when its group ends; the report after, also when the
+    run stops early (error, Ctrl-C, SIGTERM), then the error goes on."""
+    from .environment import environment
+    from .record import Record, interruptible
+
+    out, load = Path(a.out), os.getloadavg()
+    env = environment(cfg.device, command)
+    record = Record(out, environment=env, config=cfg.__dict__)
+
+    def flush() -> None:
+        for name, rows in tables.items():
+            record.new_rows(name, rows)
+
+    complete = False
+    try:
+        with interruptible():
+            run(flush)
+        complete = True
+    finally:
+        flush()
+        record.close()
+        data = {"environment": env | {"loadavg_1min": [load[0], os.getloadavg()[0]]},
+                "config": cfg.__dict__, **tables, "complete": complete}
+        try:
+            _finish(out, data, markdown, plot, png, complete)
+        except Exception as e:  # noqa: BLE001 - the rows are on disk; the run's own error goes on
+            if complete:
+                raise
+            print(f"the partial report failed ({type(e).__name__}: {e}); the rows are in "
+                  f"{record.path}", file=sys.stderr)
     return 0
 
 
 def run_suite(cfg, a: argparse.Namespace, command: str) -> int:
-    from .environment import environment
     from .report import suite_markdown, suite_plot
     from .suite import Suite
 
-    load = os.getloadavg()
     suite = Suite(cfg)
     plan = [(dt, d, op, n) for dt in cfg.dtypes for d in cfg.ds for op in cfg.ops
             for n in (cfg.ns[:1] if op == "matrix" else cfg.ns) if not (n == "d" and str(d) in cfg.ns)]
-    with _progress(len(plan), "fasth bench", a.no_progress) as bar:
-        for dt, d, op, n in plan:
-            bar.set_postfix_str(f"{dt} d={d} {op} n={n}")
-            suite.group(op, dt, d, n)
-            bar.update(1)
-    data = {"environment": environment(cfg.device, command) | {"loadavg_1min": [load[0], os.getloadavg()[0]]},
-            "config": cfg.__dict__, "results": suite.results, "accuracy": suite.accuracy}
-    return _finish(Path(a.out), data, suite_markdown(data), suite_plot, "time_vs_d.png")
+
+    def run(flush) -> None:
+        with _progress(len(plan), "fasth bench", a.no_progress) as bar:
+            for dt, d, op, n in plan:
+                bar.set_postfix_str(f"{dt} d={d} {op} n={n}")
+                suite.group(op, dt, d, n)
+                flush()
+                bar.update(1)
+
+    tables = {"results": suite.results, "accuracy": suite.accuracy}
+    return _measure(a, cfg, command, tables, run, suite_markdown, suite_plot, "time_vs_d.png")
 
 
 def run_layers(cfg, a: argparse.Namespace, command: str) -> int:
-    from .environment import environment
     from .layers import LayerBench, groups
     from .report import layers_markdown, layers_plot
 
-    load = os.getloadavg()
     bench = LayerBench(cfg)
-    with _progress(groups(cfg), "fasth bench --layers", a.no_progress) as bar:
-        def progress(what: str) -> None:
-            bar.set_postfix_str(what)
-            bar.update(1)
 
-        bench.run(progress)
-    data = {"environment": environment(cfg.device, command) | {"loadavg_1min": [load[0], os.getloadavg()[0]]},
-            "config": cfg.__dict__, "steps": bench.steps, "calls": bench.calls, "accuracy": bench.accuracy,
-            "plans": bench.plans}
-    return _finish(Path(a.out), data, layers_markdown(data), layers_plot, "layers_vs_d.png")
+    def run(flush) -> None:
+        with _progress(groups(cfg), "fasth bench --layers", a.no_progress) as bar:
+            def progress(what: str) -> None:  # called as each group starts: the last one ended
+                flush()
+                bar.set_postfix_str(what)
+                bar.update(1)
+
+            bench.run(progress)
+
+    tables = {"steps": bench.steps, "calls": bench.calls, "accuracy": bench.accuracy, "plans": bench.plans}
+    return _measure(a, cfg, command, tables, run, layers_markdown, layers_plot, "layers_vs_d.png")

@@ -147,7 +147,7 @@ class LayerBench:
     def run(self, progress: Callable[[str], None] = lambda s: None) -> None:
         from .plans import CALL_SIZES, apply_calls
 
-        self.plans = [apply_calls(d, n, dev) for d, n in CALL_SIZES for dev in ("cpu", "cuda")]
+        self.plans[:] = [apply_calls(d, n, dev) for d, n in CALL_SIZES for dev in ("cpu", "cuda")]
         for n in self.cfg.threads:
             with threads_of(n):
                 budget = Budget(self.cfg.cap_s)

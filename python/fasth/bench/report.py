@@ -40,9 +40,11 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _header(title: str, env: dict) -> list[str]:
+    # one f-string: the environment's text (variables, paths) is data, never a format template
+    start, end = env["loadavg_1min"]
     return [f"# {title}", "",
             f"`{env['command']}` · {env['date']} · {machine(env)} · load average (1 min) at "
-            "start/end: {:.1f}/{:.1f}".format(*env["loadavg_1min"]), ""]
+            f"start/end: {start:.1f}/{end:.1f}", ""]
 
 
 def write(out: Path, data: dict, text: str, plot: Callable[[dict, Path], None], png: str) -> list[Path]:
@@ -190,8 +192,11 @@ def layers_markdown(data: dict) -> str:
     for n in cfg["threads"]:
         for b in cfg["batches"]:
             by = {(r["layer"], r["d"]): r for r in steps if r["threads"] == n and r["batch"] == b}
+            if not by:  # a run stopped before this group
+                continue
             out += [f"## training step, batch {b}, {_threads(n)}", ""]
-            rows = [[m] + [_step_cell(by[(m, d)]) for d in cfg["ds"]] for m in cfg["layers"]]
+            rows = [[m] + [_step_cell(by[(m, d)]) if (m, d) in by else "—" for d in cfg["ds"]]
+                    for m in cfg["layers"]]
             out += _table(["layer"] + [f"d={d}" for d in cfg["ds"]], rows) + [""]
     counted = [r for r in steps if "backend_calls" in r]
     if counted:
