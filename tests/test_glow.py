@@ -18,7 +18,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from fasth.demos.glow import parser  # noqa: E402
+from fasth.demos.glow import torch_convs as tc  # noqa: E402
 from fasth.demos.glow import torch_model as tm  # noqa: E402
+from fasth.demos.glow import torch_trainer as tt  # noqa: E402
 from fasth.demos.glow.data import load  # noqa: E402
 from fasth.demos.glow.flow import random_orthogonal  # noqa: E402
 
@@ -48,8 +50,8 @@ def _layers(c=4):
     an = tm.ActNorm(c)
     an(x, x.new_zeros(8))  # data-dependent init
     out = {"actnorm": an, "coupling": _nonzero(tm.Coupling(c, 8))}
-    for kind in tm.CONVS:
-        out[f"conv-{kind}"] = tm.make_conv(kind, _W0(c))
+    for kind in tc.CONVS:
+        out[f"conv-{kind}"] = tc.make_conv(kind, _W0(c))
     step = tm.FlowStep(c, 8, "svd", _W0(c, 1))
     step.actnorm(x, x.new_zeros(8))
     out["step"] = _nonzero(step)
@@ -71,7 +73,7 @@ def test_torch_layer_inverts_and_logdet_is_the_jacobian(name):
                                atol=1e-8, rtol=1e-8)
 
 
-@pytest.mark.parametrize("conv", tm.CONVS)
+@pytest.mark.parametrize("conv", tc.CONVS)
 def test_torch_flow_inverts_and_logdet_is_the_jacobian(conv):
     torch.manual_seed(0)
     m = tm.Glow((1, 4, 4), levels=2, steps=2, width=8, conv=conv)
@@ -93,26 +95,26 @@ def test_torch_conv_variants_agree_given_the_same_W():
     W0 = _W0(6)
     x = torch.randn(4, 6, 3, 3)
     ref = torch.nn.functional.conv2d(x, torch.as_tensor(W0).float()[:, :, None, None])
-    for kind in tm.CONVS:
-        c = tm.make_conv(kind, W0)
+    for kind in tc.CONVS:
+        c = tc.make_conv(kind, W0)
         y, ld = c(x, x.new_zeros(()))
         torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(ld, torch.tensor(9 * np.linalg.slogdet(W0)[1], dtype=torch.float32),
                                    atol=1e-5, rtol=1e-5)
     # A level builds its convolutions' matrices in one batched call: the same as one by one.
-    for kind in tm.CONVS:
-        convs = [tm.make_conv(kind, _W0(6, seed)) for seed in range(3)]
-        W, lad = tm.conv_weights(convs)
+    for kind in tc.CONVS:
+        convs = [tc.make_conv(kind, _W0(6, seed)) for seed in range(3)]
+        W, lad = tc.conv_weights(convs)
         for j, c in enumerate(convs):
             Wj, ladj = c.weight()
             torch.testing.assert_close(W[j], Wj, atol=1e-6, rtol=1e-6)
             torch.testing.assert_close(lad[j], ladj, atol=1e-6, rtol=1e-6)
-        torch.testing.assert_close(tm.conv_inverse_weights(convs) @ W,
+        torch.testing.assert_close(tc.conv_inverse_weights(convs) @ W,
                                    torch.eye(6).expand(3, 6, 6), atol=1e-5, rtol=0)
     # Whole models built with one seed start from the same W and give the same density.
     x = torch.rand(8, 1, 8, 8) - 0.5
     lps = []
-    for kind in tm.CONVS:
+    for kind in tc.CONVS:
         torch.manual_seed(0)
         m = tm.Glow((1, 8, 8), 2, 2, 8, kind)
         m.initialize(x)
@@ -129,7 +131,7 @@ def test_bench_times_every_cell(per_step):
                                 "--width", "8", "--batch-size", "2", "--repeats", "1"]
                                + (["--per-step"] if per_step else []))
     med = run(args)
-    cells = {(r, c, k) for r in ("model", "1x1 convs") for c in COLUMNS for k in tm.CONVS}
+    cells = {(r, c, k) for r in ("model", "1x1 convs") for c in COLUMNS for k in tc.CONVS}
     assert set(med) == cells and all(v > 0 for v in med.values())
 
 
@@ -138,7 +140,7 @@ def test_nonfinite_output_is_located():
     m.initialize(torch.rand(8, 1, 8, 8) - 0.5)
     with torch.no_grad():
         m.flows[1][0].coupling.net[0].weight.fill_(float("nan"))
-    assert "flows.1.0.coupling" in tm.locate_nonfinite(m, torch.rand(8, 1, 8, 8) - 0.5)
+    assert "flows.1.0.coupling" in tt.locate_nonfinite(m, torch.rand(8, 1, 8, 8) - 0.5)
 
 
 def test_jax_nonfinite_output_is_located():
@@ -221,6 +223,7 @@ def _args(tmp_path, framework, epochs, resume=False, conv="svd", width=16):
 def test_short_training_lowers_bits_per_dim_and_resumes(tmp_path, framework, capsys):
     if framework == "jax":
         pytest.importorskip("optax")
+    from fasth.bench import record
     from fasth.demos.glow.train import train
 
     data = load("digits")
@@ -232,6 +235,9 @@ def test_short_training_lowers_bits_per_dim_and_resumes(tmp_path, framework, cap
     assert resumed["png"] == str(tmp_path / f"glow-{framework}-svd.png") and Path(resumed["png"]).exists()
     out = capsys.readouterr().out
     assert "resumed from" in out and "epoch 3/3" in out and "epoch 2/3" in out and "final:" in out
+    rows = record.read(tmp_path / record.ROWS)  # each epoch on disk as it ended, across the resume
+    assert [r["epoch"] for r in rows["epoch"]] == [1, 2, 3] and len(rows["header"]) == 2
+    assert rows["epoch"][-1]["test_bpd"] == pytest.approx(resumed["test_bpd"])
 
 
 def test_jax_model_imports_no_torch():
@@ -264,7 +270,7 @@ def test_ddp_two_processes_on_cpu_through_torchrun(tmp_path):
 
 # JAX --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("conv", tm.CONVS)
+@pytest.mark.parametrize("conv", tc.CONVS)
 def test_jax_flow_inverts_and_logdet_is_the_jacobian(conv):
     jax = pytest.importorskip("jax")
     pytest.importorskip("flax")

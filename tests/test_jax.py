@@ -196,7 +196,7 @@ def test_gradient_of_input_gradient(dev, transpose):
     x = put(randn(3, 6, seed=3), dev)
 
     def penalty(m, dense):
-        f = (lambda x: x @ m.matrix().T + m.b[...]) if dense else m
+        f = (lambda x: x @ m.weight.T + m.bias[...]) if dense else m
         return jnp.sum(jax.grad(lambda x: jnp.tanh(f(x)).sum())(x) ** 2)
 
     for got, want in zip(jax.tree.leaves(nnx.grad(penalty)(layer, False)),
@@ -226,13 +226,14 @@ def test_checkpoint_and_training_step(dev):
 
     # The same gradient through dense matrices built by the reference (finite differences
     # of the reference would do too; this checks the chain through U and Vt).
-    U, Vt, s, b = (np.asarray(p) for p in (layer.U[...], layer.Vt[...], layer.s[...], layer.b[...]))
+    U, Vt, s, b = (np.asarray(p) for p in (layer.U_reflectors[...], layer.V_reflectors[...], layer.S[...],
+                                         layer.bias[...]))
     W = ref_matrix(U) * s @ ref_matrix(Vt).T
     R = np.asarray(x) @ W.T + b - np.asarray(t)
     dW = 2 * R.T @ np.asarray(x) / R.size
-    close(g.b[...], 2 * R.sum(0) / R.size, "float64", d)
-    close(g.s[...], np.einsum("jl,lj->j", ref_matrix(U).T @ dW, ref_matrix(Vt)), "float64", d)
-    close(g.U[...], ref_matrix_grad(U, dW @ (ref_matrix(Vt) * s)), "float64", d)
+    close(g.bias[...], 2 * R.sum(0) / R.size, "float64", d)
+    close(g.S[...], np.einsum("jl,lj->j", ref_matrix(U).T @ dW, ref_matrix(Vt)), "float64", d)
+    close(g.U_reflectors[...], ref_matrix_grad(U, dW @ (ref_matrix(Vt) * s)), "float64", d)
 
     optimizer = nnx.Optimizer(layer, __import__("optax").sgd(0.1), wrt=nnx.Param)
 
@@ -253,14 +254,14 @@ def test_layers(dev):
     d = 9
     x = put(randn(2, 5, d), dev)
     orth = fj.Orthogonal(d, 4, rngs=nnx.Rngs(1), param_dtype=jnp.float64)
-    U = orth.matrix()
+    U = orth.weight
     close(U.T @ U, np.eye(d), "float64", d)
-    close(orth(x), np.asarray(x) @ ref_matrix(np.asarray(orth.V[...])).T, "float64", d)
+    close(orth(x), np.asarray(x) @ ref_matrix(np.asarray(orth.reflectors[...])).T, "float64", d)
     close(orth.inverse(orth(x)), x, "float64", d)
     svd = fj.SVDDense(d, rngs=nnx.Rngs(2), param_dtype=jnp.float64)
-    svd.s[...] = jnp.linspace(0.5, 3.0, d)
-    svd.b[...] = jnp.arange(d, dtype=jnp.float64)
-    W = np.asarray(svd.matrix())
+    svd.S[...] = jnp.linspace(0.5, 3.0, d)
+    svd.bias[...] = jnp.arange(d, dtype=jnp.float64)
+    W = np.asarray(svd.weight)
     close(svd(x), np.asarray(x) @ W.T + np.arange(d), "float64", d)  # applied (10 rows)
     xb = put(randn(4 * d, d, seed=5), dev)  # many rows: the materialised W
     close(svd(xb), np.asarray(xb) @ W.T + np.arange(d), "float64", d)
@@ -268,7 +269,7 @@ def test_layers(dev):
     close(svd.logabsdet(), np.linalg.slogdet(W)[1], "float64", d)
     close(svd.spectral_norm(), np.linalg.norm(W, 2), "float64", d)
     more = fj.Orthogonal(d, d + 3, rngs=nnx.Rngs(0), param_dtype=jnp.float64)  # k > d reflectors
-    close(more.matrix(), ref_matrix(np.asarray(more.V[...])), "float64", d)
+    close(more.weight, ref_matrix(np.asarray(more.reflectors[...])), "float64", d)
     with pytest.raises(ValueError, match="reflectors"):
         fj.Orthogonal(d, -1, rngs=nnx.Rngs(0))
 

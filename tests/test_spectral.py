@@ -52,7 +52,7 @@ def _train(module, steps=5, lr=0.3, in_shape=None, dtype=torch.float64):
 def test_linear_norm_is_exact(in_f, out_f, mode):
     layer = _random_layer(in_f, out_f, mode)
     for stage in ("init", "trained"):
-        W = layer.weight()
+        W = layer.weight
         assert abs(float(layer.spectral_norm().detach()) - svd_norm(W)) < 1e-12, stage
         assert float(layer.spectral_norm().detach()) <= layer.bound * (1 + 1e-12), stage
         if mode == "normalize":
@@ -65,15 +65,15 @@ def test_linear_norm_is_exact(in_f, out_f, mode):
             ref = torch.nn.functional.linear(x, W, layer.bias)
             torch.testing.assert_close(layer(x), ref, rtol=1e-12, atol=1e-12)
         _train(layer, in_shape=(5, in_f))
-        assert not torch.equal(layer.weight(), W)
+        assert not torch.equal(layer.weight, W)
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_float32_norm_within_1e5(mode):
     layer = _random_layer(64, 48, mode, dtype=torch.float32)
     _train(layer, steps=10, in_shape=(256, 64), dtype=torch.float32)
-    assert abs(float(layer.spectral_norm().detach()) - svd_norm(layer.weight())) < 1e-5
-    assert svd_norm(layer.weight()) <= layer.bound + 1e-5
+    assert abs(float(layer.spectral_norm().detach()) - svd_norm(layer.weight)) < 1e-5
+    assert svd_norm(layer.weight) <= layer.bound + 1e-5
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -83,7 +83,7 @@ def test_gradcheck_through_bound(mode):
         with torch.no_grad():
             layer.raw.copy_(torch.tensor([0.2, 0.35, 0.5, 0.7], dtype=torch.float64))
     x = torch.randn(3, 6, dtype=torch.float64)
-    names = ["parametrizations.S.original", "U", "V", "bias"]
+    names = ["parametrizations.S.original", "U_reflectors", "V_reflectors", "bias"]
     params = {k: v.detach().clone().requires_grad_() for k, v in layer.named_parameters()}
     assert set(params) == set(names)
 
@@ -124,7 +124,7 @@ def test_conv1x1_norm_is_operator_norm(mode):
     with torch.no_grad():
         conv.raw.normal_()
     x = torch.randn(2, 5, 4, 3, dtype=torch.float64)
-    ref = torch.nn.functional.conv2d(x, conv.weight()[:, :, None, None], conv.bias)
+    ref = torch.nn.functional.conv2d(x, conv.weight[:, :, None, None], conv.bias)
     torch.testing.assert_close(conv(x), ref, rtol=1e-12, atol=1e-12)
     _train(conv, in_shape=(2, 5, 4, 3))
     assert abs(_operator_norm(conv, (5, 4, 3)) - float(conv.spectral_norm().detach())) < 1e-12
@@ -159,7 +159,7 @@ def _tiny_args(tmp_path, framework="torch") -> argparse.Namespace:
 
 
 def _tiny_data(n_train=256, n_test=64):
-    from fasth.demos.spectral import load_digits
+    from fasth.demos.spectral.common import load_digits
 
     Xtr, ytr, Xte, yte = load_digits(0)
     return Xtr[:n_train], ytr[:n_train], Xte[:n_test], yte[:n_test]
@@ -186,7 +186,7 @@ def test_demo_measures_power_iteration_norms_by_svd(tmp_path):
     assert max(gaps) > 1e-4  # not the estimate (which claims exactly 1)
     res, _, model = torch_demo.run_classifier("fasth", data, args, None)
     for layer, reported, claimed in zip(torch_demo.spectral_layers(model), res["true_norms"], res["claimed"]):
-        assert reported == pytest.approx(svd_norm(layer.weight()), abs=1e-12)
+        assert reported == pytest.approx(svd_norm(layer.weight), abs=1e-12)
         assert abs(reported - claimed) < 1e-5
     assert res["lipschitz"] == pytest.approx(math.prod(res["true_norms"]))
 
@@ -205,6 +205,12 @@ def test_demo_runs(tmp_path, capsys):
     assert fasth_res["converged"] and fasth_res["recon_err"] < 1e-3
     assert max(fasth_res["block_lip"]) <= 0.9 + 1e-5
     assert max(res["classifier"]["fasth"]["true_norms"]) <= 1 + 1e-5
+    from fasth.bench import record
+
+    rows = record.read(tmp_path / record.ROWS)  # each run and timing on disk as it ended
+    assert [r["method"] for r in rows["classifier"]] == [r["method"] for r in rows["iresnet"]] == ["power", "fasth"]
+    assert len(rows["timing"]) == 4 and rows["iresnet"][1]["iters"] == fasth_res["iters"]
+    assert "s med/max" in out and "inversion takes more iterations" in out and "exact norm" in out
 
 
 # JAX ----------------------------------------------------------------------------------------
@@ -225,7 +231,7 @@ def _jax_layer(in_f, out_f, mode, dtype, bound=0.8, seed=0):
                           rngs=nnx.Rngs(seed), param_dtype=dtype)
     k1, k2 = jax.random.split(jax.random.key(seed + 1))
     layer.raw[...] = jax.random.normal(k1, layer.raw[...].shape, dtype)
-    layer.b[...] = jax.random.normal(k2, layer.b[...].shape, dtype)
+    layer.bias[...] = jax.random.normal(k2, layer.bias[...].shape, dtype)
     return layer
 
 
@@ -255,16 +261,16 @@ def test_jax_dense_norm_is_exact(in_f, out_f, mode):
     with jax.enable_x64(True):
         layer = _jax_layer(in_f, out_f, mode, jnp.float64)
         for stage in ("init", "trained"):
-            W = layer.matrix()
+            W = layer.weight
             assert abs(float(layer.spectral_norm()) - np_norm(W)) < 1e-12, stage
             assert float(jnp.max(jnp.abs(layer.singular_values()))) <= layer.bound * (1 + 1e-12)
             if mode == "normalize":
                 assert float(layer.spectral_norm()) == pytest.approx(layer.bound, abs=1e-12)
             for n in (3, 2 * max(in_f, out_f)):
                 x = jax.random.normal(jax.random.key(n), (n, in_f), jnp.float64)
-                np.testing.assert_allclose(layer(x), x @ W.T + layer.b[...], rtol=1e-12, atol=1e-12)
+                np.testing.assert_allclose(layer(x), x @ W.T + layer.bias[...], rtol=1e-12, atol=1e-12)
             _jax_train(layer, (5, in_f), jnp.float64)
-            assert not np.array_equal(np.asarray(layer.matrix()), np.asarray(W))
+            assert not np.array_equal(np.asarray(layer.weight), np.asarray(W))
 
 
 def test_jax_float32_norm_within_1e5():
@@ -272,8 +278,8 @@ def test_jax_float32_norm_within_1e5():
     for mode in MODES:
         layer = _jax_layer(64, 48, mode, jax.numpy.float32)
         _jax_train(layer, (256, 64), jax.numpy.float32, steps=5)
-        assert abs(float(layer.spectral_norm()) - np_norm(layer.matrix())) < 1e-5
-        assert np_norm(layer.matrix()) <= layer.bound + 1e-5
+        assert abs(float(layer.spectral_norm()) - np_norm(layer.weight)) < 1e-5
+        assert np_norm(layer.weight) <= layer.bound + 1e-5
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -292,11 +298,11 @@ def test_jax_check_grads_through_bound(mode):
 
         def f(raw, U, Vt, x):
             st = jax.tree.map(lambda a: a, state)
-            st["raw"], st["U"], st["Vt"] = nnx.Param(raw), nnx.Param(U), nnx.Param(Vt)
+            st["raw"], st["U_reflectors"], st["V_reflectors"] = nnx.Param(raw), nnx.Param(U), nnx.Param(Vt)
             m = nnx.merge(graphdef, st)
             return jnp.concatenate([m(x).ravel(), m.spectral_norm()[None]])
 
-        check_grads(f, (layer.raw[...], layer.U[...], layer.Vt[...], x), order=1, modes=["rev"])
+        check_grads(f, (layer.raw[...], layer.U_reflectors[...], layer.V_reflectors[...], x), order=1, modes=["rev"])
 
 
 def _jax_operator_norm(f, in_shape) -> float:
@@ -323,11 +329,11 @@ def test_jax_convolutions():
             c.svd.raw[...] = jax.random.normal(jax.random.key(2), (3,), jnp.float64)
             x = jax.random.normal(jax.random.key(3), (2, 6, 5, 2), jnp.float64)
             ref = jax.lax.conv_general_dilated(x, c.kernel(), (strides, strides), padding,
-                                               dimension_numbers=("NHWC", "HWIO", "NHWC")) + c.svd.b[...]
+                                               dimension_numbers=("NHWC", "HWIO", "NHWC")) + c.svd.bias[...]
             np.testing.assert_allclose(c(x), ref, rtol=1e-12, atol=1e-12)
             # The kernel is the reshaped SVD weight: K[o, (i, j, c)] = kernel[i, j, c, o].
             K = np.asarray(c.kernel()).transpose(3, 0, 1, 2).reshape(3, -1)
-            np.testing.assert_allclose(K, c.svd.matrix(), rtol=0, atol=0)
+            np.testing.assert_allclose(K, c.svd.weight, rtol=0, atol=0)
             assert abs(float(c.reshaped_norm()) - np_norm(K)) < 1e-12
             assert _jax_operator_norm(c, (6, 5, 2)) <= float(c.spectral_norm()) * (1 + 1e-12)
 

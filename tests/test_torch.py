@@ -67,7 +67,7 @@ def test_gradient_of_input_gradient(device, transpose):
         (g,) = torch.autograd.grad(torch.tanh(f(x)).sum(), x, create_graph=True)
         return torch.autograd.grad(g.square().sum(), list(layer.parameters()))
 
-    for got, want in zip(penalty(layer), penalty(lambda x: x @ layer.weight().T + layer.bias)):
+    for got, want in zip(penalty(layer), penalty(lambda x: x @ layer.weight.T + layer.bias)):
         torch.testing.assert_close(got, want)
     # dV has no second derivative: differentiating it again says so.
     V, X = (t.requires_grad_() for t in sample_inputs(device)[0])
@@ -342,7 +342,7 @@ def test_svdlinear_matches_dense(device, shape):
     layer = ft.SVDLinear(in_f, out_f).double().to(device)
     with torch.no_grad():
         layer.S.uniform_(0.5, 2.0), layer.bias.normal_()
-    W = layer.weight()
+    W = layer.weight
     for rows in (3, 4 * max(shape)):  # above 64 features, applied at 3 rows; else materialised
         x = torch.randn(rows, in_f, dtype=torch.float64, device=device)
         torch.testing.assert_close(layer(x), x @ W.T + layer.bias)
@@ -358,7 +358,7 @@ def test_svdlinear_inverse_and_logdet(device):
         layer.S.uniform_(0.3, 3.0), layer.bias.normal_()
     x = torch.randn(4, 6, dtype=torch.float64, device=device)
     torch.testing.assert_close(layer.inverse(layer(x)), x)
-    torch.testing.assert_close(layer.logabsdet(), torch.linalg.slogdet(layer.weight())[1])
+    torch.testing.assert_close(layer.logabsdet(), torch.linalg.slogdet(layer.weight)[1])
     with pytest.raises(ValueError, match="not square"):
         ft.SVDLinear(3, 4).inverse(torch.randn(2, 4))
 
@@ -366,7 +366,7 @@ def test_svdlinear_inverse_and_logdet(device):
 def test_svdlinear_from_linear(device):
     lin = torch.nn.Linear(6, 4).double().to(device)
     layer = ft.SVDLinear.from_linear(lin)
-    torch.testing.assert_close(layer.weight(), lin.weight)
+    torch.testing.assert_close(layer.weight, lin.weight)
     x = torch.randn(3, 6, dtype=torch.float64, device=device)
     torch.testing.assert_close(layer(x), lin(x))
 
@@ -375,7 +375,7 @@ def test_orthogonal_layer(device):
     layer = ft.Orthogonal(8, 5).to(device)
     x = torch.randn(2, 3, 8, device=device)
     y = layer(x)
-    torch.testing.assert_close(y, x @ layer.weight().T)
+    torch.testing.assert_close(y, x @ layer.weight.T)
     torch.testing.assert_close(layer.inverse(y), x, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="features"):
         layer(torch.randn(3, 7, device=device))
@@ -571,7 +571,7 @@ def test_more_reflectors_than_rows_through_autograd(device):
     assert torch.autograd.gradcheck(lambda V, X: ft.apply(V, X), (V, X))
     assert torch.autograd.gradcheck(lambda V: ft.matrix(V), (V,))
     layer = ft.Orthogonal(3, 4).double().to(device)
-    torch.testing.assert_close(layer.weight().T @ layer.weight(),
+    torch.testing.assert_close(layer.weight.T @ layer.weight,
                                torch.eye(3, dtype=torch.float64, device=device))
 
 

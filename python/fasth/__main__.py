@@ -16,9 +16,14 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("-h", "--help"):
-        print("usage: python -m fasth [command] [options]\n\ncommands:")
+        from .selfcheck import parser
+
+        print("usage: python -m fasth [command] [options]\n\ncommands (python -m fasth COMMAND "
+              "--help for a command's options):")
         for name, (_, text) in COMMANDS.items():
             print(f"  {name:<10} {text}")
+        options = parser().format_help().split("\n\n", 2)[-1]  # after the usage and description
+        print("\nthe default command, check, takes:\n" + options.rstrip())
         return 0
     name = argv[0] if argv and not argv[0].startswith("-") else "check"
     rest = argv[1:] if argv and argv[0] == name else argv

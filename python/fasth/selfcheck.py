@@ -1,20 +1,32 @@
 """``python -m fasth``: check fasth on a built-in random problem and time it next to
-``torch.linalg.householder_product`` (+ matmul) on the same problem, forward and backward."""
+``torch.linalg.householder_product`` (+ matmul) on the same problem, forward and backward.
+
+Timings are interleaved rounds repeated until the fastest call of each settles (within 10%
+of the round before); the table shows each side's fastest call and the median of the
+per-repeat speed-ups, and says when the machine was too noisy to time."""
 
 from __future__ import annotations
 
 import argparse
+import os
 
-from .bench.timing import interleaved, ratio, summary, sync_for
+from ._cli import parser as parser_of
+from .bench.timing import ratio, settled, summary, sync_for
+
+SPREAD = 1.5  # a 75th/25th percentile ratio above this: the timings are not repeatable
+
+
+def parser() -> argparse.ArgumentParser:
+    p = parser_of("python -m fasth [check]", __doc__.split("\n\n")[0], defaults=True)
+    p.add_argument("-d", type=int, default=512, help="dimension")
+    p.add_argument("-n", type=int, default=64, help="columns of X")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved repeats per round")
+    p.add_argument("--device", default="cpu", help="torch device")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fasth", description=__doc__)
-    p.add_argument("-d", type=int, default=512, help="dimension (default 512)")
-    p.add_argument("-n", type=int, default=64, help="columns of X (default 64)")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--device", default="cpu")
-    args = p.parse_args(argv)
+    args = parser().parse_args(argv)
 
     import torch
 
@@ -60,12 +72,26 @@ def main(argv: list[str] | None = None) -> int:
         ("forward", lambda: ft.apply(V.detach(), X), lambda: torch.linalg.householder_product(V.detach(), tau) @ X),
         ("forward + backward", fasth_fb, hp_fb),
     ]
-    print(f"\n  float32 timings (medians of {args.repeats} interleaved repeats), torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"  {'':20s} {'fasth':>10s} {'householder_product':>20s} {'speed-up':>9s}")
+    measured, steady = [], True
     for name, f_fast, f_base in rows:
-        t = interleaved({"fasth": f_fast, "base": f_base}, args.repeats, sync=sync_for(args.device))
-        tf, tb = summary(t["fasth"])["median"], summary(t["base"])["median"]
-        print(f"  {name:20s} {tf * 1e3:8.2f}ms {tb * 1e3:18.2f}ms {ratio(t['base'], t['fasth'])['median']:8.1f}x")
+        t, best, done = settled({"fasth": f_fast, "base": f_base}, args.repeats, sync=sync_for(args.device))
+        spread = max(summary(v)["p75"] / summary(v)["p25"] for v in t.values())
+        steady &= done and spread <= SPREAD
+        measured.append((name, best["fasth"], best["base"], ratio(t["base"], t["fasth"])["median"]))
+    # a forward slower than forward + backward (which contains it) is noise, never a timing
+    (_, fwd_fasth, fwd_base, _), (_, fb_fasth, fb_base, _) = measured
+    consistent = fwd_fasth <= fb_fasth and fwd_base <= fb_base
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\n  float32 timings (fastest call once settled, rounds of {args.repeats} interleaved "
+          f"repeats; speed-up: median of the last round's pairs), torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    if consistent:
+        print(f"  {'':20s} {'fasth':>10s} {'householder_product':>20s} {'speed-up':>9s}")
+        for name, tf, tb, r in measured:
+            print(f"  {name:20s} {tf * 1e3:8.2f}ms {tb * 1e3:18.2f}ms {r:8.1f}x")
+    if not (consistent and steady):
+        print(f"  {'not shown' if not consistent else 'uncertain'}: this machine was too noisy to "
+              f"time (load average {load:.1f}; the timings did not settle or did not repeat); "
+              "rerun on a quieter machine")
     print("\nself-check", "passed" if ok else "FAILED")
     return 0 if ok else 1

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._cli import check_device
+from .._cli import parser as parser_of
 from . import __doc__ as DOC
-
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ def _ints(s: str) -> list[int]:
 def parser() -> argparse.ArgumentParser:
     from .cases import OPS
 
-    ap = argparse.ArgumentParser(prog="python -m fasth bench", description=DOC.split("\n\n")[0])
+    ap = parser_of("python -m fasth bench", DOC.split("\n\n")[0])
     ap.add_argument("--layers", action="store_true",
                     help="the layer benchmark (training steps, fixed cost per call, backend calls) "
                          "instead of the suite")

@@ -105,8 +105,7 @@ def _weight(m: nn.Module) -> torch.Tensor:
 
 LAYERS: dict[str, Layer] = {
     LINEAR: Layer(lambda d: nn.Linear(d, d)),
-    "fasth Orthogonal": Layer(lambda d: _fasth().Orthogonal(d), orthogonal=lambda m: m.weight(),
-                              fasth=True),
+    "fasth Orthogonal": Layer(lambda d: _fasth().Orthogonal(d), orthogonal=_weight, fasth=True),
     "fasth SVDLinear": Layer(lambda d: _fasth().SVDLinear(d, d), fasth=True),
     "fasth orthogonal(Linear)": Layer(lambda d: _fasth().orthogonal(nn.Linear(d, d)),
                                       orthogonal=_weight, fasth=True),

@@ -14,13 +14,14 @@ ROWS = "rows.jsonl"
 
 
 class Record:
-    """Appends ``{"table": ..., "row": ...}`` lines to ``<out>/rows.jsonl`` (started afresh)."""
+    """Appends ``{"table": ..., "row": ...}`` lines to ``<out>/rows.jsonl``: started afresh, or
+    with ``append`` (a resumed run) after the lines already there."""
 
-    def __init__(self, out: Path | str, **header: object) -> None:
+    def __init__(self, out: Path | str, *, append: bool = False, **header: object) -> None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         self.path = out / ROWS
-        self._file = self.path.open("w")
+        self._file = self.path.open("a" if append else "w")
         self._written: dict[str, list[str]] = {}
         if header:
             self.row("header", header)

@@ -87,6 +87,26 @@ def interleaved(fns: Mapping[K, Fn], repeats: int, *, warmup: int = 1, inner: in
     return samples
 
 
+def settled(fns: Mapping[K, Fn], repeats: int, *, sync: Callable[[], None] = no_sync,
+            tol: float = 0.1, patience: int = 2,
+            max_rounds: int = 10) -> tuple[dict[K, list[float]], dict[K, float], bool]:
+    """``interleaved`` rounds of ``repeats`` until ``patience`` rounds in a row beat no
+    function's fastest call so far by more than ``tol`` (a fresh process runs its first calls
+    while thread pools start and caches fill, which one warm-up call does not cover on a loaded
+    machine). The last round's samples, each function's fastest call over all rounds, and
+    whether it settled within ``max_rounds``."""
+    best: dict[K, float] = {}
+    quiet = 0
+    for r in range(max_rounds):
+        samples = interleaved(fns, repeats, sync=sync)
+        now = {k: min(v) for k, v in samples.items()}
+        quiet = quiet + 1 if r > 0 and all(now[k] >= (1 - tol) * best[k] for k in now) else 0
+        best = {k: min(now[k], best.get(k, math.inf)) for k in now}
+        if quiet >= patience:
+            return samples, best, True
+    return samples, best, False
+
+
 def summary(xs: list[float]) -> dict[str, float]:
     """Median and the 25-75 percentile spread."""
     q = np.percentile(xs, [25, 50, 75])

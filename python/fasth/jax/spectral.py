@@ -7,7 +7,8 @@ maths and the convolution bound).
         an SVDDense whose s = bounded(raw): "normalize" s = bound raw / max|raw|
         (||W||_2 = bound exactly), "sigmoid" s = bound sigmoid(raw), "clip" s = clip(raw, lo, bound)
         layer.singular_values() s;  layer.spectral_norm() ||W||_2 = max|s| (exact)
-        params: layer.U, layer.Vt, layer.raw, layer.b (absent without use_bias)
+        params: layer.U_reflectors, layer.V_reflectors, layer.raw, layer.bias (None without
+        use_bias); layer.weight, layer.U, layer.V as SVDDense's
 
     SpectralConv1x1(in_channels, out_channels, ...)  SpectralDense over the channel (last)
         axis of an NHWC image: its spectral_norm() is the operator norm, exactly.
@@ -52,8 +53,8 @@ class SpectralDense(SVDDense):
         super().__init__(in_features, out_features, use_bias=use_bias, rngs=rngs,
                          param_dtype=param_dtype)
         self.bound, self.mode, self.lo = float(bound), mode, float(lo)
-        r = self.s.shape[0]
-        del self.s
+        r = self.S.shape[0]
+        del self.S
         self.raw = nnx.Param(jnp.full((r,), initial_raw(self.bound, mode, self.lo), param_dtype))
 
     def singular_values(self) -> jax.Array:
@@ -83,7 +84,7 @@ class SpectralConv(nnx.Module):
 
     def kernel(self) -> jax.Array:
         """The HWIO kernel ``(kh, kw, in, out)``."""
-        K = self.svd.matrix().reshape(self.out_channels, *self.kernel_size, self.in_channels)
+        K = self.svd.weight.reshape(self.out_channels, *self.kernel_size, self.in_channels)
         return jnp.transpose(K, (1, 2, 3, 0))
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -91,7 +92,7 @@ class SpectralConv(nnx.Module):
         rt = jnp.result_type(x, K)  # as flax's Conv promotes input and kernel
         y = jax.lax.conv_general_dilated(x.astype(rt), K.astype(rt), self.strides, self.padding,
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return y if self.svd.b is None else y + self.svd.b[...].astype(rt)
+        return y if self.svd.bias is None else y + self.svd.bias[...].astype(rt)
 
     def reshaped_norm(self) -> jax.Array:
         """``||K||_2``, exact."""

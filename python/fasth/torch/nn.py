@@ -35,11 +35,19 @@ def _features_last(y: Tensor, lead: tuple[int, ...]) -> Tensor:
     return y.transpose(0, 1).reshape(*lead, y.shape[0])
 
 
+def _renamed(state_dict: dict, prefix: str, names: dict[str, str]) -> None:
+    """A checkpoint saved before the parameters were renamed loads under the new names."""
+    for old, new in names.items():
+        if prefix + old in state_dict and prefix + new not in state_dict:
+            state_dict[prefix + new] = state_dict.pop(prefix + old)
+
+
 class Orthogonal(nn.Module):
     """``y = x U^T`` with ``U = H_1 ... H_k`` (``d x d``, orthogonal by construction).
 
     ``k`` reflectors, any ``k >= 0`` (default ``d``: every orthogonal matrix of determinant
-    ``(-1)^d``)."""
+    ``(-1)^d``; ``k > d`` is taken too, and spans no more). The parameter ``reflectors``
+    (``d x k``) holds the Householder vectors; ``weight`` is the dense ``U`` they give."""
 
     def __init__(self, d: int, k: int | None = None, *, device=None, dtype=None) -> None:
         super().__init__()
@@ -47,30 +55,41 @@ class Orthogonal(nn.Module):
         if k < 0:
             raise ValueError(f"Orthogonal: k must be nonnegative, got {k}")
         self.d, self.k = d, k
-        self.V = nn.Parameter(torch.randn(d, k, device=device, dtype=dtype))
+        self.reflectors = nn.Parameter(torch.randn(d, k, device=device, dtype=dtype))
 
     def forward(self, x: Tensor) -> Tensor:
         xt, lead = _features_first(x, self.d, "Orthogonal")
-        return _features_last(apply(self.V, xt), lead)
+        return _features_last(apply(self.reflectors, xt), lead)
 
     def inverse(self, y: Tensor) -> Tensor:
         yt, lead = _features_first(y, self.d, "Orthogonal.inverse")
-        return _features_last(apply(self.V, yt, transpose=True), lead)
+        return _features_last(apply(self.reflectors, yt, transpose=True), lead)
 
+    @property
     def weight(self) -> Tensor:
-        return matrix(self.V)
+        """The dense orthogonal ``U`` (``d x d``), differentiable in ``reflectors``."""
+        return matrix(self.reflectors)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        _renamed(state_dict, prefix, {"V": "reflectors"})
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"d={self.d}, k={self.k}"
 
 
 class SVDLinear(nn.Module):
-    """``nn.Linear`` with its weight held as an SVD, ``W = U diag(s) V^T``.
+    """``nn.Linear`` with its weight held as an SVD, ``W = U diag(S) V^T``.
 
     ``U`` and ``V`` are products of Householder reflectors (thin frames of ``r = min(in,
     out)`` columns when rectangular), so ``logabsdet()``, ``spectral_norm()`` and
     ``inverse()`` are exact and cost nothing next to the forward. Starts orthogonal
-    (``s = 1``) unless ``from_linear`` / ``from_weight`` is used."""
+    (``S = 1``) unless ``from_linear`` / ``from_weight`` is used.
+
+    Parameters: ``U_reflectors`` (``out x r``) and ``V_reflectors`` (``in x r``), the
+    Householder vectors; ``S`` (``r``), the singular values; ``bias``. Properties, each
+    differentiable: ``weight`` (``out x in``, as ``nn.Linear.weight``), ``U`` (``out x r``)
+    and ``V`` (``in x r``), the orthonormal factors."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, device=None,
                  dtype=None) -> None:
@@ -78,9 +97,9 @@ class SVDLinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         r = min(in_features, out_features)
         kw = {"device": device, "dtype": dtype}
-        self.U = nn.Parameter(torch.randn(out_features, r, **kw))
+        self.U_reflectors = nn.Parameter(torch.randn(out_features, r, **kw))
         self.S = nn.Parameter(torch.ones(r, **kw))
-        self.V = nn.Parameter(torch.randn(in_features, r, **kw))
+        self.V_reflectors = nn.Parameter(torch.randn(in_features, r, **kw))
         self.bias = nn.Parameter(torch.zeros(out_features, **kw)) if bias else None
 
     @classmethod
@@ -89,8 +108,8 @@ class SVDLinear(nn.Module):
         layer = cls(in_f, out_f, bias is not None, device=weight.device, dtype=weight.dtype)
         u, s, vh = torch.linalg.svd(weight.detach().to(torch.float64), full_matrices=False)
         with torch.no_grad():
-            layer.U.copy_(householder_vectors(u))
-            layer.V.copy_(householder_vectors(vh.T))
+            layer.U_reflectors.copy_(householder_vectors(u))
+            layer.V_reflectors.copy_(householder_vectors(vh.T))
             layer.S.copy_(s)
             if bias is not None:
                 layer.bias.copy_(bias)
@@ -104,45 +123,60 @@ class SVDLinear(nn.Module):
     def square(self) -> bool:
         return self.in_features == self.out_features
 
+    @property
+    def U(self) -> Tensor:
+        """The left factor, ``out x r`` with orthonormal columns."""
+        return matrix(self.U_reflectors, thin=True)
+
+    @property
+    def V(self) -> Tensor:
+        """The right factor, ``in x r`` with orthonormal columns."""
+        return matrix(self.V_reflectors, thin=True)
+
+    @property
     def weight(self) -> Tensor:
-        """The dense ``W`` (``out x in``)."""
+        """The dense ``W = U diag(S) V^T`` (``out x in``)."""
         if self.square:  # both frames in one batched call: half the calls and launches
-            Ur, Vr = matrix(torch.stack([self.U, self.V]), thin=True)
+            Ur, Vr = matrix(torch.stack([self.U_reflectors, self.V_reflectors]), thin=True)
         else:
-            Ur, Vr = matrix(self.U, thin=True), matrix(self.V, thin=True)
+            Ur, Vr = self.U, self.V
         return (Ur * self.S) @ Vr.T
 
     def forward(self, x: Tensor) -> Tensor:
         xt, lead = _features_first(x, self.in_features, "SVDLinear")
         n, r = xt.shape[1], self.S.shape[0]
         if dense_weight(n, self.in_features, self.out_features, eager=not torch.compiler.is_compiling()):
-            return nn.functional.linear(x, self.weight(), self.bias)
-        z = apply(self.V, xt, transpose=True)[:r] * self.S[:, None]   # diag(s) V^T x
+            return nn.functional.linear(x, self.weight, self.bias)
+        z = apply(self.V_reflectors, xt, transpose=True)[:r] * self.S[:, None]   # diag(S) V^T x
         if self.out_features > r:
             z = torch.cat([z, z.new_zeros(self.out_features - r, n)])
-        y = _features_last(apply(self.U, z), lead)
+        y = _features_last(apply(self.U_reflectors, z), lead)
         return y if self.bias is None else y + self.bias
 
     def inverse(self, y: Tensor) -> Tensor:
-        """``x`` with ``forward(x) = y``: ``W^{-1} = V diag(1/s) U^T`` (square layers)."""
+        """``x`` with ``forward(x) = y``: ``W^{-1} = V diag(1/S) U^T`` (square layers)."""
         if not self.square:
             raise ValueError("SVDLinear.inverse: the layer is not square "
                              f"({self.out_features} x {self.in_features})")
         if self.bias is not None:
             y = y - self.bias
         yt, lead = _features_first(y, self.out_features, "SVDLinear.inverse")
-        z = apply(self.U, yt, transpose=True) / self.S[:, None]
-        return _features_last(apply(self.V, z), lead)
+        z = apply(self.U_reflectors, yt, transpose=True) / self.S[:, None]
+        return _features_last(apply(self.V_reflectors, z), lead)
 
     def logabsdet(self) -> Tensor:
-        """``log |det W| = sum log |s|`` (square layers)."""
+        """``log |det W| = sum log |S|`` (square layers)."""
         if not self.square:
             raise ValueError("SVDLinear.logabsdet: the layer is not square")
         return torch.log(torch.abs(self.S)).sum()
 
     def spectral_norm(self) -> Tensor:
-        """``||W||_2 = max |s|``, exact."""
+        """``||W||_2 = max |S|``, exact."""
         return torch.abs(self.S).max()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        _renamed(state_dict, prefix, {"U": "U_reflectors", "V": "V_reflectors"})
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

@@ -1,7 +1,7 @@
 """Layers with exact spectral control: ``SpectralLinear``, ``SpectralConv1x1``, ``SpectralConv2d``.
 
 Each holds its weight as ``SVDLinear`` does, ``W = U diag(s) V^T`` with ``U``, ``V`` products
-of Householder reflectors, and maps an unconstrained parameter ``raw`` to singular values
+of Householder reflectors (the parameters ``U_reflectors``, ``V_reflectors``), and maps an unconstrained parameter ``raw`` to singular values
 that respect a bound by construction (a ``torch.nn.utils.parametrize`` parametrisation of
 ``SVDLinear.S``), so ``||W||_2 = max |s|`` is known exactly, with no power iteration:
 
@@ -123,7 +123,7 @@ class SpectralConv2d(nn.Module):
 
     def kernel(self) -> Tensor:
         """The convolution kernel ``(out, in, kh, kw)``."""
-        return self.svd.weight().reshape(self.out_channels, self.in_channels, *self.kernel_size)
+        return self.svd.weight.reshape(self.out_channels, self.in_channels, *self.kernel_size)
 
     def forward(self, x: Tensor) -> Tensor:
         with parametrize.cached():

@@ -1,7 +1,7 @@
 """``python -m fasth glow``: train Glow with an SVD (fasth), LU or plain invertible 1x1
 convolution, in torch or JAX; ``--bench`` times the three variants.
 
-Default: scikit-learn's bundled 8x8 digits (17 levels, so a uniform model scores log2(17) =
+Default: scikit-learn's bundled 8x8 digits (17 grey levels, so a uniform model scores log2(17) =
 4.09 bits/dim), a few minutes on 2 CPU cores. Multi-process: ``torchrun --nproc-per-node N
 -m fasth glow ...`` (DDP; gloo on CPU, NCCL on GPU)."""
 
@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from fasth._cli import check_device
+from fasth._cli import parser as parser_of
 from .data import DATASETS
 from .flow import CONVS
 
@@ -22,8 +23,7 @@ SIZES = {  # per data set, the options left unset
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m fasth glow", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser_of("python -m fasth glow", __doc__)
     p.add_argument("--framework", choices=("torch", "jax"), default="torch")
     p.add_argument("--conv", choices=CONVS, default="svd",
                    help="invertible 1x1 convolution (default svd: fasth)")
@@ -33,8 +33,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="where fashion-mnist / cifar10 live")
     p.add_argument("--n-bits", type=int, default=None, help="reduce 8-bit data to this many bits")
     p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--levels", type=int, default=None, help="multi-scale levels L")
-    p.add_argument("--steps", type=int, default=None, help="flow steps per level K")
+    p.add_argument("--levels", type=int, default=None, help="scales L of the multi-scale flow")
+    p.add_argument("--steps", type=int, default=None, help="flow steps K per scale")
     p.add_argument("--width", type=int, default=None, help="hidden channels of the coupling nets")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -49,7 +49,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=None, help="--bench: timed repeats per cell")
     p.add_argument("--per-step", action="store_true",
                    help="--bench: build each step's 1x1-conv matrix on its own, as openai/glow "
-                        "does, instead of one batched call per level")
+                        "does, instead of one batched call per scale")
     return p
 
 
@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fasth glow: {e}", file=sys.stderr)
         return 2
     print(f"Glow ({args.framework}, {args.conv} 1x1 conv) on {data.name} {data.shape}, "
-          f"{len(data.train)} train / {len(data.test)} test, {data.levels} levels; "
-          f"L={args.levels} K={args.steps} width={args.width} batch={args.batch_size}", flush=True)
+          f"{len(data.train)} train / {len(data.test)} test, {data.levels} grey levels; "
+          f"{args.levels} scales (L) of {args.steps} steps (K), width {args.width}, batch {args.batch_size}", flush=True)
     try:
         train(args, data)
     except NonFiniteLoss as e:

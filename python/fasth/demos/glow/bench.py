@@ -22,7 +22,8 @@ def run(args) -> dict:
 
     from . import with_sizes
     from .flow import CONVS
-    from .torch_model import Glow, InvConv, conv_inverse_weights, conv_weights
+    from .torch_convs import InvConv, conv_inverse_weights, conv_weights
+    from .torch_model import Glow
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     args = with_sizes(args, GPU_SIZES if device.type == "cuda" else CPU_SIZES)
@@ -96,9 +97,9 @@ def run(args) -> dict:
         loss.backward()
 
     rows = {"model": (model_fwd, model_inv, model_fwdbwd), "1x1 convs": (conv_fwd, conv_inv, conv_fwdbwd)}
-    how = "one step at a time" if args.per_step else "one batched call per level"
+    how = "one step at a time" if args.per_step else "one batched call per scale"
     print(f"Glow bench on {device} ({torch.get_num_threads()} threads): batch {n}, 3x32x32, "
-          f"L={args.levels} K={args.steps} width={args.width}, 1x1-conv matrices {how}; "
+          f"{args.levels} scales (L) of {args.steps} steps (K), width {args.width}, 1x1-conv matrices {how}; "
           f"{repeats} interleaved repeats, medians "
           f"({len(convs['svd'])} 1x1 convs of {sorted({c.c for c in convs['svd']})} channels)", flush=True)
     cells = {(r, col, k): (lambda fn=fn, k=k: fn(k))

@@ -48,7 +48,7 @@ def load(name: str, data_dir: str | None = None, n_bits: int | None = None) -> D
         raise ValueError(f"data must be one of {DATASETS}, got {name!r}")
     if n_bits is not None:
         if data.levels != 256:
-            raise ValueError(f"--n-bits applies to 8-bit data; {name} has {data.levels} levels")
+            raise ValueError(f"--n-bits applies to 8-bit data; {name} has {data.levels} grey levels")
         if not 1 <= n_bits <= 8:
             raise ValueError(f"--n-bits must be in 1..8, got {n_bits}")
         shift = 8 - n_bits

@@ -73,7 +73,7 @@ def svd_parameters(W0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def check_shape(shape: tuple[int, int, int], levels: int) -> None:
     c, h, w = shape
     if h % (2 ** levels) or w % (2 ** levels):
-        raise ValueError(f"Glow: image {h}x{w} must be divisible by 2^levels = {2 ** levels}")
+        raise ValueError(f"Glow: image {h}x{w} must be divisible by 2^scales = {2 ** levels}")
 
 
 def bits_per_dim(logpx, dims: int, levels: int):

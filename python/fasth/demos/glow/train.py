@@ -5,6 +5,7 @@ non-finite-loss error, the final samples and reconstructions. ``train`` returns 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -76,7 +77,7 @@ def batches(n: int, batch: int, epoch: int, seed: int, rank: int = 0, world: int
 
 
 class Trainer(Protocol):
-    """What a framework gives the driver (``torch_model.Trainer``, ``jax_model.Trainer``); a
+    """What a framework gives the driver (``torch_trainer.Trainer``, ``jax_model.Trainer``); a
     context manager that builds the model on entry and releases what it holds on exit."""
 
     title: str  # the framework as the PNG's title names it
@@ -97,7 +98,7 @@ class Trainer(Protocol):
 
 def trainer(args: Any, data: Data) -> Trainer:
     if args.framework == "torch":
-        from .torch_model import Trainer as T
+        from .torch_trainer import Trainer as T
     else:
         from .jax_model import Trainer as T
     return T(args, data)
@@ -112,11 +113,14 @@ def check_resume(saved: dict, args: Any, path: Path) -> None:
 
 def train(args: Any, data: Data) -> dict:
     """Train (or with ``args.resume`` continue) a Glow; ``{"train_bpd", "test_bpd", "png",
-    "checkpoint"}`` on the main rank, ``{}`` on the others."""
+    "checkpoint"}`` on the main rank, ``{}`` on the others. Each epoch's result reaches
+    ``rows.jsonl`` in ``args.out`` as the epoch ends (``fasth.bench.record``)."""
     from tqdm import tqdm
 
+    from fasth.bench.record import Record
+
     out = Path(args.out)
-    with trainer(args, data) as t:
+    with trainer(args, data) as t, contextlib.ExitStack() as stack:
         main_rank = t.rank == 0
         ckpt = out / f"glow-{args.framework}-{args.conv}.{t.suffix}"
         if args.resume:
@@ -133,6 +137,9 @@ def train(args: Any, data: Data) -> dict:
             # 0's parameters, so that all ranks start equal).
             t.initialize(next(batches(len(data.train), args.batch_size, 0, args.seed, t.rank, t.world)))
             start_epoch, step = 0, 0
+        if main_rank:
+            record = Record(out, append=args.resume, args=vars(args))
+            stack.callback(record.close)
         t0 = time.perf_counter()
         train_bpd = float("nan")
         for epoch in range(start_epoch, args.epochs):
@@ -155,8 +162,11 @@ def train(args: Any, data: Data) -> dict:
             train_bpd = tot / max(cnt, 1)
             if main_rank:
                 tb = t.test_bpd(EVAL_BATCH, EVAL_SEED)
+                seconds = time.perf_counter() - t0
+                record.row("epoch", {"epoch": epoch + 1, "step": step, "train_bpd": train_bpd,
+                                     "test_bpd": tb, "seconds": seconds})
                 print(f"epoch {epoch + 1}/{args.epochs}: train {train_bpd:.4f} bits/dim, "
-                      f"test {tb:.4f} bits/dim, {time.perf_counter() - t0:.1f} s", flush=True)
+                      f"test {tb:.4f} bits/dim, {seconds:.1f} s", flush=True)
                 out.mkdir(parents=True, exist_ok=True)
                 t.save(ckpt, {"epoch": epoch + 1, "step": step, "args": vars(args)})
         if not main_rank:

@@ -14,7 +14,8 @@ import optax
 from flax import nnx
 
 from ...jax.spectral import SpectralDense
-from . import BOUND_IRESNET, METHODS, classifier_result, collect, fixed_point, iresnet_result, train_loop
+from .common import (BOUND_IRESNET, METHODS, classifier_result, collect, fixed_point, flatness,
+                     iresnet_result, train_loop)
 
 
 def _normalize(x: jax.Array) -> jax.Array:
@@ -64,7 +65,7 @@ class FasthDense(SpectralDense):
         return super().__call__(x)
 
     def effective_weight(self) -> jax.Array:
-        return self.matrix()
+        return self.weight
 
     def claimed_norm(self) -> float:
         return float(self.spectral_norm())
@@ -191,7 +192,9 @@ def run_iresnet(method, data, args, bar):
     iters.reverse()
     X = np.asarray(Xte)
     err = float(np.max(np.linalg.norm(np.asarray(z) - X, axis=-1) / np.maximum(np.linalg.norm(X, axis=-1), 1e-12)))
-    res, arch = iresnet_result(acc, true_norms(model), iters, err, ok, ms, hist, args.blocks, d, hidden)
+    weights = [np.asarray(l.effective_weight(), np.float64) for l in model.spectral_layers()]
+    res, arch = iresnet_result(acc, true_norms(model), iters, err, ok, ms, hist, args.blocks, d, hidden,
+                               flatness(weights))
     return res, arch, model
 
 
@@ -210,10 +213,10 @@ def timing_step(method: str, d: int, n: int, seed: int):
     return lambda: step(model, opt, X).block_until_ready()
 
 
-def run(args, data) -> dict:
+def run(args, data, save=lambda part, row: None) -> dict:
     dev = jax.devices(args.device)[0] if args.device != "cpu" else jax.devices("cpu")[0]
     Xtr, ytr, Xte, yte = data
     with jax.default_device(dev):
         data = (jnp.asarray(Xtr), jnp.asarray(ytr), jnp.asarray(Xte), np.asarray(yte))
         return collect("jax", str(dev), data, args, run_classifier, run_iresnet,
-                       lambda m, d, n: timing_step(m, d, n, args.seed))
+                       lambda m, d, n: timing_step(m, d, n, args.seed), save)

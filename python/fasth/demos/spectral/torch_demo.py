@@ -9,7 +9,8 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
 
 from ...torch.spectral import SpectralLinear
-from . import BOUND_IRESNET, METHODS, classifier_result, collect, fixed_point, iresnet_result, train_loop
+from .common import (BOUND_IRESNET, METHODS, classifier_result, collect, fixed_point, flatness,
+                     iresnet_result, train_loop)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -58,7 +59,7 @@ def spectral_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def effective_weight(layer: nn.Module) -> Tensor:
-    return layer.effective_weight() if isinstance(layer, PowerLinear) else layer.weight()
+    return layer.effective_weight() if isinstance(layer, PowerLinear) else layer.weight
 
 
 def claimed_norm(layer: nn.Module) -> float:
@@ -178,7 +179,9 @@ def run_iresnet(method, data, args, bar):
             ok &= conv
         iters.reverse()
         err = float(((z - Xte).norm(dim=-1) / Xte.norm(dim=-1).clamp_min(1e-12)).max())
-    res, arch = iresnet_result(acc, true_norms(model), iters, err, ok, ms, hist, args.blocks, d, hidden)
+        weights = [effective_weight(l).double().cpu().numpy() for l in spectral_layers(model)]
+    res, arch = iresnet_result(acc, true_norms(model), iters, err, ok, ms, hist, args.blocks, d, hidden,
+                               flatness(weights))
     return res, arch, model
 
 
@@ -199,9 +202,9 @@ def timing_step(method: str, d: int, n: int, device: torch.device, seed: int):
     return step
 
 
-def run(args, data) -> dict:
+def run(args, data, save=lambda part, row: None) -> dict:
     dev = torch.device(args.device)
     args.device = dev
     data = tuple(torch.as_tensor(a, device=dev) for a in data)
     return collect("torch", str(dev), data, args, run_classifier, run_iresnet,
-                   lambda m, d, n: timing_step(m, d, n, dev, args.seed))
+                   lambda m, d, n: timing_step(m, d, n, dev, args.seed), save)
