@@ -148,9 +148,9 @@ def _finish(out: Path, data: dict, markdown, plot, png: str, complete: bool) -> 
 
 
 def _measure(a: argparse.Namespace, cfg, command: str, tables: dict, run, markdown, plot, png: str) -> int:
-    """Runs ``run(record)`` (which appends to the lists in ``tables`` and calls ``record()``
-    after each group), every row on disk when its group ends; the report after, also when the
-    run stops early (error, Ctrl-C, SIGTERM), then the error goes on."""
+    """Runs ``run(flush)``, which appends rows to the lists in ``tables`` and calls ``flush()``
+    after each group, so every row is on disk when its group ends; writes the report after,
+    also when the run stops early (error, Ctrl-C, SIGTERM), and then lets the error go on."""
     from .environment import environment
     from .record import Record, interruptible
 
