@@ -12,7 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fasth
-import fasth._api
+import fasth._engine
+import fasth._functional
+import fasth._native
+from fasth._spec import APPLY, HOUSEHOLDER, MATRIX, Spec
 import fasth._arrays
 from fasth.bench import plans
 from reference import (finite_difference, ref_apply, ref_apply_grad, ref_matrix,
@@ -182,7 +185,7 @@ def test_plan_writes_only_its_buffers(rng, dtype, case):
     f, ws = guarded(plan.factors_size), guarded(plan.forward_workspace)
     for _ in range(2):  # the factors come out the same whatever was in the buffer before
         f[: plan.factors_size] = rng.standard_normal(plan.factors_size)
-        core.forward(plan, code, V, tau, X, out, f, ws, blas=fasth._api.SCIPY_BLAS)
+        core.forward(plan, code, V, tau, X, out, f, ws, blas=fasth._native.scipy_blas())
         if _ == 0:
             first = f[: plan.factors_size].copy()
     np.testing.assert_array_equal(f[: plan.factors_size], first)
@@ -193,7 +196,7 @@ def test_plan_writes_only_its_buffers(rng, dtype, case):
     # The backward from the output (or input), then from the tape where the plan keeps one.
     tape = guarded(plan.tape_size)
     if plan.tape_size:
-        core.forward(plan, code, V, tau, X, out, f, ws, blas=fasth._api.SCIPY_BLAS, tape=tape)
+        core.forward(plan, code, V, tau, X, out, f, ws, blas=fasth._native.scipy_blas(), tape=tape)
         assert not np.isnan(tape[: plan.tape_size]).any()  # an output: every element written
         assert np.isnan(tape[plan.tape_size:]).all()
         assert np.isnan(ws[plan.forward_workspace:]).all()
@@ -205,7 +208,7 @@ def test_plan_writes_only_its_buffers(rng, dtype, case):
         sv = () if saved is None else (saved.shape, tuple(s // saved.itemsize for s in saved.strides))
         core.backward(plan, code, V, f, saved if t is None else None, *(sv or ((), ())), G,
                       G.shape, tuple(s // G.itemsize for s in G.strides), dV, dtau, dX, wb,
-                      blas=fasth._api.SCIPY_BLAS, tape=t)
+                      blas=fasth._native.scipy_blas(), tape=t)
         for b in (dvb, dtb, dxb):
             if b is not None:
                 assert np.isnan(b[b.size - guard:]).all()
@@ -427,12 +430,12 @@ def test_matrix_backward(xp, rng, dtype, d, k, thin, block):
 def test_factors_are_reusable(xp, rng):
     d, k, n = 9, 6, 4
     V, X, G = random_v(rng, (d, k)), randn(rng, (2, d, n)), randn(rng, (2, d, n))
-    out, f = fasth._api.apply_with_factors(xp(V), xp(X), block=4)
+    out, f = fasth._functional.apply_with_factors(xp(V), xp(X), block=4)
     dV, dX = fasth.apply_backward(xp(V), out, xp(G), factors=f, block=4)
     dV2, dX2 = fasth.apply_backward(xp(V), out, xp(G), block=4)
     np.testing.assert_array_equal(xp.numpy(dV), xp.numpy(dV2))
     np.testing.assert_array_equal(xp.numpy(dX), xp.numpy(dX2))
-    U, f = fasth._api.matrix_with_factors(xp(V), block=2)
+    U, f = fasth._functional.matrix_with_factors(xp(V), block=2)
     Gm = randn(rng, (d, d))
     dV = fasth.matrix_backward(xp(V), U, xp(Gm), factors=f, block=2)
     assert_close(xp.numpy(dV), ref_matrix_grad(V, Gm), "float64", 2 * d)
@@ -725,16 +728,16 @@ def test_plan_runs_name_a_missing_pointer(rng, missing):
     """A C++ caller (or binding) that leaves out an array the run needs gets an error naming
     it, not a crash."""
     V, X = random_v(rng, (32, 32)), randn(rng, (32, 4))
-    c = fasth._api.resolve("apply", fasth._api.APPLY, fasth._api.HOUSEHOLDER, ("V", "X"), (V, X))
-    out, f = fasth._api.forward(c, V, None, X)
+    c = fasth._engine.resolve(Spec(APPLY, HOUSEHOLDER), "numpy", (V, None, X))
+    out, f = fasth._engine.forward(c, V, None, X)
     G = randn(rng, out.shape)
-    dV, ws = np.empty(c.dV[0]), np.empty(max(c.bws, 1))
+    dV, ws = np.empty(c.dV[0]), np.empty(max(c.backward_ws, 1))
     given = {"V": V, "factors": f, "saved": out, "grad": G, "dV": dV, "workspace": ws}
     given[missing] = None
     arg = lambda a: None if a is None else a.ctypes.data
     elements = lambda a: tuple(s // a.itemsize for s in a.strides)
     with pytest.raises(ValueError, match=f"backward needs {missing}"):
-        c.module.backward(c.plan, c.code, arg(given["V"]), arg(given["factors"]), arg(given["saved"]),
+        c.module.backward(c.plan, c.dtype_code, arg(given["V"]), arg(given["factors"]), arg(given["saved"]),
                           out.shape, elements(out), arg(given["grad"]), G.shape, elements(G),
                           arg(given["dV"]), None, None, arg(given["workspace"]), blas=c.blas)
 
@@ -757,9 +760,9 @@ def test_rows_far_apart_as_they_are(xp, rng, vshape, cols, scale):
         rdV, rdX = ref_apply_grad(V, X, G, transpose)
         assert_close(xp.numpy(dV) * scale, rdV * scale, "float64", vshape[-2])
         assert_close(xp.numpy(dX), rdX, "float64", vshape[-2])
-    c = fasth._api.resolve("apply", fasth._api.APPLY, fasth._api.HOUSEHOLDER, ("V", "X"), (V, X))
-    out, f, tape = fasth._api.forward(c, V, None, X, tape=True)
-    dVt, _, dXt = fasth._api.backward(c, V, f, None, G, tape=tape)
+    c = fasth._engine.resolve(Spec(APPLY, HOUSEHOLDER), "numpy", (V, None, X))
+    out, f, tape = fasth._engine.forward(c, V, None, X, tape=True)
+    dVt, _, dXt = fasth._engine.backward(c, V, f, None, G, tape=tape)
     rdV, rdX = ref_apply_grad(V, X, G, False)
     assert_close(dVt * scale, rdV * scale, "float64", vshape[-2])
     assert_close(dXt, rdX, "float64", vshape[-2])
@@ -788,15 +791,15 @@ def test_backward_from_tape_matches_backward_from_output(rng, case):
     V = random_v(rng, vshape, zero_cols=zeros) * scale
     V = np.ascontiguousarray(V) if row_major else np.asfortranarray(V)
     X, G = randn(rng, xshape), randn(rng, xshape)
-    c = fasth._api.resolve("apply", fasth._api.APPLY, fasth._api.HOUSEHOLDER, ("V", "X"), (V, X),
-                           transpose=transpose, block=block, strategy="blockwise")
-    assert c.tsize > 0
-    out, f, tape = fasth._api.forward(c, V, None, X, tape=True)
-    assert_close(out, fasth._api.forward(c, V, None, X)[0].astype(np.float64), "float64", 1)
+    c = fasth._engine.resolve(Spec(APPLY, HOUSEHOLDER, transpose, False, block, "blockwise"), "numpy",
+                              (V, None, X))
+    assert c.tape_size > 0
+    out, f, tape = fasth._engine.forward(c, V, None, X, tape=True)
+    assert_close(out, fasth._engine.forward(c, V, None, X)[0].astype(np.float64), "float64", 1)
     with fasth.profile() as from_output:
-        dV, _, dX = fasth._api.backward(c, V, f, out, G)
+        dV, _, dX = fasth._engine.backward(c, V, f, out, G)
     with fasth.profile() as from_tape:
-        dVt, _, dXt = fasth._api.backward(c, V, f, None, G, tape=tape)
+        dVt, _, dXt = fasth._engine.backward(c, V, f, None, G, tape=tape)
     assert from_tape.by_op["gemm"] < from_output.by_op["gemm"]
     assert_close(dXt, dX, "float64", vshape[-2])
     assert_close(dVt * scale, dV * scale, "float64", vshape[-2])
@@ -809,11 +812,11 @@ def test_tape_only_where_small():
     """A tape is kept up to 2^24 elements (a layer's activations), not for large problems; a
     householder U is made blockwise with a tape on the CPU where the tape fits, else as one
     block (and always on the GPU)."""
-    core, dense = fasth._core, fasth._api.dense_strides
+    core, dense = fasth._core, fasth._engine.dense_strides
     args = lambda d, n, dev=core.Device.cpu: ((d, d), dense((d, d)), (), (), (d, n), dense((d, n)),
                                               False, False, 0, core.Strategy.blockwise, dev)
-    apply, matrix = (lambda *a: core.Plan(op, fasth._api.HOUSEHOLDER, *args(*a))
-                     for op in (fasth._api.APPLY, fasth._api.MATRIX))
+    apply, matrix = (lambda *a: core.Plan(op, core.Kind.householder, *args(*a))
+                     for op in (core.Op.apply, core.Op.matrix))
     assert apply(512, 128).tape_size > 0
     assert apply(4096, 4096).tape_size == 0
     assert matrix(512, 0).tape_size > 0 and matrix(512, 0).strategy == core.Strategy.blockwise

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import fasth
-import fasth._api
+import fasth._native
 from conftest import cuda_skip_reason
 from reference import ref_apply, ref_apply_grad, ref_matrix, ref_matrix_grad
 from test_core import assert_close, randn, random_v
@@ -48,7 +48,7 @@ def test_cuda_module_unavailable_without_gpu():
     except ImportError:
         pass
     with pytest.raises(RuntimeError, match="unavailable"):
-        fasth._api.cuda_module()
+        fasth._native.cuda()
 
 
 def test_cuda_module_imports_anywhere():

@@ -140,15 +140,15 @@ def test_every_cpu_blas_matches_reference(blas):
     (installed by ``fasth.torch``), whose batches go to MKL's ``?gemm_batch`` where it has one
     ("torch-loop": one product a call). Each matches the reference, on a batch of 70 small
     entries (two batch calls of at most 64) and on a few entries large enough for threads."""
-    from fasth import _api
-    from fasth.torch import _ops
+    from fasth import _engine, _native
+    from fasth.torch import _plans
 
     g = torch.Generator().manual_seed(1)
-    if blas != "scipy" and _ops.torch_blas() is None:
+    if blas != "scipy" and _plans.torch_blas() is None:
         pytest.skip("this torch build exports no BLAS")
     try:
-        _api.use_blas_for("torch", _api.SCIPY_BLAS if blas == "scipy"
-                          else _ops.torch_blas(gemm_batch=blas == "torch"))
+        _engine.use_blas_for("torch", _native.scipy_blas() if blas == "scipy"
+                             else _plans.torch_blas(gemm_batch=blas == "torch"))
         for B, d, k, n in ((70, 5, 4, 3), (3, 96, 96, 64)):
             V, X, G = (torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True)
                        for s in ((B, d, k), (B, d, n), (B, d, n)))
@@ -163,7 +163,7 @@ def test_every_cpu_blas_matches_reference(blas):
             np.testing.assert_allclose(U.detach().numpy(), ref_matrix(V.detach().numpy()), atol=1e-10)
             np.testing.assert_allclose(V.grad.numpy(), ref_matrix_grad(V.detach().numpy(), GU), atol=1e-9)
     finally:
-        _api.use_blas_for("torch", _ops.torch_blas() or _api.SCIPY_BLAS)
+        _engine.use_blas_for("torch", _plans.torch_blas)
 
 
 APPLY, MATRIX, HH = 0, 1, 0  # the core's Op and Kind
