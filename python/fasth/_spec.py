@@ -75,7 +75,8 @@ class Spec(NamedTuple):
 
 def check_bool(fn: str, name: str, value: Any) -> bool:
     """A flag must be a bool: ``transpose='no'`` is truthy and would compute U^T X."""
-    if isinstance(value, bool) or type(value).__name__ == "bool_":  # numpy's bool too
+    if isinstance(value, bool) or (type(value).__module__ == "numpy"
+                                   and type(value).__name__ in ("bool", "bool_")):  # numpy's
         return bool(value)
     raise TypeError(f"{fn}: {name} must be a bool, got {type(value).__name__} {value!r}")
 
