@@ -19,7 +19,6 @@ from reference import ref_apply, ref_apply_grad, ref_matrix
 # Memory layouts.
 
 
-
 @pytest.mark.parametrize("vlayout", LAYOUTS)
 @pytest.mark.parametrize("xlayout", LAYOUTS)
 @pytest.mark.parametrize("shared", [False, True])
