@@ -136,10 +136,14 @@ def grad(s: Spec, *arrays):
     return _ffi.custom_calls(s).backward(*arrays)
 
 
-def _grad_fwd(s, *arrays):
-    arrays = tuple(a.value for a in arrays)
-    out = grad(s, *arrays)
-    return out, (arrays, out)
+def _backward_fwd(backward, tape: bool):
+    """The forward rule of ``grad`` (or with `tape`, ``grad_taped``): its arrays (less the
+    tape, which has no cotangent) and its output as residuals."""
+    def fwd(s, *arrays):
+        arrays = tuple(a.value for a in arrays)
+        out = backward(s, *arrays)
+        return out, (arrays[:-1] if tape else arrays, out)
+    return fwd
 
 
 def _grad_bwd(s, res, cts):
@@ -163,7 +167,7 @@ def _grad_bwd(s, res, cts):
     return tuple(res)
 
 
-grad.defvjp(_grad_fwd, _grad_bwd, symbolic_zeros=True)
+grad.defvjp(_backward_fwd(grad, False), _grad_bwd, symbolic_zeros=True)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -172,14 +176,8 @@ def grad_taped(s: Spec, *arrays):
     return _ffi.custom_calls(s).backward_taped(*arrays)
 
 
-def _grad_taped_fwd(s, *arrays):
-    arrays = tuple(a.value for a in arrays)
-    out = grad_taped(s, *arrays)
-    return out, (arrays[:-1], out)
-
-
 def _grad_taped_bwd(s, res, cts):
     return (*_grad_bwd(s, res, cts), None)  # as grad's; the tape has no cotangent
 
 
-grad_taped.defvjp(_grad_taped_fwd, _grad_taped_bwd, symbolic_zeros=True)
+grad_taped.defvjp(_backward_fwd(grad_taped, True), _grad_taped_bwd, symbolic_zeros=True)
