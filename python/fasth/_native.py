@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 from typing import Any
 
 from . import _core
 from ._spec import APPLY, HOUSEHOLDER, LAPACK, MATRIX, STRATEGIES, Spec
 
 core = _core
+_counted = [_core]  # the modules whose backend calls profiling counts: _cuda once cuda() loads it
 _OPS = {APPLY: _core.Op.apply, MATRIX: _core.Op.matrix}
 _KINDS = {HOUSEHOLDER: _core.Kind.householder, LAPACK: _core.Kind.lapack}
 _STRATEGIES = tuple(getattr(_core.Strategy, s) for s in ("automatic", "blockwise", "materialize"))
@@ -47,6 +47,7 @@ def cuda() -> Any:
     reason = _cuda.unavailable_reason()
     if reason:
         raise RuntimeError(f"fasth: the CUDA backend is unavailable: {reason}")
+    _counted.append(_cuda)
     return _cuda
 
 
@@ -81,14 +82,9 @@ def build_id() -> str:
     return f"{st.st_size}-{st.st_mtime_ns}"
 
 
-def _counted() -> list:
-    cuda_module = sys.modules.get(f"{__package__}._cuda")  # counted where it is loaded
-    return [_core] + ([cuda_module] if cuda_module is not None else [])
-
-
 def start_counting() -> list:
     """Resets and starts the backend-call counters of the loaded modules; returns them."""
-    modules = _counted()
+    modules = list(_counted)
     for m in modules:
         m.reset_call_counts()
         m.count_calls(True)
