@@ -17,7 +17,7 @@ import sys
 import torch
 
 import fasth.torch as ft
-from fasth import _api
+from fasth import _functional
 from fasth.bench.environment import environment, machine, threads
 from fasth.bench.timing import interleaved
 
@@ -40,7 +40,7 @@ def cell(d: int, n: int, repeats: int) -> dict:
 
 def default_block(d: int, n: int) -> int:
     V, X = torch.empty(d, d), torch.empty(n, d).T
-    return _api.resolve("f", _api.APPLY, _api.HOUSEHOLDER, ("V", "X"), (V, X)).plan.block
+    return _functional._bind_apply(V, X, False, None, "auto", False).plan.block
 
 
 def main(argv: list[str] | None = None) -> int:

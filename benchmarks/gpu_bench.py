@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 
 import fasth
-import fasth._api as api
+from fasth import _functional, _native
 import fasth.torch as ft
 from fasth.bench.timing import interleaved
 
@@ -97,7 +97,7 @@ def orthogonal(d: int) -> torch.Tensor:
 
 
 def strategy_of(d: int, k: int, n: int) -> str:
-    return str(api._core.choose_strategy(d, k, n)).split(".")[-1]
+    return str(_native.core.choose_strategy(d, k, n)).split(".")[-1]
 
 
 @dataclass
@@ -146,7 +146,7 @@ def block_width(table: Table, d: int, n: int, reps: int) -> None:
     n <= 256) and blocks of 256 against blocks of 128 (ratio below 1: faster than 128)."""
     V, X = householder(d, d), torch.randn(d, n, device="cuda", requires_grad=True)
     G = torch.randn(d, n, device="cuda")
-    default = api._core.choose_block(d, d, n, api._core.Device.cuda)
+    default = _native.core.choose_block(d, d, n, _native.core.Device.cuda)
     widths = sorted({128, 256, default})
     with torch.no_grad():
         t = time_us({m: (lambda m=m: ft.apply(V, X, block=m)) for m in widths}, reps)
@@ -237,8 +237,8 @@ def small_d_matrix(table: Table, reps: int) -> None:
         ft.matrix(V).backward(GU)
 
     def functional():  # fasth's own calls only: matrix with its factors, then its backward
-        U, f = api.matrix_with_factors(V.detach())
-        api.matrix_backward(V.detach(), U, GU, factors=f)
+        U, f = _functional.matrix_with_factors(V.detach())
+        _functional.matrix_backward(V.detach(), U, GU, factors=f)
 
     L, Lf = launches(step), launches(functional)
     t = time_us({"fasth": step, "functional": functional}, reps, inner=20)
@@ -259,7 +259,7 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("gpu_bench: no CUDA device; nothing to measure")
         return 0
-    api.cuda_module()  # a clear error now if the CUDA backend cannot run
+    _native.cuda()  # a clear error now if the CUDA backend cannot run
     torch.backends.cuda.matmul.allow_tf32 = False  # cuBLAS SGEMM in full float32; fasth too
     torch.set_float32_matmul_precision("highest")
     torch.manual_seed(0)

@@ -30,10 +30,10 @@ def cuda_skip_reason() -> str | None:
         return "torch is not installed"
     if not torch.cuda.is_available():
         return "no CUDA device (torch.cuda.is_available() is False)"
-    import fasth._api
+    import fasth._native
 
     try:
-        fasth._api.cuda_module()
+        fasth._native.cuda()
     except RuntimeError as e:
         return str(e)
     return None

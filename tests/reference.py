@@ -2,7 +2,7 @@
 
 H_i = I - 2 v_i v_i^T / |v_i|^2 (the identity when v_i = 0), U = H_1 ... H_k.
 Gradients come from an explicit sequential backward over the reflectors (derived by hand
-below, checked against finite differences in test_core.py); nothing here calls fasth.
+below, checked against finite differences in test_reference.py); nothing here calls fasth.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
-"""CUDA-only cases on top of the device-parametrised core tests: larger sizes on torch CUDA
-tensors, the caller's (non-default) stream, a second GPU, cupy arrays, CUDA-graph capture of a
-training step, and the error when there is no GPU. Skips cleanly without a GPU."""
+"""CUDA-only checks (the device-parametrised tests run every other body on CUDA too): the CUDA
+module's import and its error without a GPU, the small-d path's launch count, the caller's
+(non-default) stream, a second GPU, cupy arrays, CUDA-graph capture of a training step, and
+CUDA's plans run on the CPU backend (what only they do, checked on any machine). Skips
+cleanly without a GPU."""
 
 from __future__ import annotations
 
@@ -8,14 +10,15 @@ import numpy as np
 import pytest
 
 import fasth
-import fasth._api
+import fasth._native
+from fasth.bench import plans
+
 from conftest import cuda_skip_reason
+from helpers import DTYPES, assert_close, randn, random_v
 from reference import ref_apply, ref_apply_grad, ref_matrix, ref_matrix_grad
-from test_core import assert_close, randn, random_v
 
 needs_cuda = pytest.mark.skipif(cuda_skip_reason() is not None,
                                 reason=str(cuda_skip_reason()))
-DTYPES = ["float32", "float64"]
 
 
 @pytest.fixture
@@ -48,7 +51,7 @@ def test_cuda_module_unavailable_without_gpu():
     except ImportError:
         pass
     with pytest.raises(RuntimeError, match="unavailable"):
-        fasth._api.cuda_module()
+        fasth._native.cuda()
 
 
 def test_cuda_module_imports_anywhere():
@@ -61,139 +64,6 @@ def test_cuda_module_imports_anywhere():
     from fasth import _cuda
 
     assert isinstance(_cuda.unavailable_reason(), str)
-
-
-# ---------------------------------------------------------------------------------------
-# Sizes past the core tests': several blocks of the GPU block size, a short last block,
-# the small-d regime and batches.
-
-SIZES = [(96, 96, 7), (130, 100, 33), (256, 200, 300), (48, 48, 48)]
-
-
-@needs_cuda
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("d,k,n", SIZES)
-@pytest.mark.parametrize("transpose", [False, True])
-@pytest.mark.parametrize("strategy", ["blockwise", "materialize"])
-def test_apply_and_backward(torch, rng, dtype, d, k, n, transpose, strategy):
-    V, X, G = random_v(rng, (d, k), dtype), randn(rng, (d, n), dtype), randn(rng, (d, n), dtype)
-    out = fasth.apply(cuda(torch, V), cuda(torch, X), transpose, strategy=strategy)
-    assert out.is_cuda
-    assert_close(host(out), ref_apply(V, X, transpose), dtype, d)
-    dV, dX = fasth.apply_backward(cuda(torch, V), out, cuda(torch, G), transpose,
-                                  strategy=strategy)
-    rdV, rdX = ref_apply_grad(V, X, G, transpose)
-    assert_close(host(dV), rdV, dtype, d + n)
-    assert_close(host(dX), rdX, dtype, d)
-
-
-def check_matrix(torch, V, G, thin, dtype):
-    """matrix and matrix_backward on the GPU against the float64 reference."""
-    d = V.shape[-2]
-    U = fasth.matrix(cuda(torch, V), thin)
-    assert_close(host(U), ref_matrix(V, thin), dtype, d)
-    dV = fasth.matrix_backward(cuda(torch, V), U, cuda(torch, G), thin)
-    assert_close(host(dV), ref_matrix_grad(V, G, thin), dtype, 2 * d)
-
-
-@needs_cuda
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("d,k", [(48, 48), (128, 64), (200, 200)])
-@pytest.mark.parametrize("thin", [False, True])
-def test_matrix_and_backward(torch, rng, dtype, d, k, thin):
-    V = random_v(rng, (3, d, k), dtype)
-    G = randn(rng, (3, d, k if thin else d), dtype)
-    check_matrix(torch, V, G, thin, dtype)
-
-
-@needs_cuda
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_autograd_batched_shared_v(torch, rng, dtype):
-    import fasth.torch
-
-    d, k, n = 100, 70, 20
-    V, X, G = random_v(rng, (d, k), dtype), randn(rng, (4, d, n), dtype), randn(rng, (4, d, n), dtype)
-    Vt, Xt = cuda(torch, V).requires_grad_(), cuda(torch, X).requires_grad_()
-    out = fasth.torch.apply(Vt, Xt)
-    out.backward(cuda(torch, G))
-    rdV, rdX = ref_apply_grad(V, X, G)
-    assert_close(host(out), ref_apply(V, X), dtype, d)
-    assert_close(host(Vt.grad), rdV, dtype, 4 * (d + n))
-    assert_close(host(Xt.grad), rdX, dtype, d)
-
-
-# ---------------------------------------------------------------------------------------
-# The small-d path (d <= 128): U and its backward in one kernel launch each.
-
-def small_backward(V: np.ndarray, U: np.ndarray, G: np.ndarray) -> np.ndarray:
-    """dV as the small-d backward kernel computes it, in float64: from the output U = H_1 ...
-    H_k E and G = dL/dU, reflector by reflector in forward order, recovering each input (H_i
-    is its own inverse): with tau = 2 / |v|^2 (0 for v = 0), A_in = H_i A, a = A_in^T v
-    (= -A^T v), g = G^T v: dv_i = tau^2 (g . a) v - tau (G a + A_in g); G <- H_i G."""
-    A, G = U.astype(np.float64), G.astype(np.float64)
-    dV = np.zeros(V.shape)
-    for i in range(V.shape[1]):
-        v = V[:, i].astype(np.float64)
-        nn = v @ v
-        tau = 0.0 if nn == 0 else 2.0 / nn
-        p, g = A.T @ v, G.T @ v
-        A = A - tau * np.outer(v, p)
-        a = p if tau == 0 else -p
-        dV[:, i] = tau**2 * (g @ a) * v - tau * (G @ a + A @ g)
-        G = G - tau * np.outer(v, g)
-    return dV
-
-
-@pytest.mark.parametrize("d,k,thin", [(5, 3, False), (5, 3, True), (6, 6, False), (1, 1, True)])
-def test_small_path_formula_cpu(rng, d, k, thin):
-    """The kernel's sequential formula against finite differences and fasth on the CPU."""
-    from reference import finite_difference
-
-    V = random_v(rng, (d, k), zero_cols=(1,) if k > 2 else ())
-    G = randn(rng, (d, k if thin else d))
-    U = ref_matrix(V, thin)
-    got = small_backward(V, U, G)
-    fd = finite_difference(lambda W: ref_matrix(W, thin), V, G)
-    if k > 2:
-        fd[:, 1] = 0  # no gradient through a zero vector (H is then the constant identity)
-    assert_close(got, fd, "float64", 1e6)  # finite differences: about 1e-9
-    assert_close(got, fasth.matrix_backward(V, fasth.matrix(V, thin), G, thin), "float64", 2 * d)
-
-
-SMALL_D = [1, 12, 48, 96, 128]
-
-
-@needs_cuda
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("d", SMALL_D)
-@pytest.mark.parametrize("thin", [False, True])
-@pytest.mark.parametrize("batch", [(), (3,)])
-def test_small_d_matrix(torch, rng, dtype, d, thin, batch):
-    """matrix and matrix_backward at small d, a zero reflector included (tau = 0); where the
-    device's shared memory is too small (double at d = 128) the blockwise path answers."""
-    k = max(1, 3 * d // 4)
-    V = random_v(rng, (*batch, d, k), dtype, zero_cols=(k // 2,) if k > 1 else ())
-    G = randn(rng, (*batch, d, k if thin else d), dtype)
-    check_matrix(torch, V, G, thin, dtype)
-
-
-@needs_cuda
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("d", SMALL_D)
-@pytest.mark.parametrize("transpose", [False, True])
-def test_small_d_materialize_shared_v(torch, rng, dtype, d, transpose):
-    """apply with the materialize strategy (U by the small path, then one GEMM) and a V
-    shared by a batch: its backward sums the batch into dV before the small backward."""
-    k, n = d, 5
-    V = random_v(rng, (d, k), dtype)
-    X, G = randn(rng, (4, d, n), dtype), randn(rng, (4, d, n), dtype)
-    Vt = cuda(torch, V)
-    out = fasth.apply(Vt, cuda(torch, X), transpose, strategy="materialize")
-    assert_close(host(out), ref_apply(V, X, transpose), dtype, d)
-    dV, dX = fasth.apply_backward(Vt, out, cuda(torch, G), transpose, strategy="materialize")
-    rdV, rdX = ref_apply_grad(V, X, G, transpose)
-    assert_close(host(dV), rdV, dtype, 4 * (d + n))
-    assert_close(host(dX), rdX, dtype, d)
 
 
 @needs_cuda
@@ -326,3 +196,55 @@ def test_cuda_graph_training_step(torch, rng, strategy):
         torch.cuda.synchronize()
         assert_close(host(V.grad), ref_apply_grad(Vn, Xn, Gn)[0], "float64", d + n)
         assert_close(host(W.grad), ref_matrix_grad(Wn, GUn), "float64", 2 * dm)
+
+
+# ---------------------------------------------------------------------------------------
+# CUDA's plans, checked on any machine on the CPU backend.
+
+@pytest.mark.parametrize("vshape,xshape,transpose,zeros", [
+    ((300, 300), (300, 16), False, ()),
+    ((300, 300), (2, 300, 16), True, (3, 100)),  # V shared by a batch, zero columns
+    ((2, 200, 120), (2, 200, 9), False, ()),  # a V per entry: leaves merged, no solve
+    ((33, 40), (33, 4), True, ()),  # more reflectors than rows
+    ((260, 256), None, False, (7,)),  # U
+    ((260, 256), None, True, ()),  # U's first k columns
+])
+@pytest.mark.parametrize("tape", [True, False])
+def test_cuda_plans_on_the_cpu_backend(rng, vshape, xshape, transpose, zeros, tape):
+    """What only CUDA's plans do, checked on any machine by running them on the CPU backend:
+    one block with the full T where the work is small, its T from one triangular solve."""
+    V = random_v(rng, vshape, zero_cols=zeros)
+    apply = xshape is not None
+    X = randn(rng, xshape) if apply else None
+    p = plans.plan("apply" if apply else "matrix", vshape, xshape or (),
+                   transpose=transpose and apply, thin=transpose and not apply)
+    if len(vshape) == 2:
+        assert p.block == vshape[-1]
+    G = randn(rng, p.out[0])
+    out, dV, dX, _, _ = plans.run(p, V, X, G, tape)
+    d = vshape[-2]
+    if apply:
+        assert_close(out, ref_apply(V, X, transpose), "float64", d)
+        rdV, rdX = ref_apply_grad(V, X, G, transpose)
+        assert_close(dV, rdV, "float64", d)
+        assert_close(dX, rdX, "float64", d)
+    else:
+        assert_close(out, ref_matrix(V, transpose), "float64", d)
+        assert_close(dV, ref_matrix_grad(V, G, transpose), "float64", d)
+    assert np.all(dV[..., list(zeros)] == 0)
+
+
+def test_gpu_launches_where_the_work_is_small(rng):
+    """Backend calls are launches on the GPU: CUDA's plan at d = 1024, n = 256 makes at most 12
+    in a forward and 40 in a forward + backward (one block, T by a solve); blocks of 128
+    make over three times as many."""
+    d, n = 1024, 256
+    V, X, G = (randn(rng, s, "float32") for s in ((d, d), (d, n), (d, n)))
+    out, dV, dX, fwd, bwd = plans.run(plans.plan("apply", (d, d), (d, n)), V, X, G)
+    assert fwd <= 12 and fwd + bwd <= 40, (fwd, bwd)
+    assert_close(out, ref_apply(V, X), "float32", d)  # one block of 1024 reflectors
+    rdV, rdX = ref_apply_grad(V, X, G)
+    assert_close(dV, rdV, "float32", d + n)
+    assert_close(dX, rdX, "float32", d)
+    *_, fwd128, bwd128 = plans.run(plans.plan("apply", (d, d), (d, n), block=128), V, X, G)
+    assert fwd128 + bwd128 > 3 * (fwd + bwd)

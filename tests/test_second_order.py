@@ -76,7 +76,7 @@ def test_second_derivative_in_v_raises_func(device, op):
         grad(lambda V: first(V).square().sum())(V)
     with pytest.raises(RuntimeError, match=SECOND_IN_V):  # per-example, under vmap
         vmap(grad(lambda V: first(V).square().sum()))(torch.stack([V, 2 * V]))
-    with pytest.raises(RuntimeError):  # forward mode: torch's own error for a Function
+    with pytest.raises(RuntimeError, match="forward-mode"):  # forward mode: not yet
         torch.func.jacfwd(f)(V)
 
 
@@ -122,7 +122,7 @@ def test_jax_second_derivative_in_v_raises(op):
         jax.grad(lambda V: (first(V) ** 2).sum())(V)
     with pytest.raises(NotImplementedError, match=SECOND_IN_V):
         jax.jit(jax.grad(lambda V: (first(V) ** 2).sum()))(V)
-    with pytest.raises(TypeError, match="custom_vjp"):  # forward mode: JAX's own error
+    with pytest.raises(TypeError, match="forward-mode"):  # forward mode: not yet
         jax.jvp(f, (V,), (V,))
 
 

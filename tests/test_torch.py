@@ -1,5 +1,7 @@
-"""fasth.torch: custom ops (gradcheck, opcheck, torch.compile) and the layers, on every
-device the `device` fixture offers (CUDA cases skip cleanly without a GPU)."""
+"""fasth.torch: autograd and the custom ops (gradcheck, opcheck, torch.func, torch.compile),
+Reflectors and the CPU BLAS, on every device the `device` fixture offers (CUDA cases skip
+cleanly without a GPU). The layers: test_torch_layers.py; drop-in behaviour:
+test_torch_drop_ins.py."""
 
 from __future__ import annotations
 
@@ -140,15 +142,15 @@ def test_every_cpu_blas_matches_reference(blas):
     (installed by ``fasth.torch``), whose batches go to MKL's ``?gemm_batch`` where it has one
     ("torch-loop": one product a call). Each matches the reference, on a batch of 70 small
     entries (two batch calls of at most 64) and on a few entries large enough for threads."""
-    from fasth import _api
-    from fasth.torch import _ops
+    from fasth import _engine, _native
+    from fasth.torch import _plans
 
     g = torch.Generator().manual_seed(1)
-    if blas != "scipy" and _ops.torch_blas() is None:
+    if blas != "scipy" and _plans.torch_blas() is None:
         pytest.skip("this torch build exports no BLAS")
     try:
-        _api.use_blas_for("torch", _api.SCIPY_BLAS if blas == "scipy"
-                          else _ops.torch_blas(gemm_batch=blas == "torch"))
+        _engine.use_blas_for("torch", _native.scipy_blas() if blas == "scipy"
+                             else _plans.torch_blas(gemm_batch=blas == "torch"))
         for B, d, k, n in ((70, 5, 4, 3), (3, 96, 96, 64)):
             V, X, G = (torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True)
                        for s in ((B, d, k), (B, d, n), (B, d, n)))
@@ -163,7 +165,7 @@ def test_every_cpu_blas_matches_reference(blas):
             np.testing.assert_allclose(U.detach().numpy(), ref_matrix(V.detach().numpy()), atol=1e-10)
             np.testing.assert_allclose(V.grad.numpy(), ref_matrix_grad(V.detach().numpy(), GU), atol=1e-9)
     finally:
-        _api.use_blas_for("torch", _ops.torch_blas() or _api.SCIPY_BLAS)
+        _engine.use_blas_for("torch", _plans.torch_blas)
 
 
 APPLY, MATRIX, HH = 0, 1, 0  # the core's Op and Kind
@@ -333,257 +335,3 @@ def test_autocast_computes_in_float32(device, low):
     out.float().square().sum().backward()
     for p in model.parameters():
         assert p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
-
-
-@pytest.mark.parametrize("shape", [(5, 5), (7, 4), (3, 6), (70, 70), (72, 66), (65, 80)])
-def test_svdlinear_matches_dense(device, shape):
-    in_f, out_f = shape
-    torch.manual_seed(0)
-    layer = ft.SVDLinear(in_f, out_f).double().to(device)
-    with torch.no_grad():
-        layer.S.uniform_(0.5, 2.0), layer.bias.normal_()
-    W = layer.weight
-    for rows in (3, 4 * max(shape)):  # above 64 features, applied at 3 rows; else materialised
-        x = torch.randn(rows, in_f, dtype=torch.float64, device=device)
-        torch.testing.assert_close(layer(x), x @ W.T + layer.bias)
-    assert layer.spectral_norm().item() == pytest.approx(torch.linalg.matrix_norm(W, 2).item())
-    x = torch.randn(2, 3, in_f, dtype=torch.float64, device=device)
-    assert layer(x).shape == (2, 3, out_f)
-
-
-def test_svdlinear_inverse_and_logdet(device):
-    torch.manual_seed(1)
-    layer = ft.SVDLinear(6, 6).double().to(device)
-    with torch.no_grad():
-        layer.S.uniform_(0.3, 3.0), layer.bias.normal_()
-    x = torch.randn(4, 6, dtype=torch.float64, device=device)
-    torch.testing.assert_close(layer.inverse(layer(x)), x)
-    torch.testing.assert_close(layer.logabsdet(), torch.linalg.slogdet(layer.weight)[1])
-    with pytest.raises(ValueError, match="not square"):
-        ft.SVDLinear(3, 4).inverse(torch.randn(2, 4))
-
-
-def test_svdlinear_from_linear(device):
-    lin = torch.nn.Linear(6, 4).double().to(device)
-    layer = ft.SVDLinear.from_linear(lin)
-    torch.testing.assert_close(layer.weight, lin.weight)
-    x = torch.randn(3, 6, dtype=torch.float64, device=device)
-    torch.testing.assert_close(layer(x), lin(x))
-
-
-def test_orthogonal_layer(device):
-    layer = ft.Orthogonal(8, 5).to(device)
-    x = torch.randn(2, 3, 8, device=device)
-    y = layer(x)
-    torch.testing.assert_close(y, x @ layer.weight.T)
-    torch.testing.assert_close(layer.inverse(y), x, atol=1e-5, rtol=1e-5)
-    with pytest.raises(ValueError, match="features"):
-        layer(torch.randn(3, 7, device=device))
-
-
-@pytest.mark.parametrize("shape", [(3, 5), (5, 3), (4, 4)])
-def test_orthogonal_parametrization(device, shape):
-    out_f, in_f = shape
-    lin = torch.nn.Linear(in_f, out_f).to(device)
-    W0 = lin.weight.detach().clone()
-    ft.orthogonal(lin)
-    W = lin.weight
-    eye = torch.eye(min(shape), device=device)
-    torch.testing.assert_close(W @ W.T if out_f < in_f else W.T @ W, eye, atol=1e-5, rtol=0)
-    Q, R = torch.linalg.qr(W0.T if out_f < in_f else W0)
-    Q = Q * torch.sign(torch.diagonal(R))
-    torch.testing.assert_close(W.T if out_f < in_f else W, Q, atol=1e-5, rtol=0)
-    lin(torch.randn(2, in_f, device=device)).sum().backward()
-    assert lin.parametrizations.weight.original.grad is not None
-
-
-def test_features_last_without_copies():
-    # (N, d) activations reach the core as the column-major d x N matrix they are.
-    V = torch.randn(16, 16)
-    x = torch.randn(64, 16)
-    y = ft.apply(V, x.T)
-    assert y.T.is_contiguous()
-    torch.testing.assert_close(y, ft.matrix(V) @ x.T, atol=1e-5, rtol=1e-5)
-    assert torch.from_numpy(ref_matrix(V.numpy())).shape == (16, 16)
-
-
-# ---------------------------------------------------------------------------------------
-# Drop-in behaviour: orthogonal(), outputs modified in place, half precision, LAPACK's form.
-
-def test_orthogonal_as_torchs(device):
-    from torch.nn.utils import parametrizations as P
-
-    conv = torch.nn.Conv2d(3, 4, 2).to(device)  # a (4, 3, 2, 2) kernel: a batch of 2 x 2
-    ft.orthogonal(conv)
-    K = conv.weight
-    assert K.shape == (4, 3, 2, 2)
-    torch.testing.assert_close(K.mT @ K, torch.eye(2, device=device).expand(4, 3, 2, 2),
-                               atol=1e-5, rtol=0)
-    lin = ft.orthogonal(torch.nn.Linear(3, 4).to(device))
-    ref = P.orthogonal(torch.nn.Linear(3, 4).to(device))
-    for m in (lin, ref):  # the same errors as torch's
-        with pytest.raises(ValueError, match="Expected a matrix or batch of matrices of shape"):
-            m.weight = torch.randn(5, 5, device=device)
-    Q = torch.linalg.qr(torch.randn(4, 3, device=device))[0]
-    lin.weight = Q  # an orthonormal weight is kept exactly
-    torch.testing.assert_close(lin.weight, Q, atol=1e-6, rtol=0)
-    with pytest.raises(ValueError, match="Expected a matrix or batch"):
-        ft.orthogonal(torch.nn.Linear(3, 4).to(device), "bias")
-    with pytest.raises(ValueError, match="no parameter or buffer"):
-        ft.orthogonal(torch.nn.Linear(3, 4), "nope")
-    with pytest.raises(ValueError, match="orthogonal_map has to be one of"):
-        ft.orthogonal(torch.nn.Linear(3, 4), orthogonal_map="qr")
-    with pytest.raises(ValueError, match="torch's own"):
-        ft.orthogonal(torch.nn.Linear(3, 4), orthogonal_map="cayley")
-    with pytest.raises(ValueError, match="does not support complex"):
-        ft.orthogonal(torch.nn.Linear(3, 3, dtype=torch.complex64))
-    for triv in (True, False):
-        m = ft.orthogonal(torch.nn.Linear(5, 5).to(device), orthogonal_map="householder",
-                          use_trivialization=triv)
-        torch.testing.assert_close(m.weight.T @ m.weight, torch.eye(5, device=device), atol=1e-5, rtol=0)
-
-
-@pytest.mark.parametrize("transpose", [False, True])
-def test_outputs_modified_in_place_keep_correct_gradients(device, transpose):
-    """Outputs are ordinary tensors: in-place ops on them (nflows' SVDLinear does
-    `outputs *= diagonal`) are allowed, and the gradients are those of the same code on the
-    dense matrix."""
-    torch.manual_seed(0)
-    V = torch.randn(6, 6, dtype=torch.float64, device=device, requires_grad=True)
-    X = torch.randn(6, 4, dtype=torch.float64, device=device, requires_grad=True)
-    s = torch.rand(6, 1, dtype=torch.float64, device=device) + 0.5
-
-    def run(op):
-        Y = op(V, X)
-        Y *= s  # in place on the output
-        Y += 1
-        Z = op(V, Y)
-        (gV, gX) = torch.autograd.grad(Z.square().sum(), (V, X))
-        return Z, gV, gX
-
-    fast = run(lambda V, X: ft.apply(V, X, transpose))
-    dense = run(lambda V, X: (ft.matrix(V).mT if transpose else ft.matrix(V)) @ X)
-    for a, b in zip(fast, dense):
-        torch.testing.assert_close(a, b)
-    U = ft.matrix(V)
-    U.T.add_(1)  # in place on a view of the output, V alone needing a gradient
-    (g,) = torch.autograd.grad((U * U).sum(), V)
-    U2 = ft.matrix(V) + torch.ones(6, 6, dtype=torch.float64, device=device).T
-    torch.testing.assert_close(g, torch.autograd.grad((U2 * U2).sum(), V)[0])
-
-
-@pytest.mark.parametrize("shape", [(32, 10), (10, 10), (70, 70), (3, 40, 24)])
-def test_same_numbers_with_and_without_autograd(device, shape):
-    """A forward gives the same numbers whether autograd records it (it then keeps a tape for
-    the backward) or not, as torch's own ops do."""
-    torch.manual_seed(0)
-    V = torch.randn(*shape, device=device)
-    X = torch.randn(*shape[:-1], 5, device=device)
-    Vg = V.clone().requires_grad_()
-    for f in (lambda V: ft.matrix(V), lambda V: ft.matrix(V, thin=True),
-              lambda V: ft.apply(V, X), lambda V: ft.apply(V, X.mT.contiguous().mT, True)):
-        with torch.no_grad():
-            plain = f(V)
-        assert torch.equal(f(Vg).detach(), plain)
-
-
-@pytest.mark.parametrize("low", [torch.bfloat16, torch.float16])
-def test_half_precision_as_matmul(device, low):
-    """Outside autocast, float16 and bfloat16 are accepted as torch.matmul takes them: the
-    same dtype in and out, computed in float32."""
-    torch.manual_seed(0)
-    V = torch.randn(16, 16, device=device).to(low).requires_grad_()
-    X = torch.randn(16, 5, device=device).to(low).requires_grad_()
-    y = ft.apply(V, X)
-    assert y.dtype == low
-    want = ft.apply(V.float(), X.float())
-    torch.testing.assert_close(y.float(), want, atol=3e-2, rtol=3e-2)
-    y.float().square().sum().backward()
-    assert V.grad.dtype == X.grad.dtype == low
-    U = ft.matrix(V.detach())
-    assert U.dtype == low
-    torch.testing.assert_close(U.float(), ft.matrix(V.detach().float()), atol=3e-2, rtol=3e-2)
-    with pytest.raises(TypeError, match="dtype"):  # mixed dtypes: refused, as matmul does
-        ft.apply(V.float(), X)
-
-
-@pytest.mark.parametrize("batch", [(), (2,)])
-def test_householder_product_as_torchs(device, batch):
-    from reference import ref_householder_product
-
-    torch.manual_seed(0)
-    A = torch.randn(*batch, 7, 5, dtype=torch.float64, device=device, requires_grad=True)
-    tau = torch.randn(*batch, 4, dtype=torch.float64, device=device)
-    tau[..., 1] = 0  # the identity
-    tau.requires_grad_()
-    got = ft.householder_product(A, tau)
-    torch.testing.assert_close(got, torch.linalg.householder_product(A, tau))
-    np.testing.assert_allclose(got.detach().cpu().numpy(),
-                               ref_householder_product(A.detach().cpu().numpy(),
-                                                       tau.detach().cpu().numpy()), atol=1e-12)
-    G = torch.randn_like(got)
-    mine = torch.autograd.grad((got * G).sum(), (A, tau))
-    theirs = torch.autograd.grad((torch.linalg.householder_product(A, tau) * G).sum(), (A, tau))
-    for a, b in zip(mine, theirs):
-        torch.testing.assert_close(a, b)
-    assert torch.autograd.gradcheck(ft.householder_product, (A, tau))
-
-
-@pytest.mark.parametrize("left", [True, False])
-@pytest.mark.parametrize("transpose", [False, True])
-def test_ormqr_as_torchs(device, left, transpose):
-    from reference import ref_ormqr
-
-    torch.manual_seed(1)
-    A = torch.randn(2, 6, 4, dtype=torch.float64, device=device, requires_grad=True)
-    tau = torch.randn(2, 4, dtype=torch.float64, device=device, requires_grad=True)
-    C = torch.randn(2, 6, 3, dtype=torch.float64, device=device)
-    C = (C if left else C.mT.contiguous()).requires_grad_()
-    got = ft.ormqr(A, tau, C, left, transpose)
-    torch.testing.assert_close(got, torch.ormqr(A, tau, C, left, transpose))
-    np.testing.assert_allclose(got.detach().cpu().numpy(),
-                               ref_ormqr(*(t.detach().cpu().numpy() for t in (A, tau, C)), left,
-                                         transpose), atol=1e-12)
-    G = torch.randn_like(got)
-    mine = torch.autograd.grad((got * G).sum(), (A, tau, C))
-    theirs = torch.autograd.grad((torch.ormqr(A, tau, C, left, transpose) * G).sum(), (A, tau, C))
-    for a, b in zip(mine, theirs):
-        torch.testing.assert_close(a, b)
-    assert torch.autograd.gradcheck(lambda A, t, C: ft.ormqr(A, t, C, left, transpose), (A, tau, C))
-
-
-def test_lapack_drop_ins_name_bad_arguments():
-    A, tau = torch.randn(6, 4), torch.randn(5)
-    with pytest.raises(ValueError, match="tau has 5 reflectors but A has only 4 columns") as e:
-        ft.householder_product(A, tau)
-    assert isinstance(e.value, RuntimeError)  # as torch's own error is
-    with pytest.raises(ValueError, match="A has more columns"):
-        ft.householder_product(torch.randn(3, 4), torch.randn(2))
-    with pytest.raises(ValueError, match="C has 5 rows"):
-        ft.ormqr(A, torch.randn(4), torch.randn(5, 2))
-
-
-def test_more_reflectors_than_rows_through_autograd(device):
-    """nflows builds SVDLinear with features + 1 reflectors for odd feature counts."""
-    torch.manual_seed(0)
-    V = torch.randn(3, 4, dtype=torch.float64, device=device, requires_grad=True)
-    X = torch.randn(3, 2, dtype=torch.float64, device=device, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda V, X: ft.apply(V, X), (V, X))
-    assert torch.autograd.gradcheck(lambda V: ft.matrix(V), (V,))
-    layer = ft.Orthogonal(3, 4).double().to(device)
-    torch.testing.assert_close(layer.weight.T @ layer.weight,
-                               torch.eye(3, dtype=torch.float64, device=device))
-
-
-def test_large_workspaces_stay_alive_during_the_call():
-    """Workspaces of more than glibc's mmap threshold (128 KiB) are unmapped as soon as they
-    are freed: a buffer whose address alone reached the extension would fault here."""
-    torch.manual_seed(0)
-    V = torch.randn(1500, 16, dtype=torch.float64, requires_grad=True)
-    X = torch.randn(1500, 12, dtype=torch.float64, requires_grad=True)
-    U = ft.matrix(V)
-    np.testing.assert_allclose(U.detach().numpy(), ref_matrix(V.detach().numpy()), atol=1e-12)
-    U.sum().backward()
-    Y = ft.apply(V, X, strategy="materialize")
-    Y.sum().backward()
-    assert torch.isfinite(V.grad).all() and torch.isfinite(X.grad).all()

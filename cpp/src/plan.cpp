@@ -57,9 +57,8 @@ using detail::Mat3;
 std::string shape_str(const Array& a, int from = 0, int to = -1) {
   if (to < 0) to = a.rank;
   std::string s = "(";
-  for (int i = from; i < to; ++i) s += std::to_string(a.shape[i]) + (to - from == 1 || i + 1 < to ? "," : "");
-  if (to - from > 1) s.pop_back();
-  return s + ")";
+  for (int i = from; i < to; ++i) s += (i > from ? ", " : "") + std::to_string(a.shape[i]);
+  return s + (to - from == 1 ? ",)" : ")");  // Python's spelling: (5,) and (5, 3)
 }
 
 index_t lead_size(const Array& a, int tail) {

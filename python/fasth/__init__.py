@@ -13,11 +13,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._api import apply, apply_backward, matrix, matrix_backward
+    from ._functional import apply, apply_backward, matrix, matrix_backward
     from ._profile import Profile, profile
     from ._vectors import householder_vectors
 
-_HOMES = {"apply": "_api", "apply_backward": "_api", "matrix": "_api", "matrix_backward": "_api",
+_HOMES = {"apply": "_functional", "apply_backward": "_functional", "matrix": "_functional",
+          "matrix_backward": "_functional",
           "profile": "_profile", "Profile": "_profile", "householder_vectors": "_vectors"}
 __all__ = [*_HOMES, "__version__"]
 

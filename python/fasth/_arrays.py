@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 
-FLOAT_DTYPES = ("float32", "float64")
 
 # Workspaces on the CPU up to this many bytes are kept per thread and reused: glibc hands a
 # large block it has just unmapped back as fresh pages, and faulting them in cost this VM
@@ -78,9 +77,6 @@ class Namespace:
         if buf is None or buf.shape[0] < size:
             buf = _local.__dict__[key] = self._empty((max(size, 1024),), dtype, like)
         return buf
-
-    def reshape(self, a: Any, shape: tuple[int, ...]) -> Any:
-        return a.reshape(shape)
 
     def transpose_last(self, a: Any) -> Any:
         return np.swapaxes(a, -1, -2)

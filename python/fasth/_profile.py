@@ -5,10 +5,9 @@ on any machine and carry to the GPU as launches."""
 from __future__ import annotations
 
 import contextlib
-import sys
 from typing import Iterator
 
-from . import _core
+from . import _native
 
 
 class Profile:
@@ -26,24 +25,14 @@ class Profile:
         return f"Profile(calls={self.calls}, by_op={self.by_op})"
 
 
-def _modules() -> list:
-    cuda = sys.modules.get("fasth._cuda")  # counted where it is loaded
-    return [_core] + ([cuda] if cuda is not None else [])
-
-
 @contextlib.contextmanager
 def profile() -> Iterator[Profile]:
     """Counts the backend calls fasth makes inside the block (process-wide, every thread).
     Under JAX, wait for the results inside it (``block_until_ready``): XLA may run the calls
     later. Not reentrant."""
     p = Profile()
-    for m in _modules():
-        m.reset_call_counts()
-        m.count_calls(True)
+    counting = _native.start_counting()
     try:
         yield p
     finally:
-        for m in _modules():
-            m.count_calls(False)
-            for op, n in m.call_counts().items():
-                p.by_op[op] = p.by_op.get(op, 0) + n
+        p.by_op = _native.stop_counting(counting)

@@ -18,7 +18,7 @@ def householder_vectors(A, k: int | None = None) -> np.ndarray:
     Q differs by column signs), computed without cancellation; a column already at
     ``+|x| e_j`` gets the zero vector, the identity. Blocked: panels of PANEL columns, the
     trailing columns updated through fasth.apply."""
-    from . import _api
+    from . import _functional
 
     A = np.array(A, dtype=np.float64)
     if A.ndim < 2:
@@ -44,5 +44,5 @@ def householder_vectors(A, k: int | None = None) -> np.ndarray:
                 R[j:, j:j1] -= (2 / vv) * np.outer(v, v @ R[j:, j:j1])
                 V[j:, j] = v
             if j1 < k:  # R[:, j1:] = H_{j1-1} ... H_{j0} R[:, j1:]
-                R[:, j1:] = _api.apply(V[:, j0:j1], R[:, j1:], transpose=True)
+                R[:, j1:] = _functional.apply(V[:, j0:j1], R[:, j1:], transpose=True)
     return out

@@ -12,8 +12,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .. import _api, _arrays, _core
+from .. import _arrays, _engine, _native
 from .._profile import profile
+from .._spec import APPLY, HOUSEHOLDER, MATRIX, Spec
 
 # The sizes of the issue's launch targets and of a layer's usual apply: (d, n), k = d.
 CALL_SIZES = [(1024, 256), (1024, 64), (512, 128), (256, 32), (2048, 256)]
@@ -28,31 +29,30 @@ class Run(NamedTuple):
 
 
 def plan(op: str, vshape: tuple, xshape: tuple = (), *, device: str = "cuda",
-         transpose: bool = False, thin: bool = False, block: int = 0) -> _core.Plan:
+         transpose: bool = False, thin: bool = False, block: int = 0) -> _native.core.Plan:
     """A householder ``apply`` or ``matrix`` plan for ``device``, dense C-order arrays."""
-    dense = _api.dense_strides
-    return _core.Plan(_api.APPLY if op == "apply" else _api.MATRIX, _api.HOUSEHOLDER, vshape,
-                      dense(vshape), (), (), xshape, dense(xshape), transpose, thin, block,
-                      _core.Strategy.automatic, getattr(_core.Device, device))
+    dense = _engine.dense_strides
+    s = Spec(APPLY if op == "apply" else MATRIX, HOUSEHOLDER, transpose, thin, block)
+    return _native.new_plan(s, (vshape, dense(vshape)), ((), ()), (xshape, dense(xshape)), device)
 
 
-def run(p: _core.Plan, V: np.ndarray, X: np.ndarray | None, G: np.ndarray, tape: bool = True) -> Run:
+def run(p: _native.core.Plan, V: np.ndarray, X: np.ndarray | None, G: np.ndarray, tape: bool = True) -> Run:
     """The plan's forward (keeping its tape where it has one) and backward on the CPU
     backend, with the backend calls of each."""
     dt, xp = V.dtype, _arrays.namespace(V)
-    code = _api._DTYPE_CODES[str(dt)]
+    code, core, blas = _engine.DTYPE_CODES[str(dt)], _native.core, _native.scipy_blas()
     out, f = np.empty(p.out[0], dt), np.empty(p.factors_size, dt)
     t = np.empty(p.tape_size, dt) if tape and p.tape_size else None
     with profile() as fwd:
-        _core.forward(p, code, V, None, X, out, f, np.empty(p.forward_workspace, dt),
-                      blas=_api.SCIPY_BLAS, tape=t)
+        core.forward(p, code, V, None, X, out, f, np.empty(p.forward_workspace, dt),
+                      blas=blas, tape=t)
     dV = np.empty(p.dV[0], dt)
     dX = None if X is None else np.empty(p.dX[0], dt)
     G = np.ascontiguousarray(G.reshape(out.shape), dtype=dt)
     with profile() as bwd:
-        _core.backward(p, code, V, f, None if t is not None else out, out.shape, xp.strides(out),
+        core.backward(p, code, V, f, None if t is not None else out, out.shape, xp.strides(out),
                        G, G.shape, xp.strides(G), dV, None, dX,
-                       np.empty(p.backward_workspace, dt), blas=_api.SCIPY_BLAS, tape=t)
+                       np.empty(p.backward_workspace, dt), blas=blas, tape=t)
     return Run(out, dV, dX, fwd.calls, bwd.calls)
 
 

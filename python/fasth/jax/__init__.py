@@ -1,6 +1,8 @@
 """fasth for JAX: ``apply`` and ``matrix`` as XLA FFI custom calls (CPU and CUDA) with custom
 VJPs and batching rules, drop-ins for LAPACK's ``householder_product`` and ``ormqr``, and
-Flax NNX layers -- the same shape as ``fasth.torch`` (``_ops``, ``nn``, ``spectral``).
+Flax NNX layers -- the same shape as ``fasth.torch``: ``_functions`` (the public functions and
+their checks), ``_vjp`` (custom VJPs), ``_ffi`` (the custom calls and their batching rules),
+``_reflectors``, and the layers (``nn``, ``spectral``).
 
     fasth.jax.apply(V, X, transpose=False, *, block=None, strategy="auto")  # U X or U^T X
     fasth.jax.matrix(V, thin=False, *, block=None)                          # U or U[:, :k]
@@ -16,7 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._ops import Reflectors, apply, householder_product, matrix, ormqr
+from ._functions import apply, householder_product, matrix, ormqr
+from ._reflectors import Reflectors
 
 _LAYERS = {"Orthogonal": "nn", "SVDDense": "nn", "SpectralDense": "spectral",
            "SpectralConv1x1": "spectral", "SpectralConv": "spectral",

@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .._layers import dense_weight
-from ._ops import apply, matrix
+from .._svd_rules import dense_weight
+from ._functions import apply, matrix
 
 
 def _cols(x: jax.Array, d: int) -> jax.Array:

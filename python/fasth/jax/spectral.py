@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .._layers import MODES, check_bound, initial_raw
+from .._svd_rules import MODES, check_bound, initial_raw
 from .nn import SVDDense
 
 

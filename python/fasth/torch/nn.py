@@ -10,8 +10,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .._layers import dense_weight
-from ._ops import apply, matrix
+from .._svd_rules import dense_weight
+from ._functions import apply, matrix
 
 
 def householder_vectors(A: Tensor, k: int | None = None) -> Tensor:

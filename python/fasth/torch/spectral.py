@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .._layers import check_bound, initial_raw
+from .._svd_rules import check_bound, initial_raw
 from .nn import SVDLinear
 
 
