@@ -95,6 +95,16 @@ void Run<T>::materialized_backward(const Backward<T>& a, const Mat3& g3, const M
 template <class T>
 void Run<T>::matrix_backward(const T* F, const Mat3& g3, const T* g, index_t c,
                              const MatrixWs<T>& w, T* dV, T* dtau) const {
+  if (small()) {  // the small-d path reads G with any strides
+    SmallTaus<T> st;
+    if (L.kind == Kind::lapack)
+      st.r = const_cast<T*>(Rf(F)), st.rs = fbs(), st.dtau = dtau, st.dtau_rs = L.dtau.rs,
+      st.dtau_bs = L.dtau.bs;
+    count_op(BackendOp::small_matrix_backward);
+    return o.be.small_matrix_backward(L.bv, L.d, L.k, c, F, fbs(), aux(F), fbs(), Uf(F).p, fbs(),
+                                      Strided<const T>{g, g3.rs, g3.cs, g3.bs},
+                                      strided(L.dV, dV), st, w.small);
+  }
   const M<const T> G = addressable(g3, g, c, w.g);
   if (L.kind == Kind::householder) return householder_matrix_backward(F, G, c, w, dV);
   lapack_matrix_backward(F, G, c, w, dV, dtau);

@@ -19,7 +19,7 @@ template <class T>
 void Run<T>::factors(const T* V, const T* tau, T* F, T* ws) const {
   if (L.bv == 0 || L.k == 0) return;
   const index_t d = L.d, k = L.k, m = L.m, bv = L.bv;
-  if (small()) return small_factors(V, F, nullptr);
+  if (small()) return small_factors(V, tau, F, nullptr, ws);
   if (L.ydirect) {  // the norms alone, then V as it is where they allow
     o.normalize(bv, d, k, strided(L.V, V), M<T>{nullptr, 1, false, 0}, aux(F), fs);
     bind_y(V, F, ws - L.y_head, true);
@@ -60,16 +60,19 @@ void Run<T>::factors(const T* V, const T* tau, T* F, T* ws) const {
           M<T>{F + L.f_u, static_cast<index_t>(L.factors_stride - L.f_u), false, fs});
 }
 
-// The small-d path: Y, norms and U (into the factors' U, and into `out` when given) in one
-// launch; the T factors stay unbuilt (zero).
+// The small-d path: Y, norms (or taus) and U (into the factors' U, and into `out` when
+// given) in one call; the T factors stay unbuilt (zero). `ws` past its head.
 template <class T>
-void Run<T>::small_factors(const T* V, T* F, T* out) const {
-  const index_t bv = L.bv;
-  const index_t c = L.op == Op::matrix ? L.n : L.d;
+void Run<T>::small_factors(const T* V, const T* tau, T* F, T* out, T* ws) const {
+  const index_t bv = L.bv, c = cols_u();
   const M<T> U = out ? view(L.out, out) : Uf(F);
+  Arena<T> arena{ws};
+  SmallTaus<T> st;
+  if (L.kind == Kind::lapack)
+    st.tau = tau, st.tau_rs = L.tau.rs, st.tau_bs = L.tau.bs, st.r = Rf(F), st.rs = fs;
   count_op(BackendOp::small_matrix);
   o.be.small_matrix(bv, L.d, L.k, c, strided(L.V, V), strided(U), F, fs, aux(F), fs,
-                    out ? Uf(F).p : nullptr, fs);
+                    out ? Uf(F).p : nullptr, fs, st, carve_small(L, arena));
   const index_t unused = static_cast<index_t>(L.f_u - L.f_blocks);  // T factors and Z
   o.set(bv, unused, 1, T(0), T(0), M<T>{F + L.f_blocks, unused, false, fs});
 }
@@ -149,7 +152,7 @@ void Run<T>::build_u(const T* F, M<T> U, index_t batch, T* ws) const {
 
 #define FASTH_INSTANTIATE(T)                                        \
   template void Run<T>::factors(const T*, const T*, T*, T*) const;  \
-  template void Run<T>::small_factors(const T*, T*, T*) const;      \
+  template void Run<T>::small_factors(const T*, const T*, T*, T*, T*) const;      \
   template void Run<T>::build_t(T*, T*) const;                      \
   template void Run<T>::build_u(const T*, M<T>, index_t, T*) const;
 

@@ -127,12 +127,6 @@ template <class T>
 void Run<T>::householder_matrix_backward(const T* F, M<const T> G, index_t c,
                                          const MatrixWs<T>& w, T* dV) const {
   const index_t bv = L.bv, d = L.d, k = L.k;
-  if (small()) {
-    count_op(BackendOp::small_matrix_backward);
-    const index_t fs = fbs();
-    return o.be.small_matrix_backward(bv, d, k, c, F, fs, aux(F), fs, Uf(F).p, fs, strided(G),
-                                      strided(L.dV, dV));
-  }
   const M<const T> y = in(Y(F)), t = in(Tf(F, 0));
   const M<T> dY = dy_buffer(w.dy, dV);
   const M<T> A = like_y(w.a, d, d * L.ky), C = buffer(w.c, k, k * k);

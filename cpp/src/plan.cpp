@@ -134,6 +134,17 @@ Array dense_vectors(const Array& lead_of, int tail, index_t k) {
 // transpose is), so that outputs keep the layout of what they come from.
 bool column_major(const Mat3& m) { return m.rows > 1 && m.cols > 1 && m.rs == 1 && m.cs != 1; }
 
+// CPU: small U (d <= 128) where per-entry BLAS calls on blocks of a few columns cost more than
+// their flops: the backend's small-d path builds U for a tile of entries at once. A matrix,
+// and an apply whose X has n >= d / 4 columns (U then costs about 4 d^2 k flops against the
+// blocks' 16 d k n).
+bool cpu_small(const Layout& L) {
+  constexpr index_t kMaxD = 128, kMaxK = 256, kApplyColsPerRow = 4;
+  if (L.d < 1 || L.d > kMaxD || L.k < 1 || L.k > kMaxK) return false;
+  if (L.op == Op::matrix) return true;
+  return L.kind == Kind::householder && L.n * kApplyColsPerRow >= L.d;
+}
+
 }  // namespace
 
 Plan::Plan(const Problem& p, Device device) : Plan(p, device, PlanOptions{}) {}
@@ -217,6 +228,10 @@ Plan::Plan(const Problem& p, Device device, const PlanOptions& options)
     L.ypad = L.ydirect && L.yt && v_ld % kAliasedRows == 0 && L.bv * L.d * L.k <= kPadCopyMax;
   }
   if (lapack) L.dtau_array = dense_vectors(p.tau, 1, L.k);
+  // The small-d path (Layout::small): CUDA's for fasth's reflectors, the CPU's by its rule; Y
+  // then lives column-major in the factors.
+  L.small = device == Device::cuda ? !lapack : cpu_small(L);
+  if (L.small && device == Device::cpu) L.yt = L.ydirect = L.ypad = false, L.ky = L.k;
 
   // Strategy and blocks.
   if (p.op == Op::matrix) {
@@ -226,7 +241,9 @@ Plan::Plan(const Problem& p, Device device, const PlanOptions& options)
     L.single = false;  // apply with LAPACK's reflectors: always blockwise
     L.strategy = Strategy::blockwise;
   } else {
-    L.strategy = p.strategy == Strategy::automatic ? choose_strategy(L.d, L.k, L.n) : p.strategy;
+    L.strategy = p.strategy != Strategy::automatic ? p.strategy
+                 : L.small && device == Device::cpu ? Strategy::materialize
+                                                    : choose_strategy(L.d, L.k, L.n);
     if (L.k == 0) L.strategy = Strategy::blockwise;  // U = I: nothing to materialise
     L.single = L.strategy == Strategy::materialize;
   }
@@ -243,7 +260,7 @@ Plan::Plan(const Problem& p, Device device, const PlanOptions& options)
   // backward where it fits (4 d^2 k flops forward, 8 d^2 k backward), cost less than the
   // single block (5.3 d^3 forward, 9 d^3 backward). The GPU keeps the single block, a few
   // launches.
-  if (p.op == Op::matrix && !lapack && device == Device::cpu && L.k > 0) {
+  if (p.op == Op::matrix && !lapack && device == Device::cpu && L.k > 0 && !L.small) {
     const index_t m = L.m, nb = L.nb;
     blocks(false);
     if (detail::tape_elements(L) <= detail::kTapeMax) {

@@ -56,7 +56,7 @@ void Plan::forward(const Backend<T>& be, const Forward<T>& a) const {
   check_forward(a, "forward", true);
   const detail::Run<T> r{*L_, {be}, entry_stride(*L_, a.factors_stride)};
   if (L_->op == Op::matrix && a.out && L_->B > 0 && L_->d > 0 && L_->k > 0 && r.small())
-    return r.small_factors(a.V, a.factors, a.out);  // U and the factors in one launch
+    return r.small_factors(a.V, a.tau, a.factors, a.out, a.workspace + L_->y_head);  // one call
   r.factors(a.V, a.tau, a.factors, a.workspace + L_->y_head);
   if (a.out) r.forward_with(a.factors, a.X, a.out, a.workspace + L_->y_head, a.tape);
 }

@@ -58,13 +58,16 @@ void size_plan(Layout& L) {
   L.f_aux = L.ydirect ? 1 : d * sz(L.ky);
   L.y_head = L.ydirect ? round_up(sz(L.bv) * d * sz(L.ypad ? ypad_ld(L) : L.ky)) : 0;
   L.f_blocks = L.f_aux + (L.kind == Kind::lapack ? nb * m : k);
+  const bool no_t = small_only(L);  // no T factors, Grams or Z
   // The single block's Z = Y_E T^T (c x k) for U = E - Y Z^T, which the householder
   // backward reads again, then U.
   const std::size_t c = sz(L.op == Op::matrix ? L.n : L.d);
-  L.f_z = L.f_blocks + nb * 2 * m * m;
-  L.f_u = L.f_z + (L.single && L.kind == Kind::householder ? c * sz(L.ky) : 0);
-  const bool u_matrix = L.op == Op::matrix && L.kind == Kind::householder && L.device == Device::cuda;
-  L.factors_stride = L.f_u + (L.op == Op::apply && L.single ? d * d : u_matrix ? d * c : 0);
+  L.f_z = L.f_blocks + (no_t ? 0 : nb * 2 * m * m);
+  L.f_u = L.f_z + (L.single && L.kind == Kind::householder && !no_t ? c * sz(L.ky) : 0);
+  // The small path's U for matrix (and LAPACK's R, k x c), which its backward reads.
+  const bool u_matrix = L.op == Op::matrix && L.small;
+  const std::size_t r = u_matrix && L.kind == Kind::lapack ? k * c : 0;
+  L.factors_stride = L.f_u + (L.op == Op::apply && L.single ? d * d : u_matrix ? d * c + r : 0);
   if (L.k == 0) L.factors_stride = 0;
   // The tape: a householder blockwise run keeps each block's input and products where they
   // fit, so that its backward need not recover them from the output: 8 d k n flops instead
@@ -73,11 +76,13 @@ void size_plan(Layout& L) {
   L.tape_size = tapeable && tape_elements(L) <= kTapeMax ? tape_elements(L) : 0;
   Arena<float> f{nullptr}, fw{nullptr}, bw{nullptr}, fwt{nullptr}, bwt{nullptr};
   carve_factors<float>(L, f);
-  if (L.op == Op::apply && L.single) carve_u<float>(L.bv, L.d, L.ky, f);
+  if (L.op == Op::apply && L.single && !no_t) carve_u<float>(L.bv, L.d, L.ky, f);
+  Arena<float> sm{nullptr};  // small_factors: from the head of the workspace
+  if (L.single) carve_small<float>(L, sm);
   carve_forward<float>(L, fw, false);
   carve_backward<float>(L, bw, false);
   if (L.tape_size) carve_forward<float>(L, fwt, true), carve_backward<float>(L, bwt, true);
-  L.workspace[0] = L.y_head + std::max({f.used, fw.used, fwt.used});
+  L.workspace[0] = L.y_head + std::max({f.used, fw.used, fwt.used, sm.used});
   L.workspace[1] = L.y_head + std::max(bw.used, bwt.used);
 }
 

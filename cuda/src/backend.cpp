@@ -197,17 +197,19 @@ void CudaBackend<T>::lower(index_t batch, index_t d, index_t k, Strided<const T>
 }
 
 template <class T>
-bool CudaBackend<T>::small_path(index_t d, index_t k) const {
-  return d >= 1 && d <= kernels::kSmallD && k <= 4 * kernels::kSmallD &&
+bool CudaBackend<T>::small_path(index_t d, index_t k, bool taus) const {
+  return !taus && d >= 1 && d <= kernels::kSmallD && k <= 4 * kernels::kSmallD &&
          kernels::small_fits<T>(device_, d, k);
 }
 
 template <class T>
 void CudaBackend<T>::small_matrix(index_t batch, index_t d, index_t k, index_t cols,
                                   Strided<const T> V, Strided<T> U, T* y, index_t ys, T* norms,
-                                  index_t ns, T* u2, index_t u2s) const {
+                                  index_t ns, T* u2, index_t u2s, const SmallTaus<T>& taus,
+                                  T* ws) const {
+  (void)ws;
   if (batch <= 0 || d <= 0 || cols <= 0) return;
-  if (d > kernels::kSmallD || cols > d) fail("small_matrix: sizes outside the small path");
+  if (d > kernels::kSmallD || cols > d || taus.r) fail("small_matrix: sizes outside the small path");
   DeviceGuard guard(device_);
   kernels::small_matrix(batch, d, k, cols, V, U, y, ys, norms, ns, u2, u2s, stream_);
   check(cudaGetLastError(), "small_matrix_kernel launch");
@@ -217,9 +219,11 @@ template <class T>
 void CudaBackend<T>::small_matrix_backward(index_t batch, index_t d, index_t k, index_t cols,
                                            const T* y, index_t ys, const T* norms, index_t ns,
                                            const T* u, index_t us, Strided<const T> G,
-                                           Strided<T> dV) const {
+                                           Strided<T> dV, const SmallTaus<T>& taus,
+                                           T* ws) const {
+  (void)ws;
   if (batch <= 0 || d <= 0 || k <= 0) return;
-  if (d > kernels::kSmallD || cols < 1 || cols > d)
+  if (d > kernels::kSmallD || cols < 1 || cols > d || taus.r)
     fail("small_matrix_backward: sizes outside the small path");
   DeviceGuard guard(device_);
   kernels::small_matrix_backward(batch, d, k, cols, y, ys, norms, ns, u, us, G, dV, stream_);

@@ -23,6 +23,28 @@ struct Strided {
   index_t rs, cs, bs;
 };
 
+// LAPACK's reflectors on the small-d path (Backend::small_matrix; r == nullptr: fasth's).
+// tau_i of entry b at tau + b * tau_bs + i * tau_rs (read by the forward); R_b, row i the
+// product v_i^T (H_{i+1} ... H_k E) (k x cols, column-major, entries rs apart), which the
+// forward writes and the backward reads to walk back through reflectors that need not be
+// orthogonal; dtau_i of entry b at dtau + b * dtau_bs + i * dtau_rs (written by the backward).
+template <class T>
+struct SmallTaus {
+  const T* tau = nullptr;
+  index_t tau_rs = 1, tau_bs = 0;
+  T* r = nullptr;
+  index_t rs = 0;
+  T* dtau = nullptr;
+  index_t dtau_rs = 1, dtau_bs = 0;
+};
+
+// Entries a backend's small-d path may work on at once, and the scratch of one call (elements):
+// per entry Y and its gradient, taus, norms and dtau, two d x cols matrices, and R.
+constexpr index_t kSmallLanes = 16;
+inline index_t small_workspace(index_t d, index_t k, index_t cols) {
+  return kSmallLanes * (2 * d * k + 3 * k + 2 * d * cols + k * cols);
+}
+
 template <class T>
 class Backend {
  public:
@@ -101,34 +123,39 @@ class Backend {
   virtual void lower(index_t batch, index_t d, index_t k, Strided<const T> a, Strided<T> b,
                      T diag) const = 0;
 
-  // Optional fast path for small d (launch-bound sizes): U and its backward built reflector
-  // by reflector, each in one step for the whole batch, without T factors, and with the
-  // normalisation inside. small_path says whether this backend takes it for V of d x k; the
-  // algorithm then calls the two functions below for the householder kind's single block
-  // (matrix, and U of the materialised apply). A backend that says yes must accept every
-  // batch, layout and cols <= d for that (d, k).
-  virtual bool small_path(index_t d, index_t k) const {
-    (void)d, (void)k;
+  // Optional fast path for small d (where per-entry calls, or launches, cost more than the
+  // work): U and its backward built reflector by reflector, each step for the whole batch at
+  // once, without T factors, and with the normalisation inside. small_path says whether this
+  // backend takes it for V of d x k, with fasth's reflectors or (taus) LAPACK's; the
+  // algorithm then calls the two functions below for the single block of a plan that allows
+  // it (Layout::small: matrix, and U of the materialised apply). A backend that says yes must
+  // accept every batch, layout and cols <= d (taus: k <= cols) for that (d, k).
+  virtual bool small_path(index_t d, index_t k, bool taus) const {
+    (void)d, (void)k, (void)taus;
     return false;
   }
   // U_b = (H_1 ... H_k)[:, :cols] (d x cols) from V_b (V.bs == 0: one V for all), and what
-  // the backward reads: the unit vectors Y_b and norms_b as normalize leaves them, and, when
-  // u2 is not null, U_b again (column-major, leading dimension d, entries u2s apart).
+  // the backward reads: the unit vectors Y_b and norms_b as normalize leaves them (taus: Y_b
+  // the unit lower part of V_b's first k columns, and norms_b receives tau_b), and, when u2
+  // is not null, U_b again (column-major, leading dimension d, entries u2s apart). `ws`:
+  // small_workspace(d, k, cols) elements of scratch (null where the backend needs none).
   virtual void small_matrix(index_t batch, index_t d, index_t k, index_t cols,
                             Strided<const T> V, Strided<T> U, T* y, index_t ys, T* norms,
-                            index_t ns, T* u2, index_t u2s) const {
+                            index_t ns, T* u2, index_t u2s, const SmallTaus<T>& taus,
+                            T* ws) const {
     (void)batch, (void)d, (void)k, (void)cols, (void)V, (void)U, (void)y, (void)ys, (void)norms,
-        (void)ns, (void)u2, (void)u2s;
+        (void)ns, (void)u2, (void)u2s, (void)taus, (void)ws;
     throw std::logic_error("fasth: this backend has no small-d path");
   }
-  // dV_b from what small_matrix left (Y, norms, and U column-major with leading dimension d)
-  // and G_b = dL/dU_b (d x cols).
+  // dV_b from what small_matrix left (Y, norms or taus, U column-major with leading dimension
+  // d, and taus.r) and G_b = dL/dU_b (d x cols); taus: dV_b is the gradient of V's first k
+  // columns' strictly lower part (zeros on and above the diagonal), and dtau_b is written.
   virtual void small_matrix_backward(index_t batch, index_t d, index_t k, index_t cols,
                                      const T* y, index_t ys, const T* norms, index_t ns,
                                      const T* u, index_t us, Strided<const T> G,
-                                     Strided<T> dV) const {
+                                     Strided<T> dV, const SmallTaus<T>& taus, T* ws) const {
     (void)batch, (void)d, (void)k, (void)cols, (void)y, (void)ys, (void)norms, (void)ns, (void)u,
-        (void)us, (void)G, (void)dV;
+        (void)us, (void)G, (void)dV, (void)taus, (void)ws;
     throw std::logic_error("fasth: this backend has no small-d path");
   }
 };

@@ -81,6 +81,16 @@ class CpuBackend final : public Backend<T> {
                           Strided<T> dv) const override;
   void lower(index_t batch, index_t d, index_t k, Strided<const T> a, Strided<T> b,
              T diag) const override;
+  // The small-d path (cpu_small.cpp): d <= 128, k <= 256, entries interleaved in the
+  // workspace so that each reflector step runs for a tile of entries in vector lanes.
+  bool small_path(index_t d, index_t k, bool taus) const override;
+  void small_matrix(index_t batch, index_t d, index_t k, index_t cols, Strided<const T> V,
+                    Strided<T> U, T* y, index_t ys, T* norms, index_t ns, T* u2, index_t u2s,
+                    const SmallTaus<T>& taus, T* ws) const override;
+  void small_matrix_backward(index_t batch, index_t d, index_t k, index_t cols, const T* y,
+                             index_t ys, const T* norms, index_t ns, const T* u, index_t us,
+                             Strided<const T> G, Strided<T> dV, const SmallTaus<T>& taus,
+                             T* ws) const override;
 
  private:
   const Blas& blas_;

@@ -27,6 +27,9 @@ struct Layout {
   bool ydirect = false;     // Y is V itself unless a norm is too extreme to square (CPU)
   bool ypad = false;        // ydirect, V's rows alias: a forward reads a padded copy of V
   bool single = false;      // one block with the full T: matrix, and the materialised apply
+  // The single block may take the backend's small-d path (Backend::small_path): the factors
+  // keep U (and LAPACK's R), the workspaces the path's scratch; Y column-major in the factors.
+  bool small = false;
   // The T of a householder block wider than the backend's larft by a triangular solve,
   // T = S^-1 (a few calls), not by leaves merged level by level (two calls a level): CUDA,
   // one V, where calls are launches.
@@ -37,7 +40,8 @@ struct Layout {
   // Factors of one V entry, factors_stride apart: unit reflectors Y (d x k), their norms or taus
   // (nb * m, zero past k), per block its T and Gram matrix (m x m each), the householder
   // single block's Z = Y_E T^T (c x k), and U itself for the materialised apply (d x d) and,
-  // on CUDA, for matrix (d x n: a small-d path's backward reads it).
+  // where the plan allows the small-d path (Layout::small), for matrix (d x n, then LAPACK's
+  // R, k x n: that path's backward reads them; a CPU plan on it keeps no T, Gram or Z).
   std::size_t factors_stride = 0, f_aux = 0, f_blocks = 0, f_z = 0, f_u = 0;
   // The tape of a householder blockwise run (an apply, or U on the CPU), when small enough
   // (see size_plan): each block's input (B d n, in forward order), then its products

@@ -99,8 +99,15 @@ struct Run {
   bool z_kept() const { return L.f_u > L.f_z; }
 
   bool small() const {
-    return L.kind == Kind::householder && L.single && !L.yt && o.be.small_path(L.d, L.k);
+    const bool yes = L.small && L.single && !L.yt &&
+                     o.be.small_path(L.d, L.k, L.kind == Kind::lapack);
+    if (!yes && small_only(L))
+      throw std::logic_error("fasth: this CPU plan needs the backend's small-d path");
+    return yes;
   }
+  // LAPACK's R_b (k x c) for the small path's backward, after U in the factors.
+  template <class P>
+  P* Rf(P* F) const { return F + L.f_u + L.d * cols_u(); }
 
   // The padding of a Y-like buffer's rows (L.ky > L.k), zeroed where the factors hold it.
   void zero_pad(index_t batch, index_t rows, M<T> y) const {
@@ -149,7 +156,7 @@ struct Run {
 
   // factors.cpp. `ws` past its head (L.y_head elements, where bind_y may put Y).
   void factors(const T* V, const T* tau, T* F, T* ws) const;
-  void small_factors(const T* V, T* F, T* out) const;
+  void small_factors(const T* V, const T* tau, T* F, T* out, T* ws) const;
   void build_t(T* F, T* ws) const;
   void build_u(const T* F, M<T> U, index_t batch, T* ws) const;
   // forward.cpp

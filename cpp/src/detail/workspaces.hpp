@@ -26,13 +26,26 @@ struct FactorsWs {
   T* s;      // solve_t: S = striu(G) + I / 2 per block
 };
 
+// A CPU plan on the small path: the CPU backend takes every size the plan's rule gives it, so
+// the plan keeps no T factors, Z, or the single block's other workspaces.
+inline bool small_only(const Layout& L) {
+  return L.small && L.single && L.device == Device::cpu;
+}
+
+// The small-d path's scratch (Backend::small_matrix), where the plan allows the path.
+template <class T>
+T* carve_small(const Layout& L, Arena<T>& a) {
+  const index_t c = L.op == Op::matrix ? L.n : L.d;
+  return L.small && L.k > 0 ? a.take(sz(small_workspace(L.d, L.k, c))) : nullptr;
+}
+
 template <class T>
 FactorsWs<T> carve_factors(const Layout& L, Arena<T>& a) {
   // A merge level of q-wide pairs batches its largest level (entries, blocks or pairs) and
   // takes q x q per batched entry: at most max(entries, blocks) (m / 2)^2 at the top level,
   // and (m / 2q) q^2 <= m^2 / 4 below it, whatever the leaf width.
   FactorsWs<T> w{};
-  if (L.k > 0 && L.m > 1) {
+  if (L.k > 0 && L.m > 1 && !small_only(L)) {
     const std::size_t half = sz(L.m / 2);
     if (L.solve_t) w.s = a.take(sz(L.nb) * sz(L.m) * sz(L.m));  // (no merges: build_t)
     else w.merge = a.take(sz(std::max(L.bv, L.nb)) * half * half);
@@ -72,7 +85,7 @@ template <class T>
 ForwardWs<T> carve_forward(const Layout& L, Arena<T>& a, bool taped) {
   ForwardWs<T> w{};
   if (L.op == Op::matrix && L.single) {
-    w.u = carve_u(L.B, L.n, L.ky, a);
+    if (!small_only(L)) w.u = carve_u(L.B, L.n, L.ky, a);
   } else {
     // X where BLAS cannot address it (single); the walk where it does not end in out
     // (blockwise, see Run::lanes); the blocks' products where no tape holds them.
@@ -109,11 +122,14 @@ struct MatrixWs {
   T *a, *c;         // householder: A = Y T, C (k x k)
   T *gy, *h, *gty;  // lapack: G Y_E, dT, G^T Y
   TBackWs<T> t;     // lapack: the path through T
+  T* small;         // the small-d path's scratch
 };
 
 template <class T>
 MatrixWs<T> carve_matrix_backward(const Layout& L, index_t c, Arena<T>& a) {
   MatrixWs<T> w{};
+  w.small = carve_small(L, a);
+  if (small_only(L)) return w;
   const std::size_t bv = sz(L.bv), d = sz(L.d), k = sz(L.k), cc = sz(c), ky = sz(L.ky);
   w.g = a.take(bv * d * cc);  // dL/dU, where BLAS cannot address it
   w.dy = a.take(bv * d * ky);

@@ -76,13 +76,15 @@ class CudaBackend final : public fasth::Backend<T> {
              T diag) const override;
   // d <= 128 where the backward's shared memory (U and dL/dU, d x d, and V) fits the
   // device's opt-in limit: float to d = 128 on Hopper (about 115 on A100), double to 97.
-  bool small_path(index_t d, index_t k) const override;
+  // fasth's reflectors only (taus: no).
+  bool small_path(index_t d, index_t k, bool taus) const override;
   void small_matrix(index_t batch, index_t d, index_t k, index_t cols, Strided<const T> V,
                     Strided<T> U, T* y, index_t ys, T* norms, index_t ns, T* u2,
-                    index_t u2s) const override;
+                    index_t u2s, const SmallTaus<T>& taus, T* ws) const override;
   void small_matrix_backward(index_t batch, index_t d, index_t k, index_t cols, const T* y,
                              index_t ys, const T* norms, index_t ns, const T* u, index_t us,
-                             Strided<const T> G, Strided<T> dV) const override;
+                             Strided<const T> G, Strided<T> dV, const SmallTaus<T>& taus,
+                             T* ws) const override;
 
  private:
   int device_;

@@ -39,6 +39,9 @@ def parser() -> argparse.ArgumentParser:
     from .cases import OPS
 
     ap = parser_of("python -m fasth bench", DOC.split("\n\n")[0])
+    ap.add_argument("--small", action="store_true",
+                    help="many small orthogonal matrices: fasth beside torch.bmm, householder_product "
+                         "and matrix_exp at B x d = 8192x8 .. 64x128 (fasth.bench.small)")
     ap.add_argument("--layers", action="store_true",
                     help="the layer benchmark (training steps, fixed cost per call, backend calls) "
                          "instead of the suite")
@@ -118,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     check_device(ap, a.device)
     command = "python -m fasth bench " + " ".join(argv)
+    if a.small:
+        from .small import run
+
+        return run(a.threads, a.repeats, a.dtype, a.out, command)
     if a.layers:
         return run_layers(layer_config(ap, a), a, command)
     cfg = suite_config(ap, a)
