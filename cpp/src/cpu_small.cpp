@@ -108,7 +108,7 @@ FASTH_INLINE void load_y(const Job<T>& J, const Tile<T, P>& t, index_t e0, index
       const T rt = std::sqrt(sum[p]);
       t.nrm[j * P + p] = amax[p] == T(0) ? T(0) : amax[p] * rt;
       t.tau[j * P + p] = amax[p] == T(0) ? T(0) : T(2);
-      inv[p] /= rt;  // y = v / amax / rt
+      inv[p] = amax[p] == T(0) ? T(0) : inv[p] / rt;  // y = v / amax / rt
     }
     for (index_t r = 0; r < d; ++r)
 #pragma omp simd
