@@ -228,9 +228,12 @@ Plan::Plan(const Problem& p, Device device, const PlanOptions& options)
     L.ypad = L.ydirect && L.yt && v_ld % kAliasedRows == 0 && L.bv * L.d * L.k <= kPadCopyMax;
   }
   if (lapack) L.dtau_array = dense_vectors(p.tau, 1, L.k);
-  // The small-d path (Layout::small): CUDA's for fasth's reflectors, the CPU's by its rule; Y
-  // then lives column-major in the factors.
-  L.small = device == Device::cuda ? !lapack : cpu_small(L);
+  // The small-d path (Layout::small): CUDA's for fasth's reflectors at the sizes its backend
+  // takes (d <= 128, k <= 512; the plan reserves the path's scratch there, whose size grows as
+  // 16 d^2), the CPU's by its rule; Y then lives column-major in the factors.
+  constexpr index_t kCudaSmallD = 128, kCudaSmallK = 512;
+  L.small = device == Device::cuda ? !lapack && L.d <= kCudaSmallD && L.k <= kCudaSmallK
+                                   : cpu_small(L);
   if (L.small && device == Device::cpu) L.yt = L.ydirect = L.ypad = false, L.ky = L.k;
 
   // Strategy and blocks.
