@@ -10,6 +10,7 @@
 //   fasth_forward_with  args V, factors, X                 rets out, workspace
 //   fasth_backward      args V, [tau], [S], factors, grad, [tape]   (S but for LAPACK's U)
 //                                                          rets dV, [dtau], [dX], workspace
+//   fasth_tangent       args V, [tau], [X], factors, dV, [dtau], [dX]   rets dout, workspace
 // A tape (Plan::tape_size) is used where the call's plan keeps one and the buffer holds it:
 // the backward then reads it instead of S.
 // fasth_forward_with is a householder apply with the factors an earlier fasth_forward of the
@@ -254,6 +255,31 @@ struct Handlers {
     }
   };
 
+  struct TangentCall {  // fasth_tangent: args V, [tau], [X], factors, dV, [dtau], [dX]
+    template <class T>
+    static void run(const ffi::Context& ctx, const ffi::RemainingArgs& args,
+                    const ffi::RemainingRets& rets, Problem p, bool tf32) {
+      std::size_t i = 0;
+      Tangent<T> a;
+      p.V = row_major(arg(args, i)), a.V = data<const T>(arg(args, i++));
+      if (p.kind == Kind::lapack) p.tau = row_major(arg(args, i++));
+      if (p.op == Op::apply) p.X = row_major(arg(args, i)), a.X = data<const T>(arg(args, i++));
+      const Buf F = arg(args, i++);
+      a.factors = data<const T>(F);
+      a.dV_layout = row_major(arg(args, i)), a.dV = data<const T>(arg(args, i++));
+      if (p.kind == Kind::lapack)
+        a.dtau_layout = row_major(arg(args, i)), a.dtau = data<const T>(arg(args, i++));
+      if (p.op == Op::apply)
+        a.dX_layout = row_major(arg(args, i)), a.dX = data<const T>(arg(args, i++));
+      const Plan plan(p, D, options());
+      a.factors_stride = entry_stride(plan, F.element_count());
+      auto dout = ret(rets, 0), ws = ret(rets, 1);
+      a.dout = data<T>(dout, 0, "dout");
+      a.workspace = data<T>(ws, plan.workspace_size(Pass::tangent), "workspace");
+      plan.tangent(backend<T>(ctx, tf32), a);
+    }
+  };
+
   // The C entry point XLA calls for a custom call; each binds its handler once.
   template <class Call>
   static XLA_FFI_Error* entry(XLA_FFI_CallFrame* frame) {
@@ -282,6 +308,7 @@ void def_jax_ffi(nanobind::module_& m) {
         d["fasth_forward"] = cap(&H::template entry<typename H::ForwardCall>);
         d["fasth_forward_with"] = cap(&H::template entry<typename H::ForwardWithCall>);
         d["fasth_backward"] = cap(&H::template entry<typename H::BackwardCall>);
+        d["fasth_tangent"] = cap(&H::template entry<typename H::TangentCall>);
 #endif
         return d;
       },

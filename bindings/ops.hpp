@@ -144,6 +144,40 @@ void def_runs(nb::module_& m) {
       nb::arg("tf32") = false, nb::arg("blas") = 0, nb::arg("tape").none() = nb::none(),
       "Gradients from the factors, the saved output (householder apply) or input (lapack "
       "apply), and grad = dL/dout; with the forward's `tape`, from it instead of `saved`.");
+
+  m.def(
+      "tangent",
+      [dev](const Plan& p, int dtype, nb::handle V, nb::handle factors, nb::handle X,
+            nb::handle dV, const Dims& dv_shape, const Dims& dv_strides, nb::handle dtau,
+            const Dims& dtau_shape, const Dims& dtau_strides, nb::handle dX,
+            const Dims& dx_shape, const Dims& dx_strides, nb::handle dout, nb::handle ws,
+            std::uintptr_t stream, int device, bool tf32, int blas) {
+        dispatch(dtype, [&](auto tag) {
+          using T = decltype(tag);
+          Tangent<T> a;
+          a.V = pointer<const T>(V, dev, "V");
+          a.factors = pointer<const T>(factors, dev, "factors", p.factors_size());
+          a.X = pointer<const T>(X, dev, "X");
+          a.dV = pointer<const T>(dV, dev, "dV");
+          if (a.dV) a.dV_layout = array_of(dv_shape, dv_strides, "dV");
+          a.dtau = pointer<const T>(dtau, dev, "dtau");
+          if (a.dtau) a.dtau_layout = array_of(dtau_shape, dtau_strides, "dtau");
+          a.dX = pointer<const T>(dX, dev, "dX");
+          if (a.dX) a.dX_layout = array_of(dx_shape, dx_strides, "dX");
+          a.dout = pointer<T>(dout, dev, "dout");
+          a.workspace = pointer<T>(ws, dev, "workspace", p.workspace_size(Pass::tangent));
+          nb::gil_scoped_release release;
+          p.tangent(Make<T>::make(device, stream, tf32, blas), a);
+        });
+      },
+      nb::arg("plan"), nb::arg("dtype"), nb::arg("V").none(), nb::arg("factors").none(),
+      nb::arg("X").none(), nb::arg("dV").none(), nb::arg("dV_shape"), nb::arg("dV_strides"),
+      nb::arg("dtau").none(), nb::arg("dtau_shape"), nb::arg("dtau_strides"),
+      nb::arg("dX").none(), nb::arg("dX_shape"), nb::arg("dX_strides"), nb::arg("dout").none(),
+      nb::arg("workspace").none(), nb::arg("stream") = 0, nb::arg("device") = 0,
+      nb::arg("tf32") = false, nb::arg("blas") = 0,
+      "Forward mode: the tangent of the op's output in the direction (dV, dtau, dX) (None: "
+      "zero), from the forward's factors, into dout.");
 }
 
 }  // namespace fasth::bindings

@@ -84,6 +84,7 @@ inline void def_plan(nb::module_& m) {
       .def_prop_ro("tape_size", &Plan::tape_size)
       .def_prop_ro("forward_workspace", [](const Plan& p) { return p.workspace_size(Pass::forward); })
       .def_prop_ro("backward_workspace", [](const Plan& p) { return p.workspace_size(Pass::backward); })
+      .def_prop_ro("tangent_workspace", [](const Plan& p) { return p.workspace_size(Pass::tangent); })
       .def_prop_ro("out", [](const Plan& p) { return tuple_of(p.out()); }, "(shape, strides)")
       .def_prop_ro("dV", [](const Plan& p) { return tuple_of(p.d_V()); })
       .def_prop_ro("dtau", [](const Plan& p) { return tuple_of(p.d_tau()); })

@@ -34,8 +34,22 @@ void Run<T>::factors(const T* V, const T* tau, T* F, T* ws) const {
     if (L.nb * m > k)  // taus of a short last block's padding
       o.set(bv, L.nb * m - k, 1, T(0), T(0), M<T>{aux(F) + k, L.nb * m - k, false, fs});
   }
-  // Gram matrices Y_j^T Y_j of the full blocks, then of the short last block (zero
-  // padded: larft then leaves its padding zero).
+  grams_and_t(F, ws);
+  if (z_kept()) {  // Z = Y_E T^T, for U = E - Y Z^T and the householder backward
+    o.tr(bv, true, true, k, cols_u(), T(1), in(Tf(F, 0)), in(Y(F)), Zf(F));
+    zero_pad(bv, cols_u(), Zf(F));
+  }
+  if (L.op == Op::apply && L.single) build_u(F, Uf(F), bv, ws);
+  if (L.factors_stride > L.f_u && L.op == Op::matrix)  // the small-d path's U, unused here
+    o.set(bv, static_cast<index_t>(L.factors_stride - L.f_u), 1, T(0), T(0),
+          M<T>{F + L.f_u, static_cast<index_t>(L.factors_stride - L.f_u), false, fs});
+}
+
+// Each block's Gram matrix Y_j^T Y_j (the full blocks, then the short last block, zero
+// padded: larft then leaves its padding zero) and T, from the Y that F holds or binds.
+template <class T>
+void Run<T>::grams_and_t(T* F, T* ws) const {
+  const index_t d = L.d, k = L.k, m = L.m, bv = L.bv;
   const index_t full = k / m, r = k - full * m, m2 = 2 * m * m;
   const M<const T> y = in(Y(F));
   if (full > 0) {
@@ -50,14 +64,6 @@ void Run<T>::factors(const T* V, const T* tau, T* F, T* ws) const {
     o.gram(bv, r, d, y.cols(full * m), Gf(F, full));
   }
   build_t(F, ws);
-  if (z_kept()) {  // Z = Y_E T^T, for U = E - Y Z^T and the householder backward
-    o.tr(bv, true, true, k, cols_u(), T(1), in(Tf(F, 0)), in(Y(F)), Zf(F));
-    zero_pad(bv, cols_u(), Zf(F));
-  }
-  if (L.op == Op::apply && L.single) build_u(F, Uf(F), bv, ws);
-  if (L.factors_stride > L.f_u && L.op == Op::matrix)  // the small-d path's U, unused here
-    o.set(bv, static_cast<index_t>(L.factors_stride - L.f_u), 1, T(0), T(0),
-          M<T>{F + L.f_u, static_cast<index_t>(L.factors_stride - L.f_u), false, fs});
 }
 
 // The small-d path: Y, norms (or taus) and U (into the factors' U, and into `out` when
@@ -153,6 +159,7 @@ void Run<T>::build_u(const T* F, M<T> U, index_t batch, T* ws) const {
 #define FASTH_INSTANTIATE(T)                                        \
   template void Run<T>::factors(const T*, const T*, T*, T*) const;  \
   template void Run<T>::small_factors(const T*, const T*, T*, T*, T*) const;      \
+  template void Run<T>::grams_and_t(T*, T*) const;                  \
   template void Run<T>::build_t(T*, T*) const;                      \
   template void Run<T>::build_u(const T*, M<T>, index_t, T*) const;
 

@@ -78,11 +78,27 @@ void Plan::backward(const Backend<T>& be, const Backward<T>& a) const {
   r.backward(rest);
 }
 
+template <class T>
+void Plan::tangent(const Backend<T>& be, const Tangent<T>& a) const {
+  const bool v = L_->bv > 0 && L_->d > 0 && L_->k > 0, x = L_->B > 0 && L_->d > 0 && L_->n > 0;
+  need(a.V, v && x, "tangent", "V");
+  need(a.factors, v && x, "tangent", "factors");
+  need(a.X, v && x && L_->op == Op::apply, "tangent", "X");
+  need(a.dout, x, "tangent", "dout");
+  need(a.workspace, workspace_size(Pass::tangent) > 0, "tangent", "workspace");
+  const detail::Run<T> r{*L_, {be}, entry_stride(*L_, a.factors_stride)};
+  r.bind_y(a.V, a.factors, a.workspace, false);
+  Tangent<T> rest = a;
+  rest.workspace = a.workspace + L_->y_head;
+  r.tangent(rest);
+}
+
 #define FASTH_INSTANTIATE(T)                                                       \
   template void Plan::factors<T>(const Backend<T>&, const Forward<T>&) const;      \
   template void Plan::forward_with<T>(const Backend<T>&, const Forward<T>&) const; \
   template void Plan::forward<T>(const Backend<T>&, const Forward<T>&) const;      \
-  template void Plan::backward<T>(const Backend<T>&, const Backward<T>&) const;
+  template void Plan::backward<T>(const Backend<T>&, const Backward<T>&) const;    \
+  template void Plan::tangent<T>(const Backend<T>&, const Tangent<T>&) const;
 
 FASTH_FOR_EACH_DTYPE(FASTH_INSTANTIATE)
 #undef FASTH_INSTANTIATE

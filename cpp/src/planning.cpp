@@ -74,7 +74,7 @@ void size_plan(Layout& L) {
   // of 12.
   const bool tapeable = L.kind == Kind::householder && !L.single && L.k > 0;
   L.tape_size = tapeable && tape_elements(L) <= kTapeMax ? tape_elements(L) : 0;
-  Arena<float> f{nullptr}, fw{nullptr}, bw{nullptr}, fwt{nullptr}, bwt{nullptr};
+  Arena<float> f{nullptr}, fw{nullptr}, bw{nullptr}, fwt{nullptr}, bwt{nullptr}, tg{nullptr};
   carve_factors<float>(L, f);
   if (L.op == Op::apply && L.single && !no_t) carve_u<float>(L.bv, L.d, L.ky, f);
   Arena<float> sm{nullptr};  // small_factors: from the head of the workspace
@@ -84,6 +84,8 @@ void size_plan(Layout& L) {
   if (L.tape_size) carve_forward<float>(L, fwt, true), carve_backward<float>(L, bwt, true);
   L.workspace[0] = L.y_head + std::max({f.used, fw.used, fwt.used, sm.used});
   L.workspace[1] = L.y_head + std::max(bw.used, bwt.used);
+  carve_tangent<float>(L, tg);
+  L.workspace[2] = L.y_head + tg.used;
 }
 
 }  // namespace detail

@@ -54,7 +54,7 @@ enum class Strategy : int {
   materialize = 2,  // build U once in one block, then one GEMM (the regime n >> d)
 };
 enum class Device : int { cpu = 0, cuda = 1 };
-enum class Pass : int { forward = 0, backward = 1 };
+enum class Pass : int { forward = 0, backward = 1, tangent = 2 };
 
 struct Problem {
   Op op = Op::apply;
@@ -116,6 +116,25 @@ struct Backward {
   std::size_t factors_stride = 0;  // as the forward's (see Forward)
 };
 
+// Forward mode: the tangent of the op's output at (V, tau, X) in the direction (dV, dtau, dX),
+// from the factors that the forward filled. Each direction is laid out as `*_layout` says
+// (the shape of its primal, any strides), or null: zero.
+template <class T>
+struct Tangent {
+  const T* V = nullptr;        // as given to the forward
+  const T* X = nullptr;        // apply: its input
+  const T* factors = nullptr;
+  const T* dV = nullptr;       // lapack: the tangent of A
+  Array dV_layout;
+  const T* dtau = nullptr;     // lapack
+  Array dtau_layout;
+  const T* dX = nullptr;       // apply
+  Array dX_layout;
+  T* dout = nullptr;           // laid out as out()
+  T* workspace = nullptr;      // workspace_size(Pass::tangent)
+  std::size_t factors_stride = 0;  // as the forward's (see Forward)
+};
+
 namespace detail {
 struct Layout;  // what the plan resolves (fasth's own code reads it)
 }  // namespace detail
@@ -162,6 +181,9 @@ class Plan {
   void forward_with(const Backend<T>& be, const Forward<T>& a) const;
   template <class T>
   void backward(const Backend<T>& be, const Backward<T>& a) const;
+  // Forward mode (see Tangent): about three forwards' flops.
+  template <class T>
+  void tangent(const Backend<T>& be, const Tangent<T>& a) const;
 
  private:
   // std::invalid_argument where a pointer that the run needs is null.

@@ -47,7 +47,7 @@ struct Layout {
   // (see size_plan): each block's input (B d n, in forward order), then its products
   // W1 = Y^T A and W2 = op(T) W1 (m B n each).
   std::size_t tape_size = 0;
-  std::size_t workspace[2] = {0, 0};  // elements: forward, backward
+  std::size_t workspace[3] = {0, 0, 0};  // elements: forward, backward, tangent
   std::size_t y_head = 0;              // the head of every workspace: Y normalised, where needed
   // Whether a backward given no tape reads `saved` (the forward's output, or a LAPACK apply's
   // input): all but the single block's U.

@@ -5,7 +5,8 @@
 // (forward.cpp), optionally keeping a tape (tape.cpp); a householder backward that recovers
 // each block's input from its output, P_j being orthogonal (householder_backward.cpp); a
 // LAPACK-reflector backward (any tau: P_j need not be orthogonal) that keeps the block
-// inputs (lapack_backward.cpp); and U as one block with the full T, U = I - Y T Y^T, for
+// inputs (lapack_backward.cpp); forward mode, the forward walked with its tangent
+// (tangent.cpp); and U as one block with the full T, U = I - Y T Y^T, for
 // matrix() and the materialised apply.
 //
 // Each block step multiplies by R = T (apply) or R = T^T (transpose: P_j^T = I - Y T^T Y^T);
@@ -157,6 +158,7 @@ struct Run {
   // factors.cpp. `ws` past its head (L.y_head elements, where bind_y may put Y).
   void factors(const T* V, const T* tau, T* F, T* ws) const;
   void small_factors(const T* V, const T* tau, T* F, T* out, T* ws) const;
+  void grams_and_t(T* F, T* ws) const;
   void build_t(T* F, T* ws) const;
   void build_u(const T* F, M<T> U, index_t batch, T* ws) const;
   // forward.cpp
@@ -181,6 +183,13 @@ struct Run {
                             const BackwardWs<T>& w) const;
   void householder_matrix_backward(const T* F, M<const T> G, index_t c, const MatrixWs<T>& w,
                                    T* dV) const;
+  // tangent.cpp
+  void tangent(const Tangent<T>& a) const;
+  Mat3 direction(const Array& a, const Mat3& want, int tail, const char* name) const;
+  void tangent_walk(const Tangent<T>& a, const T* F, const Mat3& dx3, const TangentWs<T>& w) const;
+  M<const T> tangent_y(const Tangent<T>& a, const T* F, T* buf) const;
+  void tangent_t(const Tangent<T>& a, const T* F, index_t j, M<const T> y, M<const T> dy,
+                 const TangentWs<T>& w) const;
   // lapack_backward.cpp
   void lapack_backward(const Backward<T>& a, const Mat3& g3, const Mat3& s3,
                        const BackwardWs<T>& w) const;

@@ -193,4 +193,45 @@ BackwardWs<T> carve_backward(const Layout& L, Arena<T>& a, bool taped) {
   return w;
 }
 
+// The tangent (forward mode): [A | dA] walked as the householder backward walks [A | G],
+// its products [W | Z] and [Q | Zt], dY, and per block m x m scratch for dT (tangent_t);
+// where the single block may take the small-d path (whose factors hold no T), factors with
+// T (with_t) and build_t's workspace.
+template <class T>
+struct TangentWs {
+  T *ad, *wz, *qz, *dy;
+  T *mt, *lo, *p, *dt, *dd, *k1, *k2;
+  T *f, *fws;
+};
+
+// The layout of the factors that a small-d plan's tangent builds for itself: the plan's own
+// off the small path, its factors cut after the T and Gram blocks (Y and the norms or taus,
+// as the small path leaves them, then T and Gram).
+inline Layout with_t(const Layout& L) {
+  Layout t = L;
+  t.small = false;
+  t.factors_stride = L.f_blocks + sz(L.nb) * 2 * sz(L.m) * sz(L.m);
+  return t;
+}
+
+template <class T>
+TangentWs<T> carve_tangent(const Layout& L, Arena<T>& a) {
+  TangentWs<T> w{};
+  const std::size_t B = sz(L.B), d = sz(L.d), n = sz(L.n), m = sz(L.m), bv = sz(L.bv);
+  const Walk wk = walk_of(L);
+  const std::size_t wb = sz(wk.batch), wn = sz(wk.n), q = bv * m * m;
+  w.ad = a.take(2 * B * d * n);
+  w.wz = a.take(wb * m * 2 * wn), w.qz = a.take(wb * m * 2 * wn);
+  w.dy = a.take(bv * d * sz(L.ky));
+  w.mt = a.take(q), w.lo = a.take(q), w.p = a.take(q), w.dt = a.take(q), w.dd = a.take(q);
+  if (L.kind == Kind::lapack) w.k1 = a.take(q), w.k2 = a.take(q);
+  if (L.small && L.single && L.k > 0) {
+    const Layout t = with_t(L);
+    w.f = a.take(bv * t.factors_stride);
+    w.fws = a.base ? a.base + a.used : nullptr;
+    carve_factors<T>(t, a);
+  }
+  return w;
+}
+
 }  // namespace fasth::detail
