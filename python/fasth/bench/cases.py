@@ -3,7 +3,8 @@
 Each method is a small setup function that takes one problem (``V`` of ``d x d``
 Householder vectors, the same reflectors in LAPACK's geqrf form ``A, tau``, ``X`` of
 ``d x n``, an output gradient ``G``) and returns closures for the forward ``U X``, the
-forward + backward (returning the gradients) and materialising ``U``."""
+forward + backward (returning the gradients), materialising ``U`` and, for fasth and the
+torch ops it replaces, forward mode (torch's forward AD)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from torch.autograd import forward_ad as fwAD
 
-OPS = {"apply": "forward U X", "fwd+bwd": "forward + backward of U X", "matrix": "materialise U"}
+OPS = {"apply": "forward U X", "fwd+bwd": "forward + backward of U X", "matrix": "materialise U",
+       "jvp": "forward mode: U X and its tangent in a direction of every input"}
 class Unavailable(Exception):
     """A method that cannot run here (not installed, wrong device or dtype)."""
 
@@ -47,6 +50,7 @@ class Impl:
     fwd: Callable[[], Any] | None = None
     fb: Callable[[], list] | None = None  # forward + backward, returns the gradients
     mat: Callable[[], Any] | None = None  # U
+    jvp: Callable[[], Any] | None = None  # U X and its tangent (torch's forward AD)
     clear: Callable[[], None] = lambda: None  # drop gradients (before a memory measure)
     compiles: bool = False  # the first call of each closure compiles (not timed)
     torch: bool = False  # its memory is torch's (peak memory measured on CUDA)
@@ -56,8 +60,10 @@ def _leaf(t: torch.Tensor) -> torch.Tensor:
     return t.detach().clone().requires_grad_()
 
 
-def torch_impl(p: Problem, leaves: list[torch.Tensor], f: Callable, mat: Callable | None = None) -> Impl:
-    """Closures for a method written as ``f(*leaves) -> U X`` (and ``mat(*leaves) -> U``)."""
+def torch_impl(p: Problem, leaves: list[torch.Tensor], f: Callable, mat: Callable | None = None,
+               forward_mode: bool = False) -> Impl:
+    """Closures for a method written as ``f(*leaves) -> U X`` (and ``mat(*leaves) -> U``);
+    with ``forward_mode``, ``U X`` and its tangent in a direction of every leaf."""
 
     def clear() -> None:
         for t in leaves:
@@ -76,7 +82,15 @@ def torch_impl(p: Problem, leaves: list[torch.Tensor], f: Callable, mat: Callabl
         with torch.no_grad():
             return mat(*leaves)  # type: ignore[misc]
 
-    return Impl(fwd, fb, m if mat else None, clear, torch=True)
+    g = torch.Generator().manual_seed(1)
+    dirs = [torch.randn(t.shape, generator=g, dtype=torch.float64).to(t) for t in leaves]
+
+    def jvp() -> Any:
+        with torch.no_grad(), fwAD.dual_level():
+            out = f(*(fwAD.make_dual(t.detach(), d) for t, d in zip(leaves, dirs)))
+            return fwAD.unpack_dual(out).tangent
+
+    return Impl(fwd, fb, m if mat else None, clear, jvp if forward_mode else None, torch=True)
 
 
 def _eye(p: Problem) -> torch.Tensor:
@@ -88,7 +102,7 @@ def _eye(p: Problem) -> torch.Tensor:
 def m_fasth(p: Problem) -> Impl:
     import fasth.torch as ft
 
-    return torch_impl(p, [_leaf(p.V), _leaf(p.X)], ft.apply, lambda V, X: ft.matrix(V))
+    return torch_impl(p, [_leaf(p.V), _leaf(p.X)], ft.apply, lambda V, X: ft.matrix(V), True)
 
 
 def _baseline(name: str) -> Callable[[Problem], Impl]:
@@ -103,7 +117,7 @@ def _baseline(name: str) -> Callable[[Problem], Impl]:
 
 def m_gemm(p: Problem) -> Impl:
     U = torch.linalg.qr(p.A)[0]
-    return torch_impl(p, [_leaf(U), _leaf(p.X)], torch.matmul)
+    return torch_impl(p, [_leaf(U), _leaf(p.X)], torch.matmul, forward_mode=True)
 
 
 def m_sgemm(p: Problem) -> Impl:
@@ -120,12 +134,12 @@ def m_sgemm(p: Problem) -> Impl:
 def m_householder_product(p: Problem) -> Impl:
     hp = torch.linalg.householder_product
     return torch_impl(p, [_leaf(p.A), _leaf(p.tau), _leaf(p.X)],
-                      lambda A, tau, X: hp(A, tau) @ X, lambda A, tau, X: hp(A, tau))
+                      lambda A, tau, X: hp(A, tau) @ X, lambda A, tau, X: hp(A, tau), True)
 
 
 def m_ormqr(p: Problem) -> Impl:
     return torch_impl(p, [_leaf(p.A), _leaf(p.tau), _leaf(p.X)], torch.ormqr,
-                      lambda A, tau, X: torch.ormqr(A, tau, _eye(p)))
+                      lambda A, tau, X: torch.ormqr(A, tau, _eye(p)), True)
 
 
 def _orthogonal(kind: str) -> Callable[[Problem], Impl]:

@@ -55,7 +55,7 @@ class Suite:
             except Unavailable as e:
                 row.update(status="unavailable", note=str(e))
                 continue
-            fn = {"apply": impl.fwd, "fwd+bwd": impl.fb, "matrix": impl.mat}[op]
+            fn = {"apply": impl.fwd, "fwd+bwd": impl.fb, "matrix": impl.mat, "jvp": impl.jvp}[op]
             if fn is None:
                 row.update(status="n/a")
                 continue
