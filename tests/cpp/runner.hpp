@@ -7,6 +7,7 @@
 #include <fasth/fasth.hpp>
 #include <fasth/fortran_blas.hpp>
 
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <string>
@@ -103,8 +104,41 @@ Results run(const fasth::Plan& plan, const Inputs& in, const std::vector<double>
   return {out.values(), dV.values(), dtau.values(), dX.values()};
 }
 
+// The tangent of the forward's output in the direction `dir` (laid out as the inputs), from
+// the factors of a fresh forward.
+template <class T>
+std::vector<double> tangent(const fasth::Plan& plan, const Inputs& in, const Inputs& dir) {
+  const fasth::Problem& p = plan.problem();
+  const auto& be = cpu_backend<T>();
+  Guarded<T> V(in.V, "V"), tau(in.tau, "tau"), X(in.X, "X");
+  Guarded<T> dV(dir.V, "dV"), dtau(dir.tau, "dtau"), dX(dir.X, "dX");
+  Guarded<T> out(span(plan.out()), "out"), factors(plan.factors_size(), "factors");
+  Guarded<T> fws(plan.workspace_size(fasth::Pass::forward), "forward workspace");
+  fasth::Forward<T> f;
+  f.V = V.cp(), f.tau = tau.cp(), f.X = X.cp(), f.out = out.p();
+  f.factors = factors.p(), f.workspace = fws.p();
+  plan.forward(be, f);
+  Guarded<T> dout(span(plan.out()), "dout");
+  Guarded<T> tws(plan.workspace_size(fasth::Pass::tangent), "tangent workspace");
+  fasth::Tangent<T> t;
+  t.V = V.cp(), t.X = X.cp(), t.factors = factors.p();
+  t.dV = dV.cp(), t.dV_layout = p.V, t.dtau = dtau.cp(), t.dtau_layout = p.tau;
+  t.dX = dX.cp(), t.dX_layout = p.X, t.dout = dout.p(), t.workspace = tws.p();
+  plan.tangent(be, t);
+  for (const Guarded<T>* buf : {&V, &tau, &X, &dV, &dtau, &dX, &out, &factors, &fws, &dout, &tws})
+    buf->check();
+  return dout.values();
+}
+
+inline double dot(const std::vector<double>& a, const std::vector<double>& b) {
+  double s = 0;
+  for (std::size_t i = 0; i < a.size() && i < b.size(); ++i) s += a[i] * b[i];
+  return s;
+}
+
 // Runs p in T and checks the output against the reference and, where grads, the gradients
-// against finite differences (relative tolerance tol).
+// against finite differences (relative tolerance tol), and the tangent in a random
+// direction as the backward's transpose: <G, tangent(dir)> = <gradients, dir>.
 template <class T>
 void check_problem(const fasth::Problem& p, bool grads, double tol, unsigned seed,
                    const std::string& what, bool use_tape = false) {
@@ -121,6 +155,11 @@ void check_problem(const fasth::Problem& p, bool grads, double tol, unsigned see
     CHECK(rel_error(r.dtau, fd.tau) < tol, what << ": dtau error " << rel_error(r.dtau, fd.tau));
   if (p.op == fasth::Op::apply)
     CHECK(rel_error(r.dX, fd.X) < tol, what << ": dX error " << rel_error(r.dX, fd.X));
+  const Inputs dir = random_inputs(p, seed + 7);
+  const double lhs = dot(G, tangent<T>(plan, in, dir));
+  const double rhs = dot(r.dV, dir.V) + dot(r.dtau, dir.tau) + dot(r.dX, dir.X);
+  CHECK(std::abs(lhs - rhs) < tol * (1 + std::abs(rhs)),
+        what << ": tangent " << lhs << ", transposed backward " << rhs);
 }
 
 }  // namespace ftest
