@@ -3,8 +3,8 @@
 Each method is a small setup function that takes one problem (``V`` of ``d x d``
 Householder vectors, the same reflectors in LAPACK's geqrf form ``A, tau``, ``X`` of
 ``d x n``, an output gradient ``G``) and returns closures for the forward ``U X``, the
-forward + backward (returning the gradients), materialising ``U`` and, for fasth and the
-torch ops it replaces, forward mode (torch's forward AD)."""
+forward + backward (returning the gradients), materialising ``U`` and, for fasth, the GEMM
+and householder_product (torch.ormqr has none), forward mode by torch's forward AD."""
 
 from __future__ import annotations
 
@@ -90,7 +90,8 @@ def torch_impl(p: Problem, leaves: list[torch.Tensor], f: Callable, mat: Callabl
             out = f(*(fwAD.make_dual(t.detach(), d) for t, d in zip(leaves, dirs)))
             return fwAD.unpack_dual(out).tangent
 
-    return Impl(fwd, fb, m if mat else None, clear, jvp if forward_mode else None, torch=True)
+    return Impl(fwd, fb, m if mat else None, clear=clear, jvp=jvp if forward_mode else None,
+                torch=True)
 
 
 def _eye(p: Problem) -> torch.Tensor:
@@ -139,7 +140,7 @@ def m_householder_product(p: Problem) -> Impl:
 
 def m_ormqr(p: Problem) -> Impl:
     return torch_impl(p, [_leaf(p.A), _leaf(p.tau), _leaf(p.X)], torch.ormqr,
-                      lambda A, tau, X: torch.ormqr(A, tau, _eye(p)), True)
+                      lambda A, tau, X: torch.ormqr(A, tau, _eye(p)))  # (no forward AD in torch)
 
 
 def _orthogonal(kind: str) -> Callable[[Problem], Impl]:
