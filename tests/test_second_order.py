@@ -2,7 +2,8 @@
 never silently wrong. fasth has gradients of the input gradient of ``apply`` (gradient
 penalties: ``dX = U^T g`` is ``apply`` again) and no second derivative in ``V``. The paths:
 torch eager, ``torch.func``, ``torch.compile``; ``apply`` (both directions) and ``matrix``
-(full and thin), unbatched and batched; JAX ``grad`` of ``grad`` and forward mode."""
+(full and thin), unbatched and batched; JAX ``grad`` of ``grad`` and forward over reverse.
+Forward mode itself works: tests/test_forward_mode.py."""
 
 from __future__ import annotations
 
@@ -76,8 +77,10 @@ def test_second_derivative_in_v_raises_func(device, op):
         grad(lambda V: first(V).square().sum())(V)
     with pytest.raises(RuntimeError, match=SECOND_IN_V):  # per-example, under vmap
         vmap(grad(lambda V: first(V).square().sum()))(torch.stack([V, 2 * V]))
-    with pytest.raises(RuntimeError, match="forward-mode"):  # forward mode: not yet
-        torch.func.jacfwd(f)(V)
+    with pytest.raises(RuntimeError, match=SECOND_IN_V):  # forward over reverse
+        torch.func.jacfwd(first)(V)
+    # forward mode itself works (tests/test_forward_mode.py checks it against a dense one)
+    torch.testing.assert_close(torch.func.jacfwd(f)(V), torch.func.jacrev(f)(V))
 
 
 def test_second_derivative_under_compile_raises(device):
@@ -122,8 +125,10 @@ def test_jax_second_derivative_in_v_raises(op):
         jax.grad(lambda V: (first(V) ** 2).sum())(V)
     with pytest.raises(NotImplementedError, match=SECOND_IN_V):
         jax.jit(jax.grad(lambda V: (first(V) ** 2).sum()))(V)
-    with pytest.raises(TypeError, match="forward-mode"):  # forward mode: not yet
-        jax.jvp(f, (V,), (V,))
+    with pytest.raises(NotImplementedError, match=SECOND_IN_V):  # forward over reverse
+        jax.jacfwd(first)(V)
+    # forward mode itself works (tests/test_forward_mode.py checks it against a dense one)
+    np.testing.assert_allclose(jax.jacfwd(f)(V), jax.jacrev(f)(V), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("transpose", [False, True])

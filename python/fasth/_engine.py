@@ -65,7 +65,8 @@ class BoundPlan:
 
     __slots__ = ("fn", "plan", "xp", "dtype", "dtype_code", "device", "module", "blas",
                  "tf32", "copied", "is_lapack", "is_apply", "via_numpy", "out", "dV", "dtau",
-                 "dX", "factors_size", "forward_ws", "backward_ws", "tape_size", "reads_out")
+                 "dX", "factors_size", "forward_ws", "backward_ws", "tangent_ws", "tape_size",
+                 "reads_out")
 
     def fail(self, cls: type[Exception], msg: str) -> Exception:
         return cls(f"{self.fn}: {msg}")
@@ -148,6 +149,7 @@ def _bind(s: Spec, front: str, arrays: tuple, names: tuple, fn: str) -> BoundPla
     # The plan's sizes as Python values, read on every run.
     c.out, c.dV, c.dtau, c.dX = p.out, p.dV, p.dtau, p.dX
     c.factors_size, c.forward_ws, c.backward_ws = p.factors_size, p.forward_workspace, p.backward_workspace
+    c.tangent_ws = p.tangent_workspace
     c.tape_size = p.tape_size
     # Whether a backward without the tape reads the forward's output (the householder blocks
     # walked back from it: an apply, or a U made blockwise), or not (a single-block U).
@@ -214,9 +216,10 @@ def factors_of(c: BoundPlan, V: Any) -> Any:
     return f
 
 
-def _walkable(xp: _arrays.Namespace, a: Any) -> Any:
-    """`a` where one stride walks its batch dimensions, else a contiguous copy."""
-    if a is not None and len(a.shape) > 3 and not _native.collapsible(a.shape, xp.strides(a), 2):
+def _walkable(xp: _arrays.Namespace, a: Any, tail: int = 2) -> Any:
+    """`a` where one stride walks its batch dimensions (all but the last `tail`), else a
+    contiguous copy."""
+    if a is not None and len(a.shape) > tail + 1 and not _native.collapsible(a.shape, xp.strides(a), tail):
         return xp.contiguous(a)
     return a
 
@@ -243,6 +246,28 @@ def backward(c: BoundPlan, V: Any, factors: Any, saved: Any, grad: Any,
                       arg(grad), gshape, gstrides, arg(dV), arg(dtau), arg(dX), arg(ws),
                       xp.stream(like), c.device[1], c.tf32, c.blas, arg(tape))
     return dV, dtau, dX
+
+
+def tangent(c: BoundPlan, V: Any, tau: Any, X: Any, factors: Any, dV: Any, dtau: Any,
+            dX: Any) -> Any:
+    """Forward mode: the tangent of the call's output at (V, tau, X) in the direction
+    (dV, dtau, dX), each shaped as its primal (any strides) or None (zero), from the factors
+    that the forward of V returned."""
+    xp = c.xp
+    if c.copied:
+        V, tau, X = contiguous_where_planned(c, [V, tau, X])
+    dV, dtau, dX = _walkable(xp, dV), _walkable(xp, dtau, 1), _walkable(xp, dX)
+    dout = xp.empty(*c.out, c.dtype, factors)
+    ws = xp.workspace(c.tangent_ws, c.dtype, factors)
+    arg = xp.arg
+
+    def layout(a):
+        return ((), ()) if a is None else (tuple(a.shape), xp.strides(a))
+
+    c.module.tangent(c.plan, c.dtype_code, arg(V), arg(factors), arg(X), arg(dV), *layout(dV),
+                     arg(dtau), *layout(dtau), arg(dX), *layout(dX), arg(dout), arg(ws),
+                     xp.stream(factors), c.device[1], c.tf32, c.blas)
+    return dout
 
 
 def forward_with(c: BoundPlan, V: Any, factors: Any, X: Any, tape: bool = False) -> Any:

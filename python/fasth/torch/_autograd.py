@@ -9,7 +9,9 @@ through orthogonality) and its input: if the caller modifies the output in place
 backward recomputes it from the input, so outputs behave as ordinary tensors. Under
 ``create_graph``, the input gradient is ``apply`` again (differentiable: gradient
 penalties), while the gradient of V raises if it is differentiated again. Forward mode
-(``jvp``, ``forward_ad``) raises: fasth has none yet."""
+(``forward_ad``, ``torch.func.jvp``, ``jacfwd``) is each Function's jvp: the core's tangent
+pass, through the ``fasth::tangent`` custom op under torch.func (whose vmap rule batches
+it)."""
 
 from __future__ import annotations
 
@@ -19,9 +21,13 @@ import torch
 from torch import Tensor
 
 from .. import _engine
-from .._spec import APPLY, HOUSEHOLDER, LAPACK, Spec, forward_mode_error, second_order_message
+from .._spec import APPLY, HOUSEHOLDER, LAPACK, Spec, second_order_message
 from . import _plans
-from ._custom_ops import backward_op, batch_front, forward_op
+from ._custom_ops import backward_op, batch_front, forward_op, tangent_op
+
+# gradcheck's batched checks vmap with torch's legacy batching, which the custom ops' own
+# vmap rules do not see: a legacy-batched tensor goes through the custom op (looped).
+_legacy_batched = torch._C._functorch.is_legacy_batchedtensor
 
 
 class _FirstOrderOnly(torch.autograd.Function):
@@ -42,6 +48,10 @@ class _FirstOrderOnly(torch.autograd.Function):
     def backward(ctx, *_):
         raise RuntimeError(second_order_message(ctx.fn.name))
 
+    @staticmethod
+    def jvp(ctx, *_):  # forward over reverse (jacfwd of a gradient, hessian): the same
+        raise RuntimeError(second_order_message(ctx.fn.name))
+
 
 class _Grads:
     """(dV, dtau) of a backward, for _FirstOrderOnly (named in its error)."""
@@ -56,6 +66,8 @@ class _Grads:
 def _setup(ctx, V, tau, X, s: Spec, c: _engine.BoundPlan, out: Tensor, f: Tensor, transforming: bool,
            tape: Optional[Tensor] = None):
     ctx.spec, ctx.call = s, c
+    if transforming or _plans.forward_mode():  # what a jvp reads (forward mode)
+        ctx.save_for_forward(V, tau, X, f)
     ctx.set_materialize_grads(False)
     ctx.out, ctx.tape = None, tape
     if transforming and s.kind == HOUSEHOLDER:  # the backward op's own plan decides
@@ -72,6 +84,7 @@ def _grad(ctx, grad_out, transforming: bool):
     """(dV, dtau, dX, None) for the Functions' backward."""
     if grad_out is None:
         return None, None, None, None
+    transforming = transforming or _legacy_batched(grad_out)
     V, tau, X, f, out = ctx.saved_tensors
     s, c = ctx.spec, ctx.call
     need_v, need_tau, need_x = ctx.needs_input_grad[:3]
@@ -88,6 +101,8 @@ def _grad(ctx, grad_out, transforming: bool):
 
     def grads(want_dx, V, tau, f, saved, g):
         if transforming:  # through the custom op, whose vmap rule batches it
+            if tape is not None:  # (gradcheck's batched grad_out): X gives the plan's shapes
+                return backward_op(V, tau, X if saved is None else saved, f, g, *s, want_dx, tape)
             return backward_op(V, tau, saved, f, g, *s, want_dx)
         return _engine.backward(c, V, f, saved, g, want_dx, tape)
 
@@ -104,6 +119,20 @@ def _grad(ctx, grad_out, transforming: bool):
     dV, dtau, dX = grads(apply and need_x, V, tau, f, saved, grad_out)
     return (dV if need_v else None, dtau if need_tau and s.kind == LAPACK else None,
             dX if apply and need_x else None, None)
+
+
+def _jvp(ctx, dV, dtau, dX, transforming: bool) -> Optional[Tensor]:
+    """Forward mode: the tangent of the output in the direction (dV, dtau, dX) (None: zero),
+    one pass of the core (about three forwards)."""
+    V, tau, X, f = ctx.saved_tensors
+    s = ctx.spec
+    dtau = dtau if s.kind == LAPACK else None
+    dX = dX if s.op == APPLY else None
+    if dV is None and dtau is None and dX is None:
+        return None
+    if transforming or any(t is not None and _legacy_batched(t) for t in (dV, dtau, dX)):
+        return tangent_op(V, tau, X, f, dV, dtau, dX, *s)
+    return _engine.tangent(ctx.call, V, tau, X, f, dV, dtau, dX)
 
 
 class Eager(torch.autograd.Function):
@@ -125,8 +154,8 @@ class Eager(torch.autograd.Function):
         return *_grad(ctx, grad_out, False), None
 
     @staticmethod
-    def jvp(ctx, *_):
-        raise forward_mode_error(ctx.spec.name("torch"))
+    def jvp(ctx, dV, dtau, dX, _s, _keep=None):
+        return _jvp(ctx, dV, dtau, dX, False)
 
 
 class EagerWith(torch.autograd.Function):
@@ -146,8 +175,8 @@ class EagerWith(torch.autograd.Function):
         return dV, dtau, dX, None, None
 
     @staticmethod
-    def jvp(ctx, *_):
-        raise forward_mode_error(ctx.spec.name("torch"))
+    def jvp(ctx, dV, dtau, dX, _f, _s):
+        return _jvp(ctx, dV, dtau, dX, False)
 
 
 class Transformable(torch.autograd.Function):
@@ -169,8 +198,8 @@ class Transformable(torch.autograd.Function):
         return _grad(ctx, grad_out, True)
 
     @staticmethod
-    def jvp(ctx, *_):
-        raise forward_mode_error(ctx.spec.name("torch"))
+    def jvp(ctx, dV, dtau, dX, _s):
+        return _jvp(ctx, dV, dtau, dX, True), None, None
 
     @staticmethod
     def vmap(info, in_dims, V, tau, X, s):
@@ -188,7 +217,6 @@ def run(s: Spec, V: Tensor, tau: Optional[Tensor], X: Optional[Tensor]) -> Tenso
         return forward_op(V, tau, X, *s, _plans.recorded(V, tau, X))[0]
     if _plans.transforming():
         return Transformable.apply(V, tau, X, s)[0]
-    if not _plans.recorded(V, tau, X):  # nothing to differentiate: the plan alone, no graph node
-        _plans.refuse_dual(s, V, tau, X)
+    if not _plans.recorded(V, tau, X) and not _plans.forward_mode():  # nothing to differentiate
         return _engine.forward(_plans.bound(s, V, tau, X), V, tau, X, pack=True)[0]
     return Eager.apply(V, tau, X, s)

@@ -1,6 +1,7 @@
-"""fasth's ops for torch.compile: two custom ops, ``fasth::forward`` and ``fasth::backward``,
-with fake kernels (the plan's output shapes), ``register_autograd``, autocast and vmap
-rules; clean under ``torch.library.opcheck``."""
+"""fasth's custom ops: ``fasth::forward`` and ``fasth::backward`` (torch.compile, and the
+backward under torch.func), and ``fasth::tangent`` (forward mode under torch.func), with fake
+kernels (the plan's output shapes), ``register_autograd``, autocast and vmap rules; clean
+under ``torch.library.opcheck``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .. import _engine
 from .._spec import APPLY, LAPACK, Spec
 from . import _plans
 
@@ -46,6 +48,21 @@ def _(V, tau, saved, factors, grad, op, kind, transpose, thin, block, strategy, 
     return (V.new_empty_strided(*p.dV),
             V.new_empty_strided(*p.dtau) if c.is_lapack else V.new_empty((0,)),
             V.new_empty_strided(*p.dX) if c.is_apply and want_dx else V.new_empty((0,)))
+
+
+@torch.library.custom_op("fasth::tangent", mutates_args=())
+def tangent_op(V: Tensor, tau: Optional[Tensor], X: Optional[Tensor], factors: Tensor,
+               dV: Optional[Tensor], dtau: Optional[Tensor], dX: Optional[Tensor], op: int,
+               kind: int, transpose: bool, thin: bool, block: int, strategy: str,
+               tf32: bool) -> Tensor:
+    s = Spec(op, kind, transpose, thin, block, strategy, tf32)
+    return _engine.tangent(_plans.bound(s, V, tau, X), V, tau, X, factors, dV, dtau, dX)
+
+
+@tangent_op.register_fake
+def _(V, tau, X, factors, dV, dtau, dX, op, kind, transpose, thin, block, strategy, tf32):
+    c = _plans.bound(Spec(op, kind, transpose, thin, block, strategy, tf32), V, tau, X)
+    return V.new_empty_strided(*c.plan.out)
 
 
 def _op_setup(ctx, inputs, output):
@@ -107,5 +124,26 @@ def _vmap_backward(info, in_dims, V, tau, saved, factors, grad, *rest):
     return out, (0, 0 if spec[1] == LAPACK else None, 0 if spec[0] == APPLY and want_dx else None)
 
 
+def _vmap_tangent(info, in_dims, V, tau, X, factors, dV, dtau, dX, *spec):
+    """Directions per example (jacfwd): V, tau, their directions and V's factors broadcast
+    where not mapped (and to X's batch, where V was shared by it), unless only X's direction
+    is mapped (one shared V)."""
+    B = info.batch_size
+    vd, td, xd, fd, dvd, dtd, dxd = in_dims[:7]
+    if spec[0] == APPLY and V.dim() == 2 and vd is td is dvd is dtd is fd is None:
+        return tangent_op(V, tau, batch_front(X, xd, B), factors, dV, dtau,
+                          batch_front(dX, dxd, B), *spec), 0
+    f = factors.expand(B, *factors.shape) if fd is None else factors.movedim(fd, 0)
+    V, dV, X = batch_front(V, vd, B), batch_front(dV, dvd, B), batch_front(X, xd, B)
+    if X is not None and X.dim() > V.dim():  # a V shared by X's batch: one per example
+        lead = X.shape[:-2]
+        V, dV = (None if a is None else a.reshape(B, *[1] * (len(lead) - 1), *a.shape[1:])
+                 .expand(*lead, *a.shape[1:]) for a in (V, dV))
+        f = f.reshape(B, *[1] * (len(lead) - 1), -1).expand(*lead, f.shape[-1])
+    return tangent_op(V, batch_front(tau, td, B), X, f.reshape(-1), dV,
+                      batch_front(dtau, dtd, B), batch_front(dX, dxd, B), *spec), 0
+
+
 forward_op.register_vmap(_vmap_forward(forward_op))
 backward_op.register_vmap(_vmap_backward)
+tangent_op.register_vmap(_vmap_tangent)

@@ -14,7 +14,7 @@ import torch.autograd.forward_ad as _forward_ad
 from torch import Tensor
 
 from .. import _engine, _native
-from .._spec import Spec, forward_mode_error
+from .._spec import Spec
 
 
 @functools.cache
@@ -118,8 +118,7 @@ def recorded(V: Tensor, tau: Optional[Tensor], X: Optional[Tensor]) -> bool:
         or (tau is not None and tau.requires_grad))
 
 
-def refuse_dual(s: Spec, *tensors: Optional[Tensor]) -> None:
-    """torch.autograd.forward_ad: a tensor with a tangent raises (no forward mode yet)."""
-    if _forward_ad._current_level >= 0 and any(
-            t is not None and _forward_ad.unpack_dual(t).tangent is not None for t in tensors):
-        raise forward_mode_error(s.name("torch"))
+def forward_mode() -> bool:
+    """Whether torch.autograd.forward_ad is on (a dual level entered): a call then records its
+    Function, whose jvp gives the tangent, even where no input requires grad."""
+    return _forward_ad._current_level >= 0
