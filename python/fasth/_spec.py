@@ -1,8 +1,8 @@
 """What a fasth call is, and every rule the three front ends (``fasth.apply`` on numpy and
 DLPack arrays, ``fasth.torch``, ``fasth.jax``) share, so that they accept and refuse the same
 things with the same messages: the op and kind codes, the arguments' names, the options'
-checks, the dtype and half-precision rules, the right-sided ``ormqr``, the messages for
-derivatives fasth does not have, and what a ``Reflectors`` keeps its factors under.
+checks, the dtype and half-precision rules, the right-sided ``ormqr``, the message for the
+derivative fasth does not have, and what a ``Reflectors`` keeps its factors under.
 
 Framework-neutral: it imports neither the extension nor an array library."""
 
@@ -137,25 +137,12 @@ def check_dtypes(fn: str, dtypes: dict[str, str], accept: tuple[str, ...]) -> st
 
 
 # ---------------------------------------------------------------------------------------
-# Derivatives fasth does not have
+# The derivative fasth does not have
 
 def second_order_message(fn: str) -> str:
     return (f"{fn}: the gradient of V cannot be differentiated again (fasth has no second "
             "derivative for it); gradients of the input gradient (gradient penalties) are "
             "supported")
-
-
-class ForwardModeError(NotImplementedError, TypeError):
-    """Forward-mode differentiation, which fasth has not yet: a NotImplementedError (so a
-    RuntimeError, as torch's error for a Function without jvp), and a TypeError, as JAX's for
-    a custom_vjp function."""
-
-
-def forward_mode_error(fn: str) -> ForwardModeError:
-    """Forward-mode differentiation (jvp, jacfwd, hessian, forward_ad): not yet."""
-    return ForwardModeError(
-        f"{fn}: forward-mode differentiation (jvp, jacfwd, hessian, forward-mode AD) is not "
-        "supported yet; use reverse mode (grad, vjp, jacrev)")
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
-"""fasth for JAX: ``apply`` and ``matrix`` as XLA FFI custom calls (CPU and CUDA) with custom
-VJPs and batching rules, drop-ins for LAPACK's ``householder_product`` and ``ormqr``, and
-Flax NNX layers -- the same shape as ``fasth.torch``: ``_functions`` (the public functions and
-their checks), ``_vjp`` (custom VJPs), ``_ffi`` (the custom calls and their batching rules),
-``_reflectors``, and the layers (``nn``, ``spectral``).
+"""fasth for JAX: ``apply`` and ``matrix`` as XLA FFI custom calls (CPU and CUDA) with JVP
+rules (reverse mode by transposition) and batching rules, drop-ins for LAPACK's
+``householder_product`` and ``ormqr``, and Flax NNX layers -- the same shape as
+``fasth.torch``: ``_functions`` (the public functions and their checks), ``_jvp`` (the
+differentiable ops), ``_primitives`` (the tangent and the backward, each the other's
+transpose), ``_ffi`` (the custom calls and their batching rules), ``_reflectors``, and the
+layers (``nn``, ``spectral``).
 
     fasth.jax.apply(V, X, transpose=False, *, block=None, strategy="auto")  # U X or U^T X
     fasth.jax.matrix(V, thin=False, *, block=None)                          # U or U[:, :k]

@@ -1,7 +1,7 @@
-"""fasth's XLA FFI custom calls, ``fasth_forward``, ``fasth_backward`` and
-``fasth_forward_with`` (CPU and CUDA, from the same C++ handlers, bindings/jax_ffi.hpp), each
-a run of the core's plan on row-major arrays of any rank, with its batching rule
-(custom_vmap).
+"""fasth's XLA FFI custom calls, ``fasth_forward``, ``fasth_backward``,
+``fasth_forward_with`` and ``fasth_tangent`` (CPU and CUDA, from the same C++ handlers,
+bindings/jax_ffi.hpp), each a run of the core's plan on row-major arrays of any rank, the
+first three with a batching rule (custom_vmap; the tangent's primitive has its own).
 
 The forward call also returns the T factors, saved for the backward, and the workspace: XLA
 allocates both with the call's other buffers (the handlers allocate nothing, run on XLA's
@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.custom_batching import custom_vmap
+from jax.interpreters import ad
 
 from .. import _engine, _native
 from .._spec import APPLY, LAPACK, Spec
@@ -63,6 +64,7 @@ class Sizes(NamedTuple):
     forward_ws: int
     backward_ws: int
     tape: int  # 0: no device's plan keeps one
+    tangent_ws: int
 
 
 @functools.cache
@@ -75,7 +77,8 @@ def sizes(s: Spec, v: tuple, tau: tuple, x: tuple) -> Sizes:
     p = plans[0]
     return Sizes(tuple(p.out[0]), tuple(p.dV[0]), tuple(p.dtau[0]), tuple(p.dX[0]),
                  max(q.factors_size for q in plans), max(q.forward_workspace for q in plans),
-                 max(q.backward_workspace for q in plans), max(q.tape_size for q in plans))
+                 max(q.backward_workspace for q in plans), max(q.tape_size for q in plans),
+                 max(q.tangent_workspace for q in plans))
 
 
 def _attrs(s: Spec) -> dict[str, Any]:
@@ -95,6 +98,38 @@ def shapes(s: Spec, arrays) -> tuple:
     tau = next(it).shape if s.kind == LAPACK else ()
     x = next(it).shape if s.op == APPLY else ()
     return tuple(v), tuple(tau), tuple(x)
+
+
+# shard_map: the custom calls drop the varying-axes type of their operands.
+
+def _vma(*likes: Any) -> frozenset:
+    """The shard_map axes the arrays (or a transpose's undefined primals) vary over."""
+    out: frozenset = frozenset()
+    for a in likes:
+        t = a.aval if ad.is_undefined_primal(a) else jax.typeof(a)
+        mat = getattr(t, "manual_axis_type", None)  # jax >= 0.10; `vma` before
+        out |= mat.varying if mat is not None else getattr(t, "vma", frozenset())
+    return out
+
+
+def varying(x: Any, *likes: Any) -> Any:
+    """x typed as varying over the shard_map axes its inputs `likes` vary over, and summed
+    over axes they do not (the cotangent of an invariant input)."""
+    want, have = _vma(*likes), _vma(x)
+    if have - want:
+        x = jax.lax.psum(x, tuple(sorted(have - want)))
+    if want - have:
+        x = jax.lax.pcast(x, tuple(sorted(want - have)), to="varying")
+    return x
+
+
+def tangent(s: Spec, arrays: tuple, f: Any, dirs: tuple) -> Any:
+    """fasth_tangent: the tangent of the op's output at arrays = (V, [tau], [X]), from their
+    factors f, in the directions dirs = (dV, [dtau], [dX]) shaped as their primals."""
+    z = sizes(s, *shapes(s, arrays))
+    dt = arrays[0].dtype
+    rets = (_sds(z.out, dt), _sds((z.tangent_ws,), dt))
+    return jax.ffi.ffi_call("fasth_tangent", rets)(*arrays, f, *dirs, **_attrs(s))[0]
 
 
 def _front(x: Any, batched: bool, B: int) -> Any:

@@ -1,5 +1,5 @@
 """fasth's public functions for JAX: ``apply``, ``matrix`` and LAPACK's drop-ins, each the
-custom VJP of its custom calls (``_vjp``) after the front ends' shared checks
+differentiable op over its custom calls (``_jvp``) after the front ends' shared checks
 (fasth._spec)."""
 
 from __future__ import annotations
@@ -11,13 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._spec import (APPLY, HOUSEHOLDER, LAPACK, MATRIX, HALF_DTYPES, Spec, StrategyName,
-                     accepted_dtypes, check_dtypes, forward_mode_error, not_an_array,
-                     ormqr_spec, spec)
-from . import _ffi, _vjp
+                     accepted_dtypes, check_dtypes, not_an_array, ormqr_spec, spec)
+from . import _ffi, _jvp
 
 EXPECTED = "an array (a JAX or numpy array)"
-# What JAX raises for jvp of a custom_vjp function: fasth says what it lacks instead.
-_JAX_FORWARD_MODE = "forward-mode autodiff"
 
 
 def _prepare(s: Spec, arrays: tuple) -> tuple[tuple, Any]:
@@ -41,12 +38,7 @@ def public(s: Spec, *arrays: Any, compute: Callable | None = None) -> jax.Array:
     _ffi.register_cuda()
     arrays, back = _prepare(s, arrays)
     _ffi.sizes(s, *_ffi.shapes(s, arrays))  # validates the shapes, naming the argument
-    try:
-        out = _vjp.run(s, *arrays)[0] if compute is None else compute(*arrays)
-    except TypeError as e:
-        if _JAX_FORWARD_MODE in str(e):
-            raise forward_mode_error(s.name("jax")) from None
-        raise
+    out = _jvp.run(s, *arrays)[0] if compute is None else compute(*arrays)
     return out if back is None else out.astype(back)
 
 
@@ -54,8 +46,8 @@ def apply(V, X, transpose: bool = False, *, block: int | None = None,
           strategy: StrategyName = "auto", tf32: bool = False) -> jax.Array:
     """``U X`` (``U^T X`` with ``transpose``) for ``U = H_1 ... H_k`` built from the columns of
     ``V`` (shape ``(..., d, k)``, any ``k``), ``X`` of shape ``(..., d, n)``; ``V`` may be
-    unbatched and shared by a batch of ``X``. Differentiable in ``V`` and ``X``; works under
-    ``jit``, ``vmap``, ``grad`` and ``checkpoint``."""
+    unbatched and shared by a batch of ``X``. Differentiable in ``V`` and ``X``, in forward
+    and reverse mode; works under ``jit``, ``vmap``, ``grad``, ``jvp`` and ``checkpoint``."""
     s = spec("jax", APPLY, HOUSEHOLDER, transpose=transpose, block=block, strategy=strategy,
              tf32=tf32)
     return public(s, V, X)

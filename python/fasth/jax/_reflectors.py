@@ -8,7 +8,7 @@ from typing import Any
 import jax
 
 from .._spec import APPLY, HOUSEHOLDER, StrategyName, check_bool, factors_key, function_name, spec
-from . import _vjp
+from . import _jvp
 from ._functions import public
 
 
@@ -37,8 +37,8 @@ class Reflectors:
             key = factors_key(s, X.shape, X.dtype)
             f = self._factors.get(key)
             if f is None:
-                out, self._factors[key] = _vjp.run(s, V, X)
+                out, self._factors[key] = _jvp.run(s, V, X)
                 return out
-            return _vjp.run_with(s, V, f, X)
+            return _jvp.run_with(s, V, f, X)
 
         return public(s, self.V, X, compute=compute)
