@@ -3,7 +3,8 @@ never silently wrong. fasth has gradients of the input gradient of ``apply`` (gr
 penalties: ``dX = U^T g`` is ``apply`` again) and no second derivative in ``V``. The paths:
 torch eager, ``torch.func``, ``torch.compile``; ``apply`` (both directions) and ``matrix``
 (full and thin), unbatched and batched; JAX ``grad`` of ``grad`` and forward over reverse.
-Forward mode itself works: tests/test_forward_mode.py."""
+Forward mode itself works: tests/test_forward_mode.py. JAX's derivative of V's gradient in X
+(no second derivative in V) is computed, in both modes."""
 
 from __future__ import annotations
 
@@ -150,3 +151,50 @@ def test_jax_input_gradient_is_differentiable(transpose):
 
     np.testing.assert_allclose(outer(lambda X: fj.apply(V, X, transpose)), outer(dense),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_forward_ad_over_v_gradient_raises_not_drops():
+    # A loss linear in the output leaves grad_out without a tangent: X's tangent must still
+    # reach V's gradient (which then raises), not vanish into a silently zero derivative.
+    import torch.autograd.forward_ad as fwAD
+
+    V, X = _inputs("cpu", False)
+    V.requires_grad_()
+    with fwAD.dual_level():
+        out = ft.apply(V, fwAD.make_dual(X, torch.randn_like(X)))
+        with pytest.raises(RuntimeError, match=SECOND_IN_V):
+            torch.autograd.grad((2.5 * out).sum(), V, create_graph=True)
+
+
+@pytest.mark.parametrize("loss", ["linear", "sin"])
+def test_jax_mixed_second_derivative_of_v_gradient_in_x(loss):
+    # d/dX of dL/dV needs no second derivative in V: JAX computes it, in both modes.
+    jax = _jax()
+    import jax.numpy as jnp
+    import numpy as np
+
+    import fasth.jax as fj
+
+    jax.config.update("jax_enable_x64", True)
+    try:
+        rng = np.random.default_rng(0)
+        V, X, dX = (jnp.asarray(rng.standard_normal(s)) for s in ((6, 4), (6, 3), (6, 3)))
+        U = np.asarray(fj.matrix(V))
+        f = {"linear": lambda o: (2.5 * o).sum(), "sin": lambda o: jnp.sin(o).sum()}[loss]
+
+        def dense(V, X):
+            W = jnp.eye(6)
+            for i in range(4):
+                v = V[:, i:i + 1]
+                W = W @ (jnp.eye(6) - 2 * v @ v.T / (v * v).sum())
+            return W @ X
+
+        np.testing.assert_allclose(U, np.asarray(dense(V, jnp.eye(6))), atol=1e-12)
+        for app in (fj.apply,):
+            got = lambda X: jax.grad(lambda V: f(app(V, X)))(V)  # noqa: E731
+            want = lambda X: jax.grad(lambda V: f(dense(V, X)))(V)  # noqa: E731
+            np.testing.assert_allclose(jax.jvp(got, (X,), (dX,))[1], jax.jvp(want, (X,), (dX,))[1],
+                                       atol=1e-10)
+            np.testing.assert_allclose(jax.jacrev(got)(X), jax.jacrev(want)(X), atol=1e-10)
+    finally:
+        jax.config.update("jax_enable_x64", False)

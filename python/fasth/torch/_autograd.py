@@ -112,9 +112,11 @@ def _grad(ctx, grad_out, transforming: bool):
             dX = run(s._replace(transpose=not s.transpose), V, tau, grad_out)
         dV = dtau = None
         if need_v or need_tau:
+            # X as an input too (unread): a tangent of it (forward_ad over this gradient)
+            # reaches jvp, which raises, where `saved` (detached, or the tape) would drop it.
             dV, dtau = _FirstOrderOnly.apply(
-                _Grads(s.name("torch"), lambda *t: grads(False, *t)[:2]), V, tau, f, saved,
-                grad_out)
+                _Grads(s.name("torch"), lambda *t: grads(False, *t[:5])[:2]), V, tau, f, saved,
+                grad_out, X)
         return dV, dtau if s.kind == LAPACK else None, dX, None
     dV, dtau, dX = grads(apply and need_x, V, tau, f, saved, grad_out)
     return (dV if need_v else None, dtau if need_tau and s.kind == LAPACK else None,
