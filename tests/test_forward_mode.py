@@ -230,3 +230,18 @@ def test_jax_second_derivative_in_v_still_raises(jx):
                    lambda V: jx.jvp(lambda V: jx.jvp(fj.matrix, (V,), (V,))[1], (V,), (V,))):
         with pytest.raises(NotImplementedError, match=SECOND_IN_V):
             second(V)
+
+
+def test_jax_lapack_shared_by_a_batch(jx):
+    import jax.numpy as jnp
+
+    import fasth.jax as fj
+
+    f, dense, _ = _jcases(jnp, fj)["ormqr"]
+    A, tau, C = _jinputs(jnp, [(7, 5), (4,), (2, 7, 3)])
+    for a, b in zip(jx.jacfwd(f, (0, 1, 2))(A, tau, C), jx.jacrev(dense, (0, 1, 2))(A, tau, C)):
+        np.testing.assert_allclose(a, b, atol=1e-12)
+    loss = lambda g: lambda A, t, C: jnp.sin(g(A, t, C)).sum()  # noqa: E731
+    for a, b in zip(jx.vmap(jx.grad(loss(f), (0, 1)), (None, None, 0))(A, tau, C),
+                    jx.vmap(jx.grad(loss(dense), (0, 1)), (None, None, 0))(A, tau, C)):
+        np.testing.assert_allclose(a, b, atol=1e-12)

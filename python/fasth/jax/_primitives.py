@@ -280,24 +280,27 @@ def _batched(args, dims, B):
     return [a if d is None else jnp.moveaxis(a, d, 0) for a, d in zip(args, dims)]
 
 
-def _per_example(spec, p: Prim, pd: Prim, B: int, dV=None, dvd=True):
-    """Every operand with the mapped axis in front: V, tau, the factors (and V's direction)
-    broadcast where not mapped, and to X's batch where V was shared by it; the tape dropped
-    (it is laid out for the whole batch: the backward then recovers the blocks' inputs)."""
+def _per_example(spec, p: Prim, pd: Prim, B: int, vdirs=(), vdd=()) -> tuple[Prim, list]:
+    """Every operand with the mapped axis in front: V, tau, the factors and the directions of
+    V and tau (`vdirs`, mapped as `vdd` says) broadcast where not mapped, and to X's batch
+    where V was shared by it; the tape dropped (it is laid out for the whole batch: the
+    backward then recovers the blocks' inputs)."""
     fr = lambda a, m: None if a is None else (a if m else jnp.broadcast_to(a, (B, *a.shape)))  # noqa: E731
-    V, tau, X, S, f, dV = (fr(a, m) for a, m in ((p.V, pd.V), (p.tau, pd.tau), (p.X, pd.X),
-                                                 (p.S, pd.S), (p.f, pd.f), (dV, dvd)))
+    V, tau, X, S, f = (fr(a, m) for a, m in ((p.V, pd.V), (p.tau, pd.tau), (p.X, pd.X),
+                                             (p.S, pd.S), (p.f, pd.f)))
+    vdirs = [fr(a, m) for a, m in zip(vdirs, vdd)]
     lead = X.shape[:-2] if X is not None else V.shape[:-2]
     if len(lead) > V.ndim - 2:  # a V shared by X's batch: one per example
 
-        def widen(a, tail):
+        def widen(a):
             return jnp.broadcast_to(a.reshape(B, *[1] * (len(lead) - 1), *a.shape[1:]),
                                     (*lead, *a.shape[1:]))
 
-        V, f = widen(V, 2), widen(f, 1)
-        dV = None if dV is None else widen(dV, 2)
+        V, f = widen(V), widen(f)
+        tau = None if tau is None else widen(tau)
+        vdirs = [widen(a) for a in vdirs]
     tape = None if p.tape is None else jnp.zeros((0,), p.V.dtype)
-    return Prim(V, tau, X, jnp.reshape(f, (-1,)), S, tape), dV
+    return Prim(V, tau, X, jnp.reshape(f, (-1,)), S, tape), vdirs
 
 
 def _tangent_batch(args, dims, *, spec, has_s, has_tape):
@@ -308,14 +311,15 @@ def _tangent_batch(args, dims, *, spec, has_s, has_tape):
     pd, dd = _split(spec, has_s, has_tape, mapped)
     kw = dict(spec=spec, has_s=has_s, has_tape=has_tape)
     fr = lambda a, m: a if m else jnp.broadcast_to(a, (B, *a.shape))  # noqa: E731
+    nv = 1 + (spec.kind == LAPACK)  # the directions of V (and tau)
     if (spec.op == APPLY and p.V.ndim == 2 and not (pd.V or pd.tau or pd.f)
-            and not any(dd[:-1])):  # one shared V (and direction): X's batch
+            and not any(dd[:nv])):  # one shared V (and direction): X's batch
         q = p._replace(X=fr(p.X, pd.X), S=None if p.S is None else fr(p.S, pd.S),
                        tape=None if p.tape is None else jnp.zeros((0,), p.V.dtype))
         return _bind(tangent_p, *q.operands(), *dirs[:-1], fr(dirs[-1], dd[-1]), **kw), 0
-    q, dV = _per_example(spec, p, pd, B, dirs[0], dd[0])
-    rest = [fr(a, m) for a, m in zip(dirs[1:], dd[1:])]
-    return _bind(tangent_p, *q.operands(), dV, *rest, **kw), 0
+    q, vdirs = _per_example(spec, p, pd, B, dirs[:nv], dd[:nv])
+    rest = [fr(a, m) for a, m in zip(dirs[nv:], dd[nv:])]
+    return _bind(tangent_p, *q.operands(), *vdirs, *rest, **kw), 0
 
 
 def _cotangent_batch(args, dims, *, spec, has_s, has_tape):
