@@ -245,3 +245,14 @@ def test_jax_lapack_shared_by_a_batch(jx):
     for a, b in zip(jx.vmap(jx.grad(loss(f), (0, 1)), (None, None, 0))(A, tau, C),
                     jx.vmap(jx.grad(loss(dense), (0, 1)), (None, None, 0))(A, tau, C)):
         np.testing.assert_allclose(a, b, atol=1e-12)
+
+
+def test_torch_forward_ad_under_compile_raises_not_drops():
+    # torch.compile has no forward-mode AD (nor a rule for fasth's custom ops): fasth says so
+    # rather than return an output without its tangent.
+    from torch.autograd import forward_ad as fwAD
+
+    V, X = _inputs([(6, 4), (6, 3)])
+    g = torch.compile(lambda V, X: ft.apply(V, X), fullgraph=True)
+    with fwAD.dual_level(), pytest.raises(RuntimeError, match="forward-mode AD under torch.compile"):
+        g(fwAD.make_dual(V, torch.ones_like(V)), X)

@@ -216,6 +216,10 @@ class Transformable(torch.autograd.Function):
 
 def run(s: Spec, V: Tensor, tau: Optional[Tensor], X: Optional[Tensor]) -> Tensor:
     if torch.compiler.is_compiling():
+        if _plans.forward_mode():  # the custom ops have no forward-mode rule: never drop a tangent
+            raise NotImplementedError(
+                f"{s.name('torch')}: forward-mode AD under torch.compile is not supported; "
+                "use it outside torch.compile (torch.func.jvp, torch.autograd.forward_ad)")
         return forward_op(V, tau, X, *s, _plans.recorded(V, tau, X))[0]
     if _plans.transforming():
         return Transformable.apply(V, tau, X, s)[0]
