@@ -48,10 +48,11 @@ def _arrays(p: Prim) -> list:
 
 
 def _split(s: Spec, has_s: bool, has_tape: bool, ops: tuple) -> tuple[Prim, tuple]:
+    """A primitive's operands as (its primal operands, the rest: directions or cotangent)."""
     it = iter(ops)
     take = lambda cond: next(it) if cond else None  # noqa: E731
     p = Prim(next(it), take(s.kind == LAPACK), take(s.op == APPLY), next(it), take(has_s),
-              take(has_tape))
+             take(has_tape))
     return p, tuple(it)
 
 
@@ -134,7 +135,7 @@ def _flipped(spec: Spec, p: Prim, X, dirs: list, out=None) -> Any:
         S = out if out is not None else _ffi.custom_calls(t).forward(p.V, X)[0]
     q = p._replace(X=X, S=S, tape=None)
     return _bind(tangent_p, *q.operands(), *dirs, jnp.zeros_like(X), spec=t, has_s=True,
-                          has_tape=False)
+                 has_tape=False)
 
 
 def _tangent_transpose(ct, *ops, spec, has_s, has_tape):
