@@ -8,6 +8,7 @@ Framework-neutral: it imports neither the extension nor an array library."""
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Any, Literal, NamedTuple
 
@@ -99,14 +100,27 @@ def check_strategy(fn: str, strategy: Any) -> str:
     return strategy
 
 
+def _checked_spec(front, op, kind, transpose, thin, block, strategy, tf32, fn) -> Spec:
+    fn = fn or function_name(front, _OP_NAMES[op, kind])
+    return Spec(op, kind, check_bool(fn, "transpose", transpose), check_bool(fn, "thin", thin),
+                check_block(fn, block), check_strategy(fn, strategy), check_bool(fn, "tf32", tf32))
+
+
+# Checked options by their values and types (typed: 1 is not True), so that a layer's next
+# call skips the checks, a fixed cost of every call; what raises is never cached.
+_cached_spec = functools.lru_cache(maxsize=512, typed=True)(_checked_spec)
+
+
 def spec(front: str, op: int, kind: int, *, transpose: Any = False, thin: Any = False,
          block: Any = None, strategy: Any = "auto", tf32: Any = False,
          fn: str | None = None) -> Spec:
     """The call's Spec, its options checked, errors naming the function (the op's unless
     `fn`) and the option."""
-    fn = fn or function_name(front, _OP_NAMES[op, kind])
-    return Spec(op, kind, check_bool(fn, "transpose", transpose), check_bool(fn, "thin", thin),
-                check_block(fn, block), check_strategy(fn, strategy), check_bool(fn, "tf32", tf32))
+    args = (front, op, kind, transpose, thin, block, strategy, tf32, fn)
+    try:
+        return _cached_spec(*args)
+    except TypeError:  # an unhashable option, or one the checks refuse: say which
+        return _checked_spec(*args)
 
 
 def ormqr_spec(front: str, left: Any, transpose: Any) -> tuple[Spec, bool]:
