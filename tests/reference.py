@@ -1,8 +1,12 @@
-"""An independent float64 reference for fasth: a plain loop over single reflectors.
+"""An independent float64 / complex128 reference for fasth: a plain loop over single
+reflectors.
 
-H_i = I - 2 v_i v_i^T / |v_i|^2 (the identity when v_i = 0), U = H_1 ... H_k.
+H_i = I - 2 v_i v_i^H / |v_i|^2 (the identity when v_i = 0), U = H_1 ... H_k; for real V,
+v^H = v^T. "transpose" is the conjugate transpose U^H (LAPACK's zunmqr 'C').
 Gradients come from an explicit sequential backward over the reflectors (derived by hand
-below, checked against finite differences in test_reference.py); nothing here calls fasth.
+below, checked against finite differences in test_reference.py); nothing here calls fasth. For
+complex arrays they follow torch's convention: for a real loss L, dL/dz = dL/dRe z +
+i dL/dIm z, so that dL = Re sum(conj(dL/dz) dz) (JAX's gradient is its conjugate).
 """
 
 from __future__ import annotations
@@ -19,15 +23,22 @@ def tolerance(dtype, d: int) -> float:
 
 
 def _f64(a) -> np.ndarray:
-    return np.asarray(a, dtype=np.float64)
+    """float64, or complex128 for complex input."""
+    return np.asarray(a, dtype=np.complex128 if np.iscomplexobj(a) else np.float64)
+
+
+def _common(*arrays) -> list[np.ndarray]:
+    """All float64, or all complex128 where any is complex."""
+    c = any(np.iscomplexobj(a) for a in arrays)
+    return [np.asarray(a, dtype=np.complex128 if c else np.float64) for a in arrays]
 
 
 def _reflect(v: np.ndarray, A: np.ndarray) -> np.ndarray:
     """H(v) A for a single vector v (d,) and A (d, n)."""
-    s = v @ v
+    s = np.vdot(v, v).real
     if s == 0:
         return A.copy()
-    return A - np.outer(v, (2.0 / s) * (v @ A))
+    return A - np.outer(v, (2.0 / s) * (v.conj() @ A))
 
 
 def _order(k: int, transpose: bool) -> list[int]:
@@ -54,10 +65,10 @@ def _broadcast(V: np.ndarray, X: np.ndarray):
 
 
 def ref_apply(V, X, transpose: bool = False) -> np.ndarray:
-    """U X (or U^T X), batched over leading dimensions of X (V batched alike, or shared)."""
-    V, X = _f64(V), _f64(X)
+    """U X (or U^H X), batched over leading dimensions of X (V batched alike, or shared)."""
+    V, X = _common(V, X)
     V3, X3 = _broadcast(V, X)
-    out = np.empty(X3.shape)
+    out = np.empty(X3.shape, X3.dtype)
     for b in range(X3.shape[0]):
         out[b] = _apply2(V3[b], X3[b], transpose)
     return out.reshape(X.shape)
@@ -69,23 +80,23 @@ def ref_matrix(V, thin: bool = False) -> np.ndarray:
     V = _f64(V)
     d, k = V.shape[-2:]
     n = min(k, d) if thin else d
-    I = np.broadcast_to(np.eye(d, n), (*V.shape[:-2], d, n))
+    I = np.broadcast_to(np.eye(d, n, dtype=V.dtype), (*V.shape[:-2], d, n))
     return ref_apply(V, I)
 
 
 def _reflect_grad(v: np.ndarray, A: np.ndarray, G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For B = H(v) A and G = dL/dB: (dL/dv, dL/dA).
 
-    With s = v.v and w = A^T v:  B = A - (2/s) v w^T, so
-      dL/dA = H(v) G   (H symmetric)
-      dL/dv = -(2/s) (G w + A G^T v) + (4/s^2) (v^T G w) v
+    With s = v^H v (real) and w = A^H v:  B = A - (2/s) v w^H, so
+      dL/dA = H(v) G   (H Hermitian)
+      dL/dv = -(2/s) (G w + A G^H v) + (4/s^2) Re(v^H G w) v
     and 0 for v = 0, where H is the constant identity."""
-    s = v @ v
+    s = np.vdot(v, v).real
     if s == 0:
         return np.zeros_like(v), G.copy()
-    w = A.T @ v
+    w = A.conj().T @ v
     Gw = G @ w
-    dv = -(2.0 / s) * (Gw + A @ (G.T @ v)) + (4.0 / s**2) * (v @ Gw) * v
+    dv = -(2.0 / s) * (Gw + A @ (G.conj().T @ v)) + (4.0 / s**2) * np.vdot(v, Gw).real * v
     return dv, _reflect(v, G)
 
 
@@ -106,10 +117,10 @@ def _apply_grad2(V: np.ndarray, X: np.ndarray, G: np.ndarray,
 def ref_apply_grad(V, X, G, transpose: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(dL/dV, dL/dX) of out = ref_apply(V, X, transpose) for G = dL/dout; for a shared
     (unbatched) V, dL/dV is summed over the batch."""
-    V, X, G = _f64(V), _f64(X), _f64(G)
+    V, X, G = _common(V, X, G)
     V3, X3 = _broadcast(V, X)
     G3 = G.reshape(X3.shape)
-    dV3, dX3 = np.zeros(V3.shape), np.empty(X3.shape)
+    dV3, dX3 = np.zeros(V3.shape, V3.dtype), np.empty(X3.shape, X3.dtype)
     for b in range(X3.shape[0]):
         dV3[b], dX3[b] = _apply_grad2(V3[b], X3[b], G3[b], transpose)
     shared = V.shape[:-2] != X.shape[:-2]
@@ -119,29 +130,32 @@ def ref_apply_grad(V, X, G, transpose: bool = False) -> tuple[np.ndarray, np.nda
 
 def ref_matrix_grad(V, G, thin: bool = False) -> np.ndarray:
     """dL/dV of U = ref_matrix(V, thin) for G = dL/dU."""
-    V = _f64(V)
+    V, G = _common(V, G)
     d, k = V.shape[-2:]
     n = min(k, d) if thin else d
-    I = np.broadcast_to(np.eye(d, n), (*V.shape[:-2], d, n))
+    I = np.broadcast_to(np.eye(d, n, dtype=V.dtype), (*V.shape[:-2], d, n))
     return ref_apply_grad(V, I, G)[0]
 
 
 def finite_difference(f, x: np.ndarray, G: np.ndarray, h: float = 1e-6) -> np.ndarray:
-    """d<G, f(x)>/dx by central differences in float64 (to check the gradients above)."""
+    """d<G, f(x)>/dx by central differences in float64 (to check the gradients above); for
+    complex x, of L = Re sum(conj(G) f(x)), as dL/dRe x + i dL/dIm x."""
     x = _f64(x).copy()
     out = np.zeros_like(x)
+    steps = (1, 1j) if np.iscomplexobj(x) else (1,)
     for idx in np.ndindex(x.shape):
         old = x[idx]
-        x[idx] = old + h
-        plus = np.sum(G * f(x))
-        x[idx] = old - h
-        minus = np.sum(G * f(x))
+        for e in steps:
+            x[idx] = old + h * e
+            plus = np.sum(np.conj(G) * f(x)).real
+            x[idx] = old - h * e
+            minus = np.sum(np.conj(G) * f(x)).real
+            out[idx] += e * (plus - minus) / (2 * h)
         x[idx] = old
-        out[idx] = (plus - minus) / (2 * h)
     return out
 
 
-# LAPACK's reflectors: H_i = I - tau_i v_i v_i^T, v_i the unit lower part of column i of A
+# LAPACK's reflectors: H_i = I - tau_i v_i v_i^H, v_i the unit lower part of column i of A
 # (ones on the diagonal, zeros above), any tau (H_i need not be orthogonal).
 
 def _unit_lower(A: np.ndarray, k: int) -> np.ndarray:
@@ -153,32 +167,32 @@ def _unit_lower(A: np.ndarray, k: int) -> np.ndarray:
 
 def ref_householder_product(A, tau) -> np.ndarray:
     """torch.linalg.householder_product: the first n columns of H_1 ... H_k, batched."""
-    A, tau = _f64(A), _f64(tau)
+    A, tau = _common(A, tau)
     d, n = A.shape[-2:]
     k = tau.shape[-1]
     Y = _unit_lower(A, k)
-    out = np.empty(A.shape)
+    out = np.empty(A.shape, A.dtype)
     for b in np.ndindex(A.shape[:-2]):
-        Q = np.eye(d, n)
+        Q = np.eye(d, n, dtype=A.dtype)
         for i in range(k - 1, -1, -1):
             v = Y[b][:, i]
-            Q = Q - tau[b][i] * np.outer(v, v @ Q)
+            Q = Q - tau[b][i] * np.outer(v, v.conj() @ Q)
         out[b] = Q
     return out
 
 
 def ref_ormqr(A, tau, C, left: bool = True, transpose: bool = False) -> np.ndarray:
-    """torch.ormqr: op(Q) C or C op(Q), batched."""
-    A, tau, C = _f64(A), _f64(tau), _f64(C)
+    """torch.ormqr: op(Q) C or C op(Q), batched; op(Q) = Q^H with transpose."""
+    A, tau, C = _common(A, tau, C)
     d = A.shape[-2]
     k = tau.shape[-1]
     Y = _unit_lower(A, k)
-    out = np.empty(C.shape)
+    out = np.empty(C.shape, C.dtype)
     for b in np.ndindex(C.shape[:-2]):
-        Q = np.eye(d)
+        Q = np.eye(d, dtype=A.dtype)
         for i in range(k - 1, -1, -1):
             v = Y[b][:, i]
-            Q = Q - tau[b][i] * np.outer(v, v @ Q)
-        Q = Q.T if transpose else Q
+            Q = Q - tau[b][i] * np.outer(v, v.conj() @ Q)
+        Q = Q.conj().T if transpose else Q
         out[b] = Q @ C[b] if left else C[b] @ Q
     return out

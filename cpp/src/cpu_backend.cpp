@@ -56,6 +56,20 @@ struct Fns<double> {
   static trsm_fn<double>* trsm(const Blas& b) { return b.dtrsm; }
   static gemm_batch_fn<double>* gemm_batch(const Blas& b) { return b.dgemm_batch; }
 };
+template <>
+struct Fns<std::complex<float>> {
+  static gemm_fn<std::complex<float>>* gemm(const Blas& b) { return b.cgemm; }
+  static trmm_fn<std::complex<float>>* trmm(const Blas& b) { return b.ctrmm; }
+  static trsm_fn<std::complex<float>>* trsm(const Blas& b) { return b.ctrsm; }
+  static gemm_batch_fn<std::complex<float>>* gemm_batch(const Blas& b) { return b.cgemm_batch; }
+};
+template <>
+struct Fns<std::complex<double>> {
+  static gemm_fn<std::complex<double>>* gemm(const Blas& b) { return b.zgemm; }
+  static trmm_fn<std::complex<double>>* trmm(const Blas& b) { return b.ztrmm; }
+  static trsm_fn<std::complex<double>>* trsm(const Blas& b) { return b.ztrsm; }
+  static gemm_batch_fn<std::complex<double>>* gemm_batch(const Blas& b) { return b.zgemm_batch; }
+};
 
 // Entries of a gemm batch handed to ?gemm_batch per call (their addresses live on the stack).
 constexpr index_t kBatchChunk = 64;
@@ -74,11 +88,11 @@ void CpuBackend<T>::gemm(bool ta, bool tb, index_t m, index_t n, index_t k, T al
                          index_t batch) const {
   if (m == 0 || n == 0 || batch == 0) return;
   auto* f = Fns<T>::gemm(blas_);
-  const char ca = ta ? 'T' : 'N', cb = tb ? 'T' : 'N';
+  const char ca = ta ? Scalar<T>::trans : 'N', cb = tb ? Scalar<T>::trans : 'N';
   const int im = to_int(m), in = to_int(n), ik = to_int(k);
   const int ia = to_int(std::max<index_t>(lda, 1)), ib = to_int(std::max<index_t>(ldb, 1)),
             ic = to_int(std::max<index_t>(ldc, 1));
-  const double flops = 2.0 * double(m) * double(n) * double(k);
+  const double flops = (is_complex_v<T> ? 8.0 : 2.0) * double(m) * double(n) * double(k);
   auto* fb = Fns<T>::gemm_batch(blas_);
   if (batch == 1 || !fb) {
     const SerialIfSmall serial(blas_, flops);
@@ -109,7 +123,7 @@ void CpuBackend<T>::trmm(bool right, bool trans, index_t m, index_t n, T alpha, 
   if (!f) return Backend<T>::trmm(right, trans, m, n, alpha, r, ldr, sr, b, ldb, sb, c, ldc, sc, batch);
   if (m == 0 || n == 0 || batch == 0) return;
   const index_t rows = right ? n : m, cols = right ? m : n;  // of B and C
-  const char side = right ? 'R' : 'L', uplo = 'U', ct = trans ? 'T' : 'N', diag = 'N';
+  const char side = right ? 'R' : 'L', uplo = 'U', ct = trans ? Scalar<T>::trans : 'N', diag = 'N';
   const int irows = to_int(rows), icols = to_int(cols), ir = to_int(std::max<index_t>(ldr, 1)),
             ic = to_int(std::max<index_t>(ldc, 1));
   const SerialIfSmall serial(blas_, double(m) * double(m) * double(n) * double(batch));
@@ -174,8 +188,8 @@ void CpuBackend<T>::larft(index_t count, index_t m, const T* g0, index_t ldg, in
     const T* g = g0 + b * sg;
     T* t = t0 + b * st;
     for (index_t i = 0; i < m; ++i) {
-      const T gii = g[i + i * ldg];
-      const T ti = tau ? tau[b * stau + i] : gii == T(0) ? T(0) : T(2) / gii;
+      const real_t<T> gii = real_of(g[i + i * ldg]);  // |y_i|^2
+      const T ti = tau ? tau[b * stau + i] : gii == 0 ? T(0) : T(2 / gii);
       // T[0:i, i] = -tau_i T[0:i, 0:i] G[0:i, i], T upper triangular.
       for (index_t r = 0; r < i; ++r) {
         T acc = 0;
@@ -188,24 +202,27 @@ void CpuBackend<T>::larft(index_t count, index_t m, const T* g0, index_t ldg, in
   }
 }
 
+// Complex: the Hermitian mirror, striu(A) + striu(A)^H + Re diag(A).
 template <class T>
 void CpuBackend<T>::mirror_upper(index_t m, T* a, index_t lda, index_t sa, index_t batch) const {
   for (index_t i = 0; i < batch; ++i)
-    for (index_t j = 0; j < m; ++j)
-      for (index_t r = j + 1; r < m; ++r) a[i * sa + r + j * lda] = a[i * sa + j + r * lda];
+    for (index_t j = 0; j < m; ++j) {
+      if constexpr (is_complex_v<T>) a[i * sa + j + j * lda] = real_of(a[i * sa + j + j * lda]);
+      for (index_t r = j + 1; r < m; ++r) a[i * sa + r + j * lda] = conj_of(a[i * sa + j + r * lda]);
+    }
 }
 
 // Column reductions over contiguous memory with eight independent accumulators (they
 // pipeline; floating-point sums do not vectorise without reassociating them).
-template <class T, class F>
-T reduce8(const T* p, index_t n, F&& step) {
-  T acc[8] = {};
+template <class R, class T, class F>
+R reduce8(const T* p, index_t n, F&& step) {
+  R acc[8] = {};
   index_t i = 0;
   for (; i + 8 <= n; i += 8)
     for (int u = 0; u < 8; ++u) acc[u] = step(acc[u], p[i + u]);
   for (; i < n; ++i) acc[0] = step(acc[0], p[i]);
-  T r = acc[0];
-  for (int u = 1; u < 8; ++u) r = step(r, acc[u]);
+  R r = acc[0];
+  for (int u = 1; u < 8; ++u) r += acc[u];  // every step adds to its accumulator
   return r;
 }
 
@@ -215,28 +232,29 @@ T reduce8(const T* p, index_t n, F&& step) {
 constexpr index_t kColumnTile = 32;
 
 // amax, then the scaled sum of squares, of a column (|v| = amax sqrt(sum)), NaN-aware.
-template <class T>
-void column_norm(const T* c, index_t d, index_t rs, T& amax, T& sum) {
+// Complex: amax of the moduli, the sum of |v_i / amax|^2 (real, R).
+template <class T, class R = real_t<T>>
+void column_norm(const T* c, index_t d, index_t rs, R& amax, R& sum) {
   amax = 0, sum = 0;
   for (index_t i = 0; i < d; ++i) {
-    const T x = std::abs(c[i * rs]);
+    const R x = std::abs(c[i * rs]);
     amax = x > amax || x != x ? x : amax;
   }
-  if (amax == T(0) || amax != amax) return;
-  const T s = T(1) / amax;
+  if (amax == R(0) || amax != amax) return;
+  const R s = R(1) / amax;
   if (std::isfinite(s)) {
-    if (rs == 1) sum = reduce8(c, d, [s](T a, T x) { return a + (x * s) * (x * s); });
-    else for (index_t i = 0; i < d; ++i) sum += (c[i * rs] * s) * (c[i * rs] * s);
+    if (rs == 1) sum = reduce8<R>(c, d, [s](R a, T x) { return a + abs2(x * s); });
+    else for (index_t i = 0; i < d; ++i) sum += abs2(c[i * rs] * s);
   } else {  // a subnormal amax: divide
-    for (index_t i = 0; i < d; ++i) sum += (c[i * rs] / amax) * (c[i * rs] / amax);
+    for (index_t i = 0; i < d; ++i) sum += abs2(c[i * rs] / amax);
   }
 }
 
 // Column j of y = column j of v / |v| (norm = amax * rt), zero for a zero column.
-template <class T>
-void scale_column(const T* c, index_t rs, T* o, index_t ors, index_t d, T amax, T rt) {
-  const T sc = amax == T(0) ? T(0) : T(1) / amax / rt;
-  if (amax == T(0)) for (index_t i = 0; i < d; ++i) o[i * ors] = 0;
+template <class T, class R = real_t<T>>
+void scale_column(const T* c, index_t rs, T* o, index_t ors, index_t d, R amax, R rt) {
+  const R sc = amax == R(0) ? R(0) : R(1) / amax / rt;
+  if (amax == R(0)) for (index_t i = 0; i < d; ++i) o[i * ors] = T(0);
   else if (std::isfinite(sc)) for (index_t i = 0; i < d; ++i) o[i * ors] = c[i * rs] * sc;
   else for (index_t i = 0; i < d; ++i) o[i * ors] = c[i * rs] / amax / rt;
 }
@@ -258,17 +276,18 @@ void CpuBackend<T>::trsm(index_t m, index_t n, T alpha, const T* r, index_t ldr,
 template <class T>
 void CpuBackend<T>::normalize(index_t batch, index_t d, index_t k, Strided<const T> v,
                               Strided<T> y, T* norms, index_t ns) const {
-  alignas(64) T amax[kColumnTile], scale[kColumnTile], sum[kColumnTile];
+  using R = real_t<T>;  // the norms are real (stored in T)
+  alignas(64) R amax[kColumnTile], scale[kColumnTile], sum[kColumnTile];
   const bool write = y.p != nullptr;  // else the norms alone
   for (index_t e = 0; e < batch; ++e) {
     const T* ve = v.p + e * v.bs;
     T* ye = write ? y.p + e * y.bs : nullptr;
     if (!(v.cs == 1 && (y.cs == 1 || !write))) {  // a column at a time
       for (index_t j = 0; j < k; ++j) {
-        T a, q;
+        R a, q;
         column_norm(ve + j * v.cs, d, v.rs, a, q);
-        const T rt = std::sqrt(q);
-        norms[e * ns + j] = a == T(0) ? T(0) : a * rt;
+        const R rt = std::sqrt(q);
+        norms[e * ns + j] = T(a == R(0) ? R(0) : a * rt);
         if (write) scale_column(ve + j * v.cs, v.rs, ye + j * y.cs, y.rs, d, a, rt);
       }
       continue;
@@ -277,30 +296,30 @@ void CpuBackend<T>::normalize(index_t batch, index_t d, index_t k, Strided<const
       const index_t w = std::min(kColumnTile, k - j0), vr = v.rs, yr = y.rs;
       const T* vt = ve + j0;
       T* yt = write ? ye + j0 : nullptr;
-      std::fill(amax, amax + w, T(0));
-      std::fill(sum, sum + w, T(0));
+      std::fill(amax, amax + w, R(0));
+      std::fill(sum, sum + w, R(0));
       for (index_t i = 0; i < d; ++i)
         for (index_t j = 0; j < w; ++j) amax[j] = std::max(amax[j], std::abs(vt[i * vr + j]));
       bool special = false;  // a zero or NaN column (std::max drops NaNs), or 1 / amax overflowing
       for (index_t j = 0; j < w; ++j) {
-        scale[j] = amax[j] == T(0) ? T(0) : T(1) / amax[j];
-        special |= amax[j] == T(0) || !std::isfinite(scale[j]);
+        scale[j] = amax[j] == R(0) ? R(0) : R(1) / amax[j];
+        special |= amax[j] == R(0) || !std::isfinite(scale[j]);
       }
       if (special) {  // the rare case, column by column
         for (index_t j = 0; j < w; ++j) {
-          T a, q;
+          R a, q;
           column_norm(vt + j, d, vr, a, q);
-          const T rt = std::sqrt(q);
-          norms[e * ns + j0 + j] = a == T(0) ? T(0) : a * rt;
+          const R rt = std::sqrt(q);
+          norms[e * ns + j0 + j] = T(a == R(0) ? R(0) : a * rt);
           if (write) scale_column(vt + j, vr, yt + j, yr, d, a, rt);
         }
         continue;
       }
       for (index_t i = 0; i < d; ++i)
-        for (index_t j = 0; j < w; ++j) sum[j] += (vt[i * vr + j] * scale[j]) * (vt[i * vr + j] * scale[j]);
+        for (index_t j = 0; j < w; ++j) sum[j] += abs2(vt[i * vr + j] * scale[j]);
       for (index_t j = 0; j < w; ++j) {
-        const T rt = std::sqrt(sum[j]);
-        norms[e * ns + j0 + j] = amax[j] * rt;
+        const R rt = std::sqrt(sum[j]);
+        norms[e * ns + j0 + j] = T(amax[j] * rt);
         scale[j] /= rt;  // y = v * scale
       }
       if (write)
@@ -314,7 +333,9 @@ template <class T>
 void CpuBackend<T>::normalize_backward(index_t batch, index_t d, index_t k, Strided<const T> y,
                                        const T* norms, index_t ns, Strided<const T> dy,
                                        Strided<T> dv) const {
-  alignas(64) T dot[kColumnTile], inv[kColumnTile];
+  // Complex: dv = (dy - y Re(y^H dy)) / |v| (the norm is real).
+  using R = real_t<T>;
+  alignas(64) R dot[kColumnTile], inv[kColumnTile];
   for (index_t e = 0; e < batch; ++e) {
     const T* ye = y.p + e * y.bs;
     const T* de = dy.p + e * dy.bs;
@@ -322,36 +343,36 @@ void CpuBackend<T>::normalize_backward(index_t batch, index_t d, index_t k, Stri
     const bool rows = y.cs == 1 && dy.cs == 1 && dv.cs == 1;
     for (index_t j0 = 0; j0 < k; j0 += kColumnTile) {
       const index_t w = std::min(kColumnTile, k - j0);
-      std::fill(dot, dot + w, T(0));
+      std::fill(dot, dot + w, R(0));
       if (rows) {
         for (index_t i = 0; i < d; ++i)
-          for (index_t j = 0; j < w; ++j) dot[j] += ye[i * y.rs + j0 + j] * de[i * dy.rs + j0 + j];
+          for (index_t j = 0; j < w; ++j) dot[j] += re_dot(ye[i * y.rs + j0 + j], de[i * dy.rs + j0 + j]);
       } else {
         for (index_t j = 0; j < w; ++j) {
           const T* yc = ye + (j0 + j) * y.cs;
           const T* dc = de + (j0 + j) * dy.cs;
           if (y.rs == 1 && dy.rs == 1) {
-            T acc[8] = {};
+            R acc[8] = {};
             index_t i = 0;
             for (; i + 8 <= d; i += 8)
-              for (int u = 0; u < 8; ++u) acc[u] += yc[i + u] * dc[i + u];
-            for (; i < d; ++i) acc[0] += yc[i] * dc[i];
+              for (int u = 0; u < 8; ++u) acc[u] += re_dot(yc[i + u], dc[i + u]);
+            for (; i < d; ++i) acc[0] += re_dot(yc[i], dc[i]);
             dot[j] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
           } else {
-            for (index_t i = 0; i < d; ++i) dot[j] += yc[i * y.rs] * dc[i * dy.rs];
+            for (index_t i = 0; i < d; ++i) dot[j] += re_dot(yc[i * y.rs], dc[i * dy.rs]);
           }
         }
       }
       bool subnormal = false;  // 1 / |v| overflows: the gradient does too; divide
       for (index_t j = 0; j < w; ++j) {
-        const T nrm = norms[e * ns + j0 + j];
-        inv[j] = nrm == T(0) ? T(0) : T(1) / nrm;
+        const R nrm = real_of(norms[e * ns + j0 + j]);
+        inv[j] = nrm == R(0) ? R(0) : R(1) / nrm;
         subnormal |= !std::isfinite(inv[j]);
       }
       auto grad = [&](index_t i, index_t j) {
         const T g = de[i * dy.rs + (j0 + j) * dy.cs] - ye[i * y.rs + (j0 + j) * y.cs] * dot[j];
-        const T nrm = norms[e * ns + j0 + j];
-        return nrm == T(0) ? T(0) : subnormal ? g / nrm : g * inv[j];
+        const R nrm = real_of(norms[e * ns + j0 + j]);
+        return nrm == R(0) ? T(0) : subnormal ? g / nrm : g * inv[j];
       };
       if (rows && !subnormal) {
         for (index_t i = 0; i < d; ++i)
@@ -379,5 +400,7 @@ void CpuBackend<T>::lower(index_t batch, index_t d, index_t k, Strided<const T> 
 
 template class CpuBackend<float>;
 template class CpuBackend<double>;
+template class CpuBackend<std::complex<float>>;
+template class CpuBackend<std::complex<double>>;
 
 }  // namespace fasth::cpu

@@ -7,7 +7,10 @@
 //   fasth::cpu::CpuBackend<float> be(blas);
 #pragma once
 
+#include <complex>
+
 #include "fasth/backend.hpp"
+#include "fasth/scalar.hpp"
 
 namespace fasth::cpu {
 
@@ -48,6 +51,16 @@ struct Blas {
   // products in turn where each is too thin to thread).
   gemm_batch_fn<float>* sgemm_batch = nullptr;
   gemm_batch_fn<double>* dgemm_batch = nullptr;
+  // Complex (optional: complex64 / complex128 runs need their gemm), alike; 'C' for the
+  // conjugate transposes.
+  gemm_fn<std::complex<float>>* cgemm = nullptr;
+  gemm_fn<std::complex<double>>* zgemm = nullptr;
+  trmm_fn<std::complex<float>>* ctrmm = nullptr;
+  trmm_fn<std::complex<double>>* ztrmm = nullptr;
+  trsm_fn<std::complex<float>>* ctrsm = nullptr;
+  trsm_fn<std::complex<double>>* ztrsm = nullptr;
+  gemm_batch_fn<std::complex<float>>* cgemm_batch = nullptr;
+  gemm_batch_fn<std::complex<double>>* zgemm_batch = nullptr;
 };
 
 template <class T>
