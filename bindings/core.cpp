@@ -56,6 +56,9 @@ F* as(std::uintptr_t a) {
   return reinterpret_cast<F*>(a);
 }
 
+using C64 = std::complex<float>;
+using C128 = std::complex<double>;
+
 int scipy_blas() {
   nb::dict capi = nb::module_::import_("scipy.linalg.cython_blas").attr("__pyx_capi__");
   auto fn = [&](const char* name) { return reinterpret_cast<std::uintptr_t>(nb::cast<nb::capsule>(capi[name]).data()); };
@@ -66,6 +69,12 @@ int scipy_blas() {
   b.dtrmm = as<fasth::cpu::trmm_fn<double>>(fn("dtrmm"));
   b.strsm = as<fasth::cpu::trsm_fn<float>>(fn("strsm"));
   b.dtrsm = as<fasth::cpu::trsm_fn<double>>(fn("dtrsm"));
+  b.cgemm = as<fasth::cpu::gemm_fn<C64>>(fn("cgemm"));
+  b.zgemm = as<fasth::cpu::gemm_fn<C128>>(fn("zgemm"));
+  b.ctrmm = as<fasth::cpu::trmm_fn<C64>>(fn("ctrmm"));
+  b.ztrmm = as<fasth::cpu::trmm_fn<C128>>(fn("ztrmm"));
+  b.ctrsm = as<fasth::cpu::trsm_fn<C64>>(fn("ctrsm"));
+  b.ztrsm = as<fasth::cpu::trsm_fn<C128>>(fn("ztrsm"));
   return add_blas(b);
 }
 
@@ -73,7 +82,10 @@ int scipy_blas() {
 int register_blas(std::uintptr_t sgemm, std::uintptr_t dgemm, std::uintptr_t /*ssyrk*/,
                   std::uintptr_t /*dsyrk*/, std::uintptr_t strmm, std::uintptr_t dtrmm,
                   std::uintptr_t set_threads_local, std::uintptr_t sgemm_batch,
-                  std::uintptr_t dgemm_batch, std::uintptr_t strsm, std::uintptr_t dtrsm) {
+                  std::uintptr_t dgemm_batch, std::uintptr_t strsm, std::uintptr_t dtrsm,
+                  std::uintptr_t cgemm, std::uintptr_t zgemm, std::uintptr_t ctrmm,
+                  std::uintptr_t ztrmm, std::uintptr_t ctrsm, std::uintptr_t ztrsm,
+                  std::uintptr_t cgemm_batch, std::uintptr_t zgemm_batch) {
   fasth::cpu::Blas b;
   b.sgemm = as<fasth::cpu::gemm_fn<float>>(sgemm);
   b.dgemm = as<fasth::cpu::gemm_fn<double>>(dgemm);
@@ -84,6 +96,14 @@ int register_blas(std::uintptr_t sgemm, std::uintptr_t dgemm, std::uintptr_t /*s
   b.dgemm_batch = as<fasth::cpu::gemm_batch_fn<double>>(dgemm_batch);
   b.strsm = as<fasth::cpu::trsm_fn<float>>(strsm);
   b.dtrsm = as<fasth::cpu::trsm_fn<double>>(dtrsm);
+  b.cgemm = as<fasth::cpu::gemm_fn<C64>>(cgemm);
+  b.zgemm = as<fasth::cpu::gemm_fn<C128>>(zgemm);
+  b.ctrmm = as<fasth::cpu::trmm_fn<C64>>(ctrmm);
+  b.ztrmm = as<fasth::cpu::trmm_fn<C128>>(ztrmm);
+  b.ctrsm = as<fasth::cpu::trsm_fn<C64>>(ctrsm);
+  b.ztrsm = as<fasth::cpu::trsm_fn<C128>>(ztrsm);
+  b.cgemm_batch = as<fasth::cpu::gemm_batch_fn<C64>>(cgemm_batch);
+  b.zgemm_batch = as<fasth::cpu::gemm_batch_fn<C128>>(zgemm_batch);
   return add_blas(b);
 }
 
@@ -102,8 +122,11 @@ NB_MODULE(_core, m) {
   m.def("register_blas", &register_blas, nb::arg("sgemm"), nb::arg("dgemm"), nb::arg("ssyrk") = 0,
         nb::arg("dsyrk") = 0, nb::arg("strmm") = 0, nb::arg("dtrmm") = 0,
         nb::arg("set_threads_local") = 0, nb::arg("sgemm_batch") = 0, nb::arg("dgemm_batch") = 0,
-        nb::arg("strsm") = 0, nb::arg("dtrsm") = 0,
+        nb::arg("strsm") = 0, nb::arg("dtrsm") = 0, nb::arg("cgemm") = 0, nb::arg("zgemm") = 0,
+        nb::arg("ctrmm") = 0, nb::arg("ztrmm") = 0, nb::arg("ctrsm") = 0, nb::arg("ztrsm") = 0,
+        nb::arg("cgemm_batch") = 0, nb::arg("zgemm_batch") = 0,
         "Registers the BLAS at these addresses (Fortran ABI, 32-bit integers; 0: absent, all "
-        "but the gemms optional; ssyrk and dsyrk ignored; set_threads_local: MKL's MKL_Set_Num_Threads_Local, to run "
-        "small products on one thread; ?gemm_batch: MKL's group interface) and returns its id.");
+        "but sgemm and dgemm optional, cgemm and zgemm needed by complex calls; ssyrk and dsyrk "
+        "ignored; set_threads_local: MKL's MKL_Set_Num_Threads_Local, to run small products on "
+        "one thread; ?gemm_batch: MKL's group interface) and returns its id.");
 }

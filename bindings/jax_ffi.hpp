@@ -92,7 +92,9 @@ ffi::Error dispatch(ffi::DataType dtype, Body&& body) {
   try {
     if (dtype == ffi::DataType::F32) return body(float{}), ffi::Error::Success();
     if (dtype == ffi::DataType::F64) return body(double{}), ffi::Error::Success();
-    return ffi::Error::InvalidArgument("fasth: expected float32 or float64 buffers");
+    if (dtype == ffi::DataType::C64) return body(std::complex<float>{}), ffi::Error::Success();
+    if (dtype == ffi::DataType::C128) return body(std::complex<double>{}), ffi::Error::Success();
+    return ffi::Error::InvalidArgument("fasth: expected float32, float64, complex64 or complex128 buffers");
   } catch (const std::exception& e) {
     return ffi::Error::InvalidArgument(e.what());
   }
@@ -162,8 +164,9 @@ struct Handlers {
   static ffi::Error handler(ffi::Context ctx, ffi::RemainingArgs args, ffi::RemainingRets rets,
                             int64_t op, int64_t kind, int64_t block, int64_t strategy,
                             bool transpose, bool thin, bool tf32) {
-    const Problem p = problem(Attrs{op, kind, block, strategy, transpose, thin, tf32});
+    Problem p = problem(Attrs{op, kind, block, strategy, transpose, thin, tf32});
     return dispatch(arg(args, 0).element_type(), [&](auto tag) {
+      p.complex = is_complex_v<decltype(tag)>;
       Call::template run<decltype(tag)>(ctx, args, rets, p, tf32);
     });
   }

@@ -12,6 +12,7 @@
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/vector.h>
 
+#include <complex>
 #include <cstdint>
 #include <string>
 
@@ -20,7 +21,8 @@
 
 namespace fasth::bindings {
 
-enum class Dtype : int { float32 = 0, float64 = 1 };
+// The dtypes' codes (fasth._api's dtype table gives the same).
+enum class Dtype : int { float32 = 0, float64 = 1, complex64 = 2, complex128 = 3 };
 
 template <class T>
 T* pointer(nb::handle h, int device_type, const char* name, std::size_t need = 0) {
@@ -44,12 +46,21 @@ T* pointer(nb::handle h, int device_type, const char* name, std::size_t need = 0
   return static_cast<T*>(const_cast<void*>(a.data()));
 }
 
-// body(T{}) for the call's dtype.
+// body(T{}) for the call's dtype, on a plan made for that kind of element (real or complex:
+// they lay their arrays out differently).
 template <class Body>
-void dispatch(int dtype, Body&& body) {
-  if (dtype == static_cast<int>(Dtype::float32)) return body(float{});
-  if (dtype == static_cast<int>(Dtype::float64)) return body(double{});
-  throw nb::type_error("fasth: expected float32 or float64");
+void dispatch(const Plan& p, int dtype, Body&& body) {
+  auto run = [&](auto tag) {
+    if (is_complex_v<decltype(tag)> != p.problem().complex)
+      throw nb::type_error(p.problem().complex ? "fasth: this plan was made for complex arrays"
+                                               : "fasth: this plan was made for real arrays");
+    body(tag);
+  };
+  if (dtype == static_cast<int>(Dtype::float32)) return run(float{});
+  if (dtype == static_cast<int>(Dtype::float64)) return run(double{});
+  if (dtype == static_cast<int>(Dtype::complex64)) return run(std::complex<float>{});
+  if (dtype == static_cast<int>(Dtype::complex128)) return run(std::complex<double>{});
+  throw nb::type_error("fasth: expected float32, float64, complex64 or complex128");
 }
 
 struct Context {
@@ -68,7 +79,7 @@ void def_runs(nb::module_& m) {
       [dev](const Plan& p, int dtype, nb::handle V, nb::handle tau, nb::handle X, nb::handle out,
             nb::handle factors, nb::handle ws, std::uintptr_t stream, int device, bool tf32,
             int blas, nb::handle tape) {
-        dispatch(dtype, [&](auto tag) {
+        dispatch(p, dtype, [&](auto tag) {
           using T = decltype(tag);
           Forward<T> a;
           a.V = pointer<const T>(V, dev, "V");
@@ -93,7 +104,7 @@ void def_runs(nb::module_& m) {
       [dev](const Plan& p, int dtype, nb::handle V, nb::handle factors, nb::handle X,
             nb::handle out, nb::handle ws, std::uintptr_t stream, int device, bool tf32,
             int blas, nb::handle tape) {
-        dispatch(dtype, [&](auto tag) {
+        dispatch(p, dtype, [&](auto tag) {
           using T = decltype(tag);
           Forward<T> a;
           a.V = pointer<const T>(V, dev, "V");
@@ -119,7 +130,7 @@ void def_runs(nb::module_& m) {
             const Dims& grad_shape, const Dims& grad_strides, nb::handle dV, nb::handle dtau,
             nb::handle dX, nb::handle ws, std::uintptr_t stream, int device, bool tf32,
             int blas, nb::handle tape) {
-        dispatch(dtype, [&](auto tag) {
+        dispatch(p, dtype, [&](auto tag) {
           using T = decltype(tag);
           Backward<T> a;
           a.V = pointer<const T>(V, dev, "V");

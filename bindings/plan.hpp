@@ -57,8 +57,10 @@ inline void def_plan(nb::module_& m) {
           [](Plan* self, Op op, Kind kind, const Dims& v_shape, const Dims& v_strides,
              const Dims& tau_shape, const Dims& tau_strides, const Dims& x_shape,
              const Dims& x_strides, bool transpose, bool thin, index_t block,
-             Strategy strategy, Device device, const std::string& x_name, bool direct_y) {
+             Strategy strategy, Device device, const std::string& x_name, bool direct_y,
+             bool complex) {
             Problem p;
+            p.complex = complex;
             p.op = op, p.kind = kind, p.transpose = transpose, p.thin = thin;
             p.block = block, p.strategy = strategy;
             p.V = array_of(v_shape, v_strides, kind == Kind::lapack ? "A" : "V");
@@ -70,11 +72,12 @@ inline void def_plan(nb::module_& m) {
           nb::arg("tau_shape"), nb::arg("tau_strides"), nb::arg("x_shape"),
           nb::arg("x_strides"), nb::arg("transpose"), nb::arg("thin"), nb::arg("block"),
           nb::arg("strategy"), nb::arg("device"), nb::arg("x_name") = "X",
-          nb::arg("direct_y") = true,
+          nb::arg("direct_y") = true, nb::arg("complex") = false,
           "Validates the arrays' shapes and strides (ValueError naming the argument) and "
           "resolves the block size, strategy and buffer sizes.")
       .def_prop_ro("batch", &Plan::batch)
       .def_prop_ro("shared", &Plan::shared)
+      .def_prop_ro("complex", [](const Plan& p) { return p.problem().complex; })
       .def_prop_ro("d", &Plan::d)
       .def_prop_ro("k", &Plan::k)
       .def_prop_ro("n", &Plan::n)

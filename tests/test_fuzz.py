@@ -19,7 +19,7 @@ from reference import ref_apply, ref_apply_grad, ref_matrix, ref_matrix_grad
 # ---------------------------------------------------------------------------------------
 # Property-based fuzz: a correct result, or a TypeError/ValueError when the input is bad.
 
-FUZZ_DTYPES = ["float32", "float64", "float16", "int64", "complex128"]
+FUZZ_DTYPES = ["float32", "float64", "float16", "int64", "complex64", "complex128"]
 
 
 @st.composite
@@ -48,7 +48,7 @@ def _fuzz_error(c) -> bool:
     vdt, xdt, gdt = c["dtypes"]
     used = {"apply": {vdt, xdt}, "apply_backward": {vdt, xdt, gdt}, "matrix": {vdt},
             "matrix_backward": {vdt, gdt}}[c["op"]]
-    if not used <= {"float32", "float64"} or len(used) > 1:
+    if not used <= {"float32", "float64", "complex64", "complex128"} or len(used) > 1:
         return True
     if c["block"] is not None and c["block"] < 1:
         return True
@@ -65,15 +65,15 @@ def test_fuzz(xp, c):
     rng = np.random.default_rng(c["seed"])
     d, k, n, (vdt, xdt, gdt) = c["d"], c["k"], c["n"], c["dtypes"]
     lv, lx, lg = c["layouts"]
-    V = random_v(rng, (*c["vbatch"], d, k)).astype(vdt)
+    V = random_v(rng, (*c["vbatch"], d, k), vdt)
     expect_error = _fuzz_error(c)
     if c["op"].startswith("apply"):
-        X = randn(rng, (*c["xbatch"], c["xrows"], n)).astype(xdt)
+        X = randn(rng, (*c["xbatch"], c["xrows"], n), xdt)
         kw = dict(block=c["block"], strategy=c["strategy"])
         try:
             out = fasth.apply(xp(V, lv), xp(X, lx), c["transpose"], **kw)
             if c["op"] == "apply_backward":
-                G = randn(rng, X.shape).astype(gdt)
+                G = randn(rng, X.shape, gdt)
                 # feed back the result, in a possibly different layout
                 back = xp(xp.numpy(out), lx) if vdt == xdt == gdt else xp(X, lx)
                 dV, dX = fasth.apply_backward(xp(V, lv), back, xp(G, lg), c["transpose"], **kw)
@@ -91,7 +91,7 @@ def test_fuzz(xp, c):
         try:
             U = fasth.matrix(xp(V, lv), c["thin"], block=c["block"])
             if c["op"] == "matrix_backward":
-                G = randn(rng, xp.numpy(U).shape).astype(gdt)
+                G = randn(rng, xp.numpy(U).shape, gdt)
                 dV = fasth.matrix_backward(xp(V, lv), xp(xp.numpy(U), lx), xp(G, lg),
                                            c["thin"], block=c["block"])
         except (TypeError, ValueError):

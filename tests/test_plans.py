@@ -58,7 +58,8 @@ def test_plan_writes_only_its_buffers(rng, dtype, case):
     dense = lambda shape: tuple(int(np.prod(shape[i + 1:], dtype=np.int64)) for i in range(len(shape)))  # noqa: E731
     plan = core.Plan(op, kind, vs, dense(vs), ts, dense(ts), xs, dense(xs), transpose, thin, block,
                      getattr(core.Strategy, {"auto": "automatic"}.get(strategy, strategy)),
-                     getattr(core.Device, device), direct_y=direct_y)
+                     getattr(core.Device, device), direct_y=direct_y,
+                     complex=np.dtype(dtype).kind == "c")
     guard = 64
     code = DTYPES.index(dtype)
 

@@ -12,7 +12,7 @@ import pytest
 
 import fasth
 
-from helpers import DTYPES, STRATEGIES, assert_close, randn, random_v
+from helpers import DTYPES, STRATEGIES, assert_close, randn, random_v, wide
 from reference import ref_apply, ref_apply_grad, ref_matrix, ref_matrix_grad
 
 
@@ -144,14 +144,14 @@ def test_matrix_empty(xp, rng, request, vshape, thin):
 def test_properties(xp, rng, dtype, d, k):
     eps = np.finfo(dtype).eps
     V, X = random_v(rng, (d, k), dtype), randn(rng, (d, 5), dtype)
-    U = xp.numpy(fasth.matrix(xp(V))).astype(np.float64)
-    assert np.abs(U.T @ U - np.eye(d)).max() <= 8 * eps * math.sqrt(d)
+    U = wide(xp.numpy(fasth.matrix(xp(V))))
+    assert np.abs(U.conj().T @ U - np.eye(d)).max() <= 8 * eps * math.sqrt(d)  # unitary
     thin = xp.numpy(fasth.matrix(xp(V), thin=True))
     assert_close(thin, U[:, :k], dtype, d)
     back = fasth.apply(xp(V), fasth.apply(xp(V), xp(X)), transpose=True)
-    assert_close(xp.numpy(back), X.astype(np.float64), dtype, d)
+    assert_close(xp.numpy(back), wide(X), dtype, d)
     assert_close(xp.numpy(fasth.apply(xp(V), xp(X))), U @ X, dtype, d)
-    assert_close(xp.numpy(fasth.apply(xp(V), xp(X), True)), U.T @ X, dtype, d)
+    assert_close(xp.numpy(fasth.apply(xp(V), xp(X), True)), U.conj().T @ X, dtype, d)
 
 
 # ---------------------------------------------------------------------------------------
@@ -208,12 +208,12 @@ def test_any_finite_scale_is_its_reflector(xp, rng, dtype, strategy, op):
     factors (whose squared norms under- or overflow) give the unit columns' values, and
     gradients scaled by 1 / scale. Only an exactly zero column is the identity."""
     d, k, n = 7, 5, 4
-    unit = random_v(rng, (d, k), "float64")
+    unit = wide(random_v(rng, (d, k), dtype))
     unit /= np.linalg.norm(unit, axis=0)
     X, G = randn(rng, (d, n), dtype), randn(rng, (d, n if op == "apply" else d), dtype)
-    for scale in SCALES[dtype]:
+    for scale in SCALES[np.finfo(dtype).dtype.name]:
         V = (unit * scale).astype(dtype)
-        ref_v = unit.astype(dtype).astype(np.float64)
+        ref_v = wide(unit.astype(dtype))
         if op == "apply":
             out = fasth.apply(xp(V), xp(X), strategy=strategy)
             assert_close(xp.numpy(out), ref_apply(ref_v, X), dtype, d)
@@ -224,7 +224,7 @@ def test_any_finite_scale_is_its_reflector(xp, rng, dtype, strategy, op):
             assert_close(xp.numpy(U), ref_matrix(ref_v), dtype, d)
             dV = fasth.matrix_backward(xp(V), U, xp(G))
             want = ref_matrix_grad(ref_v, G)
-        got = xp.numpy(dV).astype(np.float64) * scale
+        got = wide(xp.numpy(dV)) * scale
         assert np.isfinite(got).all(), scale
         assert_close(got.astype(dtype), want, dtype, 2 * d + n)
 

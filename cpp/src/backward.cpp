@@ -16,9 +16,9 @@ void Run<T>::backward(const Backward<T>& a) const {
   // dV of columns that no reflector uses, and of an empty problem.
   if (L.bv > 0 && L.dV.cols > 0 && d > 0)
     if (lapack || B == 0 || n == 0 || k == 0)
-      o.set(L.bv, d, L.dV.cols, T(0), T(0), view(L.dV, a.dV));
+      o.set(L.bv, d, L.dV.cols, T(0), T(0), settable(L.dV, a.dV));
   if (lapack && L.bv > 0 && k > 0 && (B == 0 || n == 0 || d == 0))
-    o.set(L.bv, k, 1, T(0), T(0), view(L.dtau, a.dtau));
+    o.set(L.bv, k, 1, T(0), T(0), settable(L.dtau, a.dtau));
   if (B == 0 || d == 0 || n == 0) return;
   const bool want_dx = L.op == Op::apply && a.dX;
   const bool taped = a.tape && L.tape_size;

@@ -385,11 +385,11 @@ void with_lanes(int p, F&& f) {
 
 }  // namespace
 
-// The sizes the path takes: d x d tiles of up to 16 entries stay within L2.
+// The sizes the path takes (d x d tiles of up to 16 entries stay within L2); real types only.
 template <class T>
 bool CpuBackend<T>::small_path(index_t d, index_t k, bool taus) const {
   constexpr index_t kMaxD = 128, kMaxK = 256;
-  return d >= 1 && d <= kMaxD && k >= 1 && k <= kMaxK && (!taus || k <= d);
+  return !is_complex_v<T> && d >= 1 && d <= kMaxD && k >= 1 && k <= kMaxK && (!taus || k <= d);
 }
 
 template <class T>
@@ -400,14 +400,16 @@ void CpuBackend<T>::small_matrix(index_t batch, index_t d, index_t k, index_t co
   if (batch <= 0 || d <= 0 || cols <= 0 || k <= 0) return;
   if (!small_path(d, k, taus.r != nullptr) || cols > d || !ws)
     throw std::logic_error("fasth: small_matrix: sizes outside the CPU's small path");
-  const Job<T> J{d, k, cols, taus.r != nullptr};
-  with_lanes<T>(lanes<T>(batch, d, cols), [&](auto P) {
+  if constexpr (!is_complex_v<T>) {
+    const Job<T> J{d, k, cols, taus.r != nullptr};
+    with_lanes<T>(lanes<T>(batch, d, cols), [&](auto P) {
 #ifdef FASTH_SMALL_AVX2
-    if (has_avx2())
-      return forward_avx2<T, P()>(J, batch, V, U, y, ys, norms, ns, u2, u2s, taus, ws);
+      if (has_avx2())
+        return forward_avx2<T, P()>(J, batch, V, U, y, ys, norms, ns, u2, u2s, taus, ws);
 #endif
-    forward_base<T, P()>(J, batch, V, U, y, ys, norms, ns, u2, u2s, taus, ws);
-  });
+      forward_base<T, P()>(J, batch, V, U, y, ys, norms, ns, u2, u2s, taus, ws);
+    });
+  }
 }
 
 template <class T>
@@ -419,14 +421,16 @@ void CpuBackend<T>::small_matrix_backward(index_t batch, index_t d, index_t k, i
   if (batch <= 0 || d <= 0 || k <= 0) return;
   if (!small_path(d, k, taus.r != nullptr) || cols < 1 || cols > d || !ws)
     throw std::logic_error("fasth: small_matrix_backward: sizes outside the CPU's small path");
-  const Job<T> J{d, k, cols, taus.r != nullptr};
-  with_lanes<T>(lanes<T>(batch, d, cols), [&](auto P) {
+  if constexpr (!is_complex_v<T>) {
+    const Job<T> J{d, k, cols, taus.r != nullptr};
+    with_lanes<T>(lanes<T>(batch, d, cols), [&](auto P) {
 #ifdef FASTH_SMALL_AVX2
-    if (has_avx2())
-      return backward_avx2<T, P()>(J, batch, y, ys, norms, ns, u, us, G, dV, taus, ws);
+      if (has_avx2())
+        return backward_avx2<T, P()>(J, batch, y, ys, norms, ns, u, us, G, dV, taus, ws);
 #endif
-    backward_base<T, P()>(J, batch, y, ys, norms, ns, u, us, G, dV, taus, ws);
-  });
+      backward_base<T, P()>(J, batch, y, ys, norms, ns, u, us, G, dV, taus, ws);
+    });
+  }
 }
 
 #define FASTH_INSTANTIATE(T)                                                                  \
@@ -440,6 +444,7 @@ void CpuBackend<T>::small_matrix_backward(index_t batch, index_t d, index_t k, i
       index_t, Strided<const T>, Strided<T>, const SmallTaus<T>&, T*) const;
 FASTH_INSTANTIATE(float)
 FASTH_INSTANTIATE(double)
+FASTH_INSTANTIATE(std::complex<float>) FASTH_INSTANTIATE(std::complex<double>)  // (no path)
 #undef FASTH_INSTANTIATE
 
 }  // namespace fasth::cpu

@@ -13,8 +13,11 @@ void Run<T>::forward_with(const T* F, const T* X, T* out, T* ws, T* tape) const 
   const bool taped = tape && L.tape_size;
   Arena<T> arena{ws};
   const ForwardWs<T> w = carve_forward(L, arena, taped);
-  const M<T> o3 = view(L.out, out);
-  if (L.op == Op::matrix && L.single) return build_u(F, o3, B, ws);
+  if (L.op == Op::matrix && L.single) {
+    if (!w.x) return build_u(F, view(L.out, out), B, ws);
+    build_u(F, buffer(w.x, d, d * n), B, ws);  // a complex out stored row-major: U, copied
+    return o.copy(B, d, n, Strided<const T>{w.x, 1, d, d * n}, strided(L.out, out));
+  }
   if (L.single) {
     bool ok;
     M<const T> x = view(L.X, X, ok);
@@ -22,7 +25,7 @@ void Run<T>::forward_with(const T* F, const T* X, T* out, T* ws, T* tape) const 
       o.copy(B, d, n, strided(L.X, X), Strided<T>{w.x, 1, d, d * n});
       x = M<const T>{w.x, d, false, d * n};
     }
-    return o.mm(B, d, n, d, T(1), in(Uf(F)), L.transpose, x, false, T(0), o3);
+    return o.mm(B, d, n, d, T(1), in(Uf(F)), L.transpose, x, false, T(0), view(L.out, out));
   }
   forward_blocks(F, X, out, taped ? tape : nullptr, w);
 }
@@ -48,7 +51,8 @@ void Run<T>::forward_blocks(const T* F, const T* X, T* out, T* tape, const Forwa
     const M<T> next = S(s + 1);
     const M<T> W1 = tape ? tape_product(ln, tape, s, 0) : products(ln, w.w1),
                W2 = tape ? tape_product(ln, tape, s, 1) : products(ln, w.w2);
-    if (L.op == Op::matrix && s == 0) first_on_identity(ln.batch, wd, ln.cols, y, W1);
+    if (L.op == Op::matrix && s == 0 && !is_complex_v<T>)  // (complex: Y^H E conjugates)
+      first_on_identity(ln.batch, wd, ln.cols, y, W1);
     else o.mm(ln.batch, wd, ln.cols, d, T(1), y, true, A, false, T(0), W1);
     o.tr(ln.batch, false, L.transpose, wd, ln.cols, T(1), in(Tf(F, j)), in(W1), W2);
     if (tape && wd < L.m)  // a short block's products, whole in the tape

@@ -8,8 +8,9 @@ namespace fasth::detail {
 
 // The path through T = T(Gram, tau) for LAPACK reflectors, given dT (w x w, batch
 // entries): with U = striu(Gram), D = diag(tau), K = I - T U (so T = K D), and
-// E = K^T dT D K^T:  dtau = diag(K^T dT - E U^T),  dY += Y (M + M^T), M = striu(-D E).
-// Regular at tau = 0 (docs/math.md).
+// E = K^T dT D K^T = K^T dT T^T:  dtau = diag(K^T dT - E U^T),  dY += Y (M + M^T),
+// M = striu(-D E) = striu(-T^T dT T^T). Regular at tau = 0 (docs/math.md); ^T is ^H for
+// complex reflectors.
 template <class T>
 void Run<T>::lapack_t_backward(index_t batch, index_t wd, M<const T> dT, const T* F, index_t j,
                        const TBackWs<T>& w, M<T> dY, M<const T> y, T* dtau,
@@ -17,23 +18,19 @@ void Run<T>::lapack_t_backward(index_t batch, index_t wd, M<const T> dT, const T
   const index_t q = wd * wd;
   auto sq = [&](T* p) { return M<T>{p, std::max<index_t>(wd, 1), false, q}; };
   const M<T> Lo = sq(w.lo), K = sq(w.kk), P1 = sq(w.p1), P2 = sq(w.p2), E = sq(w.e),
-             Ms = sq(w.ms), D = sq(w.dm);
+             Ms = sq(w.ms);
   const M<const T> gram = in(Gf(F, j)), t = in(Tf(F, j));
-  const index_t fb = fbs();
-  o.lower(batch, wd, wd, strided(gram), strided(Lo), T(0));             // U^T (Gram symmetric)
+  o.lower(batch, wd, wd, strided(gram), strided(Lo), T(0));             // U^T (Gram Hermitian)
   o.identity(batch, wd, wd, K);
   o.mm(batch, wd, wd, wd, T(-1), t, false, in(Lo), true, T(1), K);       // K = I - T U
   o.mm(batch, wd, wd, wd, T(1), in(K), true, dT, false, T(0), P1);       // K^T dT
-  o.set(batch, wd, wd, T(0), T(0), D);
-  o.copy(batch, 1, wd, Strided<const T>{aux(F) + j * L.m, 1, 1, fb},
-         Strided<T>{D.p, 1, wd + 1, q});                                  // D = diag(tau)
-  o.mm(batch, wd, wd, wd, T(1), in(D), false, in(K), true, T(0), P2);    // D K^T
-  o.mm(batch, wd, wd, wd, T(1), in(P1), false, in(P2), false, T(0), E);  // E
+  o.tr(batch, true, true, wd, wd, T(1), t, dT, P2);                      // dT T^T
+  o.mm(batch, wd, wd, wd, T(1), in(K), true, in(P2), false, T(0), E);    // E = K^T dT T^T
   o.mm(batch, wd, wd, wd, T(-1), in(E), false, in(Lo), false, T(1), P1); // K^T dT - E U^T
   const Mat3& dt = L.dtau;
   o.copy(batch, 1, wd, Strided<const T>{P1.p, 1, wd + 1, q},
          Strided<T>{dtau + j * L.m * dt.rs, 1, dt.rs, dtau_bs});
-  o.mm(batch, wd, wd, wd, T(-1), in(D), false, in(E), false, T(0), Ms);  // -D E
+  o.tr(batch, false, true, wd, wd, T(-1), t, in(P2), Ms);                // -D E = -T^T dT T^T
   o.mirror(batch, wd, Ms);
   o.set(batch, 1, wd, T(0), T(0), M<T>{Ms.p, wd + 1, false, q});         // its diagonal
   o.mm(batch, L.d, wd, wd, T(1), y, false, in(Ms), false, T(1), dY);

@@ -156,6 +156,7 @@ Plan::Plan(const Problem& p, Device device, const PlanOptions& options)
   const bool lapack = p.kind == Kind::lapack;
   const char* vname = lapack ? "A" : "V";
   L.op = p.op, L.kind = p.kind, L.device = device, L.transpose = p.op == Op::apply && p.transpose;
+  L.complex = p.complex;
   need_rank(p.V, 2, vname);
   L.V = matrices(p.V, vname);
   L.d = L.V.rows;
@@ -215,8 +216,11 @@ Plan::Plan(const Problem& p, Device device, const PlanOptions& options)
     const index_t r = std::max<index_t>(v.rows, 1), c = std::max<index_t>(v.cols, 1);
     const bool by_columns = (v.rs == 1 || v.rows <= 1) && (v.cols <= 1 || v.cs >= r);
     const bool by_rows = (v.cs == 1 || v.cols <= 1) && (v.rows <= 1 || v.rs >= c);
-    L.yt = device == Device::cpu && (by_columns ? false : by_rows || (v.cs == 1 && v.rs != 1));
-    L.ydirect = device == Device::cpu && options.direct_y && !lapack && (by_columns || by_rows) && L.d > 0;
+    // A complex Y is column-major, and V is its own Y only where it is too (see view).
+    L.yt = device == Device::cpu && !p.complex &&
+           (by_columns ? false : by_rows || (v.cs == 1 && v.rs != 1));
+    L.ydirect = device == Device::cpu && options.direct_y && !lapack &&
+                (by_columns || (by_rows && !p.complex)) && L.d > 0;
     // Rows a multiple of 256 elements apart (1 KiB of float32) share cache sets, which slows
     // the products that read Y across them: where Y is written anyway (not V itself:
     // fasth.jax, LAPACK's reflectors), Y-like buffers take padded rows.
@@ -232,8 +236,10 @@ Plan::Plan(const Problem& p, Device device, const PlanOptions& options)
   // takes (d <= 128, k <= 512; the plan reserves the path's scratch there, whose size grows as
   // 16 d^2), the CPU's by its rule; Y then lives column-major in the factors.
   constexpr index_t kCudaSmallD = 128, kCudaSmallK = 512;
-  L.small = device == Device::cuda ? !lapack && L.d <= kCudaSmallD && L.k <= kCudaSmallK
-                                   : cpu_small(L);
+  // (Real types only: the complex blocks take every size.)
+  L.small = !p.complex && (device == Device::cuda
+                               ? !lapack && L.d <= kCudaSmallD && L.k <= kCudaSmallK
+                               : cpu_small(L));
   if (L.small && device == Device::cpu) L.yt = L.ydirect = L.ypad = false, L.ky = L.k;
 
   // Strategy and blocks.
@@ -248,6 +254,9 @@ Plan::Plan(const Problem& p, Device device, const PlanOptions& options)
                  : L.small && device == Device::cpu ? Strategy::materialize
                                                     : choose_strategy(L.d, L.k, L.n);
     if (L.k == 0) L.strategy = Strategy::blockwise;  // U = I: nothing to materialise
+    // Complex: blockwise only (the materialised apply's products would need its X, out and
+    // gradients column-major, which the blockwise walk does without).
+    if (p.complex) L.strategy = Strategy::blockwise;
     L.single = L.strategy == Strategy::materialize;
   }
   auto blocks = [&](bool single) {

@@ -93,12 +93,19 @@ class TorchNamespace(Namespace):
         import torch
 
         self.torch = torch
-        self.dtypes = {"float32": torch.float32, "float64": torch.float64}
+        self.dtypes = {"float32": torch.float32, "float64": torch.float64,
+                       "complex64": torch.complex64, "complex128": torch.complex128}
 
     def arg(self, a: Any) -> Any:
         # The tensor's address: its layout is what the plan was made for (a DLPack capsule
-        # cost about 1.3 us a tensor, Tensor.__dlpack__ about 7 us).
-        return a.data_ptr() if a is not None else None
+        # cost about 1.3 us a tensor, Tensor.__dlpack__ about 7 us). A lazily conjugated
+        # view's memory is not its values (fasth.torch resolves them before planning).
+        if a is None:
+            return None
+        if a.is_conj() or a.is_neg():
+            raise TypeError("fasth: a lazily conjugated torch tensor (x.conj(), x.mH): call "
+                            ".resolve_conj() on it first, or use fasth.torch")
+        return a.data_ptr()
 
     def key(self, a: Any) -> tuple:
         return (a.shape, a.stride(), a.dtype, a.device)

@@ -16,9 +16,12 @@ from __future__ import annotations
 from typing import Any
 
 from . import _arrays, _native
-from ._spec import APPLY, HOUSEHOLDER, LAPACK, MATRIX, Spec, accepted_dtypes, check_dtypes
+from ._spec import (APPLY, HOUSEHOLDER, LAPACK, MATRIX, Spec, accepted_dtypes, check_dtypes,
+                    is_complex)
 
-DTYPE_CODES = {"float32": 0, "float64": 1}  # the extension's dtype argument
+# The extension's dtype argument, and the bytes of an element.
+DTYPE_CODES = {"float32": 0, "float64": 1, "complex64": 2, "complex128": 3}
+ITEMSIZE = {"float32": 4, "float64": 8, "complex64": 8, "complex128": 16}
 
 
 def dense_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -31,11 +34,12 @@ def dense_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def plan(s: Spec, fn: str, v: tuple, tau: tuple, x: tuple, device: str,
-         direct_y: bool = True, x_name: str | None = None) -> Any:
+         direct_y: bool = True, x_name: str | None = None, complex: bool = False) -> Any:
     """_native.new_plan with its error naming the function ``fn`` (and X as `x_name`, the
     Spec's name for it by default)."""
     try:
-        return _native.new_plan(s, v, tau, x, device, x_name or s.arg_names()[2], direct_y)
+        return _native.new_plan(s, v, tau, x, device, x_name or s.arg_names()[2], direct_y,
+                                complex)
     except ValueError as e:
         raise ValueError(f"{fn}: {str(e).removeprefix('fasth: ')}") from None
 
@@ -139,7 +143,7 @@ def _bind(s: Spec, front: str, arrays: tuple, names: tuple, fn: str) -> BoundPla
             strides = dense_strides(shape)
             copied.append(i)  # its place in (V, tau, X)
         layouts.append((shape, strides))
-    p = plan(s, fn, *layouts, dev0[0], x_name=names[2])
+    p = plan(s, fn, *layouts, dev0[0], x_name=names[2], complex=is_complex(dtype))
     c = BoundPlan()
     c.fn, c.plan, c.xp, c.dtype, c.dtype_code = fn, p, xp, dtype, DTYPE_CODES[dtype]
     c.device, c.module = dev0, _native.module_for(dev0[0])
@@ -195,7 +199,7 @@ def forward(c: BoundPlan, V: Any, tau: Any, X: Any, pack: bool = False,
         head = -(-c.factors_size // 16) * 16
         f = ws = xp._empty((head + c.forward_ws,), c.dtype, V)
         fp = arg(f)
-        wp = fp + head * (4 if c.dtype_code == 0 else 8)
+        wp = fp + head * ITEMSIZE[c.dtype]
     else:
         f, ws = xp._empty((c.factors_size,), c.dtype, V), xp.workspace(c.forward_ws, c.dtype, V)
         fp, wp = arg(f), arg(ws)  # (ws stays referenced: an address alone keeps nothing alive)

@@ -8,7 +8,7 @@ from typing import Any
 
 from . import _arrays, _engine
 from ._engine import BoundPlan
-from ._spec import APPLY, FLOAT_DTYPES, HOUSEHOLDER, MATRIX, StrategyName, check_dtypes, spec
+from ._spec import APPLY, CORE_DTYPES, HOUSEHOLDER, MATRIX, StrategyName, check_dtypes, spec
 
 
 def _bind_apply(V, X, transpose, block, strategy, tf32, fn=None, names=None) -> BoundPlan:
@@ -55,7 +55,7 @@ def apply_backward(V, out, grad, transpose: bool = False, *, factors: Any = None
         raise TypeError(f"{fn}: grad is a {_arrays.namespace(grad).name} array but V is a "
                         f"{xp.name} array")
     g = xp.wrap(grad)
-    check_dtypes(fn, {"V": xp.dtype(xp.wrap(V)), "grad": xp.dtype(g)}, FLOAT_DTYPES)
+    check_dtypes(fn, {"V": xp.dtype(xp.wrap(V)), "grad": xp.dtype(g)}, CORE_DTYPES)
     if tuple(g.shape) != tuple(out.shape):
         raise c.fail(ValueError, f"grad has shape {tuple(g.shape)} but out has shape {tuple(out.shape)}")
     if xp.device(g) != c.device:
@@ -100,7 +100,7 @@ def matrix_backward(V, U, grad, thin: bool = False, *, factors: Any = None,
         if _arrays.namespace(a) is not xp:
             raise TypeError(f"{fn}: {name} is a {_arrays.namespace(a).name} array but V is a "
                             f"{xp.name} array")
-        check_dtypes(fn, {"V": xp.dtype(xp.wrap(V)), name: xp.dtype(xp.wrap(a))}, FLOAT_DTYPES)
+        check_dtypes(fn, {"V": xp.dtype(xp.wrap(V)), name: xp.dtype(xp.wrap(a))}, CORE_DTYPES)
         if tuple(a.shape) != want:
             raise c.fail(ValueError, f"{name} has shape {tuple(a.shape)}, expected {want}")
     f = _factors(c, V, factors)

@@ -21,12 +21,13 @@ DEVICES = {"cpu": _core.Device.cpu, "cuda": _core.Device.cuda}
 
 
 def new_plan(s: Spec, v: tuple, tau: tuple, x: tuple, device: str, x_name: str = "X",
-             direct_y: bool = True) -> Any:
+             direct_y: bool = True, complex: bool = False) -> Any:
     """The core's Plan for a call (each of v, tau, x a (shape, strides) pair, ((), ()) where
-    the op has no such array); raises the core's ValueError, naming the argument."""
+    the op has no such array; `complex` for complex arrays); raises the core's ValueError,
+    naming the argument."""
     return _core.Plan(_OPS[s.op], _KINDS[s.kind], *v, *tau, *x, s.transpose, s.thin, s.block,
                       _STRATEGIES[s.strategy_code()], DEVICES[device], x_name,
-                      direct_y=direct_y)
+                      direct_y=direct_y, complex=complex)
 
 
 def collapsible(shape: tuple, strides: tuple, tail: int) -> bool:

@@ -23,13 +23,22 @@ _OP_NAMES = {(APPLY, HOUSEHOLDER): "apply", (MATRIX, HOUSEHOLDER): "matrix",
 
 FRONT_ENDS = ("numpy", "torch", "jax")
 FLOAT_DTYPES = ("float32", "float64")
+# Complex reflectors, H = I - tau v v^H (LAPACK's complex conventions), on every front end.
+COMPLEX_DTYPES = ("complex64", "complex128")
+CORE_DTYPES = FLOAT_DTYPES + COMPLEX_DTYPES  # what the core computes in
 # Computed in float32 and returned in their own dtype (as matmul accumulates) by the front
-# ends whose libraries have them (torch, JAX); the numpy front end takes FLOAT_DTYPES only.
+# ends whose libraries have them (torch, JAX); the numpy front end takes CORE_DTYPES only.
 HALF_DTYPES = ("float16", "bfloat16")
 
 
 def accepted_dtypes(front: str) -> tuple[str, ...]:
-    return FLOAT_DTYPES if front == "numpy" else FLOAT_DTYPES + HALF_DTYPES
+    return CORE_DTYPES if front == "numpy" else CORE_DTYPES + HALF_DTYPES
+
+
+def is_complex(dtype: str) -> bool:
+    """Whether the core runs this dtype (by name) with complex reflectors (its plans lay
+    complex arrays out differently)."""
+    return dtype in COMPLEX_DTYPES
 
 
 def function_name(front: str, name: str) -> str:
@@ -124,8 +133,10 @@ def spec(front: str, op: int, kind: int, *, transpose: Any = False, thin: Any = 
 
 
 def ormqr_spec(front: str, left: Any, transpose: Any) -> tuple[Spec, bool]:
-    """The LAPACK apply that computes ormqr, and whether C and the result are transposed
-    around it: ``C op(Q) = (op(Q)^T C^T)^T``, the right side through the left."""
+    """The LAPACK apply that computes ormqr, and whether C and the result are conjugate-
+    transposed around it: ``C op(Q) = (op(Q)^H C^H)^H``, the right side through the left
+    (``op(Q) = Q^H`` with ``transpose`` for complex, ``Q^T`` for real, where ``^H`` is
+    ``^T``)."""
     fn = function_name(front, "ormqr")
     left, transpose = check_bool(fn, "left", left), check_bool(fn, "transpose", transpose)
     return Spec(APPLY, LAPACK, transpose if left else not transpose), not left

@@ -28,6 +28,7 @@
 #include <string>
 
 #include "fasth/backend.hpp"
+#include "fasth/scalar.hpp"
 
 namespace fasth {
 
@@ -66,6 +67,10 @@ struct Problem {
   bool thin = false;       // householder matrix: U[:, :min(k, d)]
   index_t block = 0;       // reflectors per block; 0: chosen for the sizes and device
   Strategy strategy = Strategy::automatic;
+  // Complex elements (std::complex<float> or <double>): H_i = I - tau_i v_i v_i^H and U^H for
+  // transpose, LAPACK's complex conventions. The plan keeps every complex operand of a
+  // product column-major (BLAS conjugates only along with a transpose).
+  bool complex = false;
 };
 
 // What a front end adds to a Problem; a C++ user needs none of it.

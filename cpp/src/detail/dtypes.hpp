@@ -2,4 +2,7 @@
 // expands (a new dtype is one more X(...) here).
 #pragma once
 
-#define FASTH_FOR_EACH_DTYPE(X) X(float) X(double)
+#include <complex>
+
+#define FASTH_FOR_EACH_DTYPE(X) \
+  X(float) X(double) X(std::complex<float>) X(std::complex<double>)

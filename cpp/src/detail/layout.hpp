@@ -20,6 +20,7 @@ struct Layout {
   Kind kind = Kind::householder;
   Device device = Device::cpu;
   bool transpose = false;
+  bool complex = false;     // Problem::complex
   index_t B = 0, bv = 0, d = 0, k = 0, n = 0, m = 1, nb = 0;
   bool shared = true;       // one V (and its factors) for the whole batch
   bool yt = false;          // Y stored row-major, as a row-major V is (CPU)

@@ -49,10 +49,12 @@ struct Run {
     return like_y(F, L.d, fbs());
   }
   // Norms whose squares stay normal with room for rounding: V is used as it is.
-  static bool squarable(T norm) {
-    constexpr T lo = sizeof(T) == 4 ? T(0x1p-50) : T(0x1p-400);
-    constexpr T hi = sizeof(T) == 4 ? T(0x1p+50) : T(0x1p+400);
-    return norm == T(0) || (norm >= lo && norm <= hi);
+  static bool squarable(T stored) {
+    using R = real_t<T>;
+    const R norm = real_of(stored);  // norms are real
+    constexpr R lo = sizeof(R) == 4 ? R(0x1p-50) : R(0x1p-400);
+    constexpr R hi = sizeof(R) == 4 ? R(0x1p+50) : R(0x1p+400);
+    return norm == R(0) || (norm >= lo && norm <= hi);
   }
   // Where Y is for a ydirect run: mode 0 in the factors (V as it is) or 1 (normalised, into
   // ws's head). `fresh`: factors() deciding (from the norms it has just written).

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <stdexcept>
+#include <type_traits>
 
 #include "detail/layout.hpp"
 
@@ -40,9 +41,10 @@ M<T> buffer(T* p, index_t rows, index_t bs) {  // contiguous column-major, rows 
   return {p, std::max<index_t>(rows, 1), false, bs};
 }
 
-// The BLAS view of a strided batch of matrices, when there is one (ok == false otherwise).
+// The storage view of a strided batch of matrices, column-major or transposed, when there is
+// one (ok == false otherwise).
 template <class T>
-M<T> view(const Mat3& m, T* p, bool& ok) {
+M<T> storage_view(const Mat3& m, T* p, bool& ok) {
   const index_t r = std::max<index_t>(m.rows, 1), c = std::max<index_t>(m.cols, 1);
   ok = true;
   if (m.rows == 0 || m.cols == 0) return {p, r, false, m.bs};
@@ -54,11 +56,29 @@ M<T> view(const Mat3& m, T* p, bool& ok) {
   return {p, r, false, m.bs};
 }
 
+// The BLAS view: the storage view, except that a complex matrix stored transposed has none:
+// BLAS conjugates only along with a transpose, so every complex operand of a product is
+// column-major (the runs copy the caller's arrays that are not).
+template <class T>
+M<T> view(const Mat3& m, T* p, bool& ok) {
+  M<T> v = storage_view(m, p, ok);
+  if (is_complex_v<std::remove_const_t<T>> && v.t) ok = false;
+  return v;
+}
+
 template <class T>
 M<T> view(const Mat3& m, T* p) {
   bool ok;
   M<T> v = view(m, p, ok);
   if (!ok) throw std::logic_error("fasth: an output the plan laid out is not BLAS-addressable");
+  return v;
+}
+
+template <class T>
+M<T> settable(const Mat3& m, T* p) {  // for set, which takes either orientation
+  bool ok;
+  M<T> v = storage_view(m, p, ok);
+  if (!ok) throw std::logic_error("fasth: an output the plan laid out is not addressable");
   return v;
 }
 

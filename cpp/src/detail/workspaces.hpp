@@ -76,8 +76,10 @@ struct ForwardWs {
 // (docs/benchmarks.md).
 constexpr index_t kThinRows = 16;
 inline bool out_row_major(const Layout& L) { return view(L.out, static_cast<float*>(nullptr)).t; }
+// A complex out stored row-major, too (see view).
 inline bool walk_in_workspace(const Layout& L) {
-  return out_row_major(L) && ((L.shared && L.B > 1) || (L.device == Device::cpu && L.n < kThinRows));
+  return out_row_major(L) && (L.complex || (L.shared && L.B > 1) ||
+                              (L.device == Device::cpu && L.n < kThinRows));
 }
 
 // `taped`: the forward that fills a tape keeps the blocks' products there.
@@ -86,6 +88,7 @@ ForwardWs<T> carve_forward(const Layout& L, Arena<T>& a, bool taped) {
   ForwardWs<T> w{};
   if (L.op == Op::matrix && L.single) {
     if (!small_only(L)) w.u = carve_u(L.B, L.n, L.ky, a);
+    if (L.complex && out_row_major(L)) w.x = a.take(sz(L.B) * sz(L.d) * sz(L.n));  // U, then out
   } else {
     // X where BLAS cannot address it (single); the walk where it does not end in out
     // (blockwise, see Run::lanes); the blocks' products where no tape holds them.
@@ -103,7 +106,7 @@ ForwardWs<T> carve_forward(const Layout& L, Arena<T>& a, bool taped) {
 // lapack_t_backward's products (m x m each, `batch` entries).
 template <class T>
 struct TBackWs {
-  T *lo, *kk, *p1, *p2, *e, *ms, *dm;
+  T *lo, *kk, *p1, *p2, *e, *ms;
 };
 
 template <class T>
@@ -111,7 +114,7 @@ TBackWs<T> carve_tback(index_t batch, index_t m, Arena<T>& a) {
   TBackWs<T> w;
   const std::size_t mm = sz(batch) * sz(m) * sz(m);
   w.lo = a.take(mm), w.kk = a.take(mm), w.p1 = a.take(mm), w.p2 = a.take(mm);
-  w.e = a.take(mm), w.ms = a.take(mm), w.dm = a.take(mm);
+  w.e = a.take(mm), w.ms = a.take(mm);
   return w;
 }
 
