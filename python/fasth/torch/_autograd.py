@@ -24,6 +24,7 @@ from .. import _engine
 from .._spec import APPLY, HOUSEHOLDER, LAPACK, Spec, second_order_message
 from . import _plans
 from ._custom_ops import backward_op, batch_front, forward_op, tangent_op
+from ._plans import plain
 
 # gradcheck's batched checks vmap with torch's legacy batching, which the custom ops' own
 # vmap rules do not see: a legacy-batched tensor goes through the custom op (looped).
@@ -85,6 +86,7 @@ def _grad(ctx, grad_out, transforming: bool):
     if grad_out is None:
         return None, None, None, None
     transforming = transforming or _legacy_batched(grad_out)
+    grad_out = plain(grad_out)
     V, tau, X, f, out = ctx.saved_tensors
     s, c = ctx.spec, ctx.call
     need_v, need_tau, need_x = ctx.needs_input_grad[:3]

@@ -13,6 +13,7 @@ from torch import Tensor
 from .. import _engine
 from .._spec import APPLY, LAPACK, Spec
 from . import _plans
+from ._plans import plain
 
 # The forward returns a tape where `taped` (a graph that differentiates it) and the plan keeps
 # one; the backward reads it instead of recovering each block's input from the output.
@@ -77,6 +78,7 @@ def _op_setup(ctx, inputs, output):
 def _op_grad(ctx, grad_out, _grad_factors, _grad_tape):
     if grad_out is None:
         return (None,) * 11
+    grad_out = plain(grad_out)
     V, tau, saved, factors, tape = ctx.saved_tensors
     s = ctx.spec
     dV, dtau, dX = backward_op(V, tau, saved, factors, grad_out, *s, ctx.needs_input_grad[2], tape)

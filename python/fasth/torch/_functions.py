@@ -13,6 +13,7 @@ from torch import Tensor
 from .._spec import (APPLY, HOUSEHOLDER, LAPACK, MATRIX, Spec, StrategyName, accepted_dtypes,
                      check_dtypes, not_an_array, ormqr_spec, spec)
 from . import _autograd
+from ._plans import plain
 
 # dtypes: under torch.autocast fasth runs in float32, as torch's float32-list ops (linalg
 # among them) do (float16 and bfloat16 cast up, float64 left alone, a float32 result).
@@ -48,6 +49,7 @@ def _prepare(s: Spec, *tensors: Any):
 def public(s: Spec, V, tau, X, run=_autograd.run) -> Tensor:
     """The op's output after the checks, through ``run(s, V, tau, X)``."""
     (V, tau, X), back = _prepare(s, V, tau, X)
+    V, tau, X = plain(V), plain(tau), plain(X)
     if V.is_cuda and torch.backends.cuda.matmul.allow_tf32:
         s = s._replace(tf32=True)
     out = run(s, V, tau, X)
@@ -87,7 +89,7 @@ def _drop_in(s: Spec, A, tau, C) -> Tensor:
 
 def householder_product(A: Tensor, tau: Tensor) -> Tensor:
     """``torch.linalg.householder_product``: the first ``n`` columns of ``H_1 ... H_k``,
-    ``H_i = I - tau_i v_i v_i^T`` with ``v_i`` the unit lower part of column ``i`` of ``A``
+    ``H_i = I - tau_i v_i v_i^H`` (``v_i^T`` for real ``A``) with ``v_i`` the unit lower part of column ``i`` of ``A``
     (``(..., m, n)``, ``m >= n >= k``), for any ``tau`` (``(..., k)``). Differentiable in
     ``A`` and ``tau``."""
     return _drop_in(Spec(MATRIX, LAPACK), A, tau, None)
@@ -95,10 +97,11 @@ def householder_product(A: Tensor, tau: Tensor) -> Tensor:
 
 def ormqr(A: Tensor, tau: Tensor, C: Tensor, left: bool = True, transpose: bool = False) -> Tensor:
     """``torch.ormqr``: ``op(Q) C`` (``left``) or ``C op(Q)``, ``Q = H_1 ... H_k`` from
-    ``(A, tau)`` as ``householder_product`` takes them, ``op(Q) = Q^T`` with ``transpose``.
-    Differentiable in ``A``, ``tau`` and ``C``."""
+    ``(A, tau)`` as ``householder_product`` takes them, ``op(Q) = Q^T`` with ``transpose``
+    (``Q^H`` for complex). Differentiable in ``A``, ``tau`` and ``C``."""
     s, right = ormqr_spec("torch", left, transpose)
     if not right:
         return _drop_in(s, A, tau, C)
     check_tensor(s, 2, C)
-    return _drop_in(s, A, tau, C.mT).mT
+    # (op(Q)^H C^H)^H, a plain tensor as torch's (no lazy conjugate bit)
+    return plain(_drop_in(s, A, tau, C.mH).mH)

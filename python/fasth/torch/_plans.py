@@ -44,7 +44,11 @@ def torch_blas(gemm_batch: bool = True) -> int | None:
         set_threads_local=address("MKL_Set_Num_Threads_Local"),
         sgemm_batch=address("sgemm_batch_") if gemm_batch else 0,
         dgemm_batch=address("dgemm_batch_") if gemm_batch else 0,
-        strsm=address("strsm_"), dtrsm=address("dtrsm_"))
+        strsm=address("strsm_"), dtrsm=address("dtrsm_"),
+        cgemm=address("cgemm_"), zgemm=address("zgemm_"), ctrmm=address("ctrmm_"),
+        ztrmm=address("ztrmm_"), ctrsm=address("ctrsm_"), ztrsm=address("ztrsm_"),
+        cgemm_batch=address("cgemm_batch_") if gemm_batch else 0,
+        zgemm_batch=address("zgemm_batch_") if gemm_batch else 0)
 
 
 _engine.use_blas_for("torch", torch_blas)  # registered by the first CPU call on tensors
@@ -83,6 +87,14 @@ def bound(s: Spec, V: Tensor, tau: Optional[Tensor], X: Optional[Tensor]) -> _en
 
 def empty(like: Tensor) -> Tensor:
     return like.new_empty((0,))
+
+
+def plain(t: Optional[Tensor]) -> Optional[Tensor]:
+    """`t` with torch's lazy conjugate and negative bits applied (a complex view such as
+    `C.mH` shares memory with its conjugate: the core reads memory as it is)."""
+    if t is None or not t.is_complex():
+        return t
+    return t.resolve_conj().resolve_neg()
 
 
 def forward(s: Spec, V, tau, X, taped: bool) -> tuple[Tensor, Tensor, Tensor]:
