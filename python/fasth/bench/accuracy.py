@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .cases import METHODS, Impl, Problem, make_problem
+from .cases import METHODS, Impl, Problem, make_problem, wide
 
 # A float64 forward + backward takes up to about this many times the float32 one: the
 # reference runs only when that estimate fits the gradient budget.
@@ -21,17 +21,18 @@ def rel_err(got: list, ref: list) -> float:
     """The largest ``max|a - b| / max|b|`` over paired arrays."""
     err = 0.0
     for a, b in zip(got, ref):
-        a = np.asarray(a.detach().cpu().double() if isinstance(a, torch.Tensor) else a, dtype=np.float64)
-        b = np.asarray(b.detach().cpu() if isinstance(b, torch.Tensor) else b, dtype=np.float64)
+        a = a.detach().resolve_conj().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+        b = b.detach().resolve_conj().cpu().numpy() if isinstance(b, torch.Tensor) else np.asarray(b)
+        a, b = (x.astype(np.complex128 if x.dtype.kind == "c" else np.float64) for x in (a, b))
         err = max(err, float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300)))
     return err
 
 
 def orth_err(U: Any) -> float:
-    """``max|U^T U - I|``."""
+    """``max|U^H U - I|``."""
     U = torch.as_tensor(np.array(U)) if not isinstance(U, torch.Tensor) else U
     U = U.detach()
-    return float((U.T @ U - torch.eye(U.shape[1], dtype=U.dtype, device=U.device)).abs().max())
+    return float((U.mH @ U - torch.eye(U.shape[1], dtype=U.dtype, device=U.device)).abs().max())
 
 
 class Accuracy:
@@ -56,7 +57,7 @@ class Accuracy:
                 self.entry(dtype, d, name)["orth_err"] = orth_err(impl.mat())
         if op != "fwd+bwd" or n_label != self.cfg.ns[0]:
             return
-        p64 = make_problem(d, p.n, torch.float64, self.cfg.device)
+        p64 = make_problem(d, p.n, wide(p.dtype), self.cfg.device)
         too_slow = lambda m: rows.get(m, {}).get("median_s", math.inf) * FLOAT64_COST > self.cfg.grad_budget_s  # noqa: E731
         refs: dict[str, list] = {}
         for name, impl in impls.items():
@@ -65,7 +66,7 @@ class Accuracy:
                 ref = name  # the independent reference is too slow here: its own float64 run
             entry = self.entry(dtype, d, name)
             entry["grad_ref"] = f"{ref} (float64)"
-            if ref == name and dtype == "float64":
+            if ref == name and dtype in ("float64", "complex128"):
                 entry["grad_err"] = None  # its own reference
                 continue
             if too_slow(ref):

@@ -35,12 +35,18 @@ class Problem:
     G: torch.Tensor
 
 
+def wide(dtype: torch.dtype) -> torch.dtype:
+    """The reference precision of a dtype: float64, or complex128 for complex dtypes."""
+    return torch.complex128 if dtype.is_complex else torch.float64
+
+
 def make_problem(d: int, n: int, dtype: torch.dtype, device: str, seed: int = 0) -> Problem:
-    """The same numbers for every dtype (drawn in float64), so float64 is a reference."""
+    """The same numbers for every dtype (drawn in float64 or complex128), so float64 or
+    complex128 is a reference."""
     g = torch.Generator().manual_seed(seed * 7919 + d * 31 + n)  # one stream per (seed, d, n)
-    A, X, G = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((d, d), (d, n), (d, n)))
-    V = torch.tril(A, -1) + torch.eye(d, dtype=torch.float64)
-    tau = 2 / (V * V).sum(0)
+    A, X, G = (torch.randn(*s, generator=g, dtype=wide(dtype)) for s in ((d, d), (d, n), (d, n)))
+    V = torch.tril(A, -1) + torch.eye(d, dtype=A.dtype)
+    tau = (2 / (V.abs() ** 2).sum(0)).to(A.dtype)
     to = lambda t: t.to(dtype=dtype, device=device).contiguous()  # noqa: E731
     return Problem(d, n, dtype, torch.device(device), to(V), to(A), to(tau), to(X), to(G))
 
@@ -110,10 +116,24 @@ def _baseline(name: str) -> Callable[[Problem], Impl]:
     def make(p: Problem) -> Impl:
         from .. import _baselines
 
+        _real_only(p)
         f = getattr(_baselines, name)
         return torch_impl(p, [_leaf(p.V), _leaf(p.X)], f, lambda V, X: f(V, _eye(p)))
 
     return make
+
+
+def _real_only(p: Problem) -> None:
+    if p.dtype.is_complex:
+        raise Unavailable("real dtypes only")
+
+
+def m_fasth_householder_product(p: Problem) -> Impl:
+    import fasth.torch as ft
+
+    return torch_impl(p, [_leaf(p.A), _leaf(p.tau), _leaf(p.X)],
+                      lambda A, tau, X: ft.householder_product(A, tau) @ X,
+                      lambda A, tau, X: ft.householder_product(A, tau))
 
 
 def m_gemm(p: Problem) -> Impl:
@@ -126,6 +146,7 @@ def m_sgemm(p: Problem) -> Impl:
 
     if p.device.type != "cpu":
         raise Unavailable("CPU only")
+    _real_only(p)
     gemm = blas.sgemm if p.dtype == torch.float32 else blas.dgemm
     U = np.asfortranarray(torch.linalg.qr(p.A)[0].numpy())
     X = np.asfortranarray(p.X.numpy())
@@ -147,6 +168,7 @@ def _orthogonal(kind: str) -> Callable[[Problem], Impl]:
     def make(p: Problem) -> Impl:
         from torch.nn.utils import parametrizations
 
+        _real_only(p)
         lin = torch.nn.Linear(p.d, p.d, bias=False, dtype=p.dtype, device=p.device)
         with torch.no_grad():  # the base it keeps comes from this weight: the same for every dtype
             lin.weight.copy_(p.A)
@@ -164,6 +186,7 @@ def m_lapack_ormqr(p: Problem) -> Impl:
 
     if p.device.type != "cpu":
         raise Unavailable("CPU only")
+    _real_only(p)
     ormqr = lapack.sormqr if p.dtype == torch.float32 else lapack.dormqr
     a, tau = np.asfortranarray(p.A.numpy()), p.tau.numpy()
     X, eye = np.asfortranarray(p.X.numpy()), np.asfortranarray(np.eye(p.d, dtype=a.dtype))
@@ -179,6 +202,7 @@ def m_jax_expm(p: Problem) -> Impl:
         from jax.scipy.linalg import expm
     except ImportError:
         raise Unavailable("not installed") from None
+    _real_only(p)
     jax.config.update("jax_enable_x64", True)
     want = {"cpu": "cpu", "cuda": "gpu"}[p.device.type]
     if jax.default_backend() != want:
@@ -197,6 +221,7 @@ def m_torch_householder(p: Problem) -> Impl:
         from torch_householder import torch_householder_orgqr
     except ImportError:
         raise Unavailable("not installed") from None
+    _real_only(p)
     return torch_impl(p, [_leaf(p.V), _leaf(p.X)],  # full vectors, normalised inside
                       lambda V, X: torch_householder_orgqr(V) @ X, lambda V, X: torch_householder_orgqr(V))
 
@@ -214,6 +239,9 @@ METHODS: dict[str, Method] = {
     "GEMM U@X (SciPy BLAS)": Method(m_sgemm),
     # torch's own op, the baseline most users have: measured up to 10 times past the cap
     "householder_product+matmul": Method(m_householder_product, cap=10),
+    # fasth's drop-in for it, the same products (its ratio to torch's: vs_drop_in)
+    "fasth householder_product+matmul": Method(m_fasth_householder_product,
+                                               "householder_product+matmul", cap=math.inf),
     "torch.ormqr": Method(m_ormqr, "householder_product+matmul"),
     "orthogonal(matrix_exp)": Method(_orthogonal("matrix_exp")),
     "orthogonal(cayley)": Method(_orthogonal("cayley")),
@@ -225,5 +253,6 @@ METHODS: dict[str, Method] = {
     "torch-householder": Method(m_torch_householder, "sequential"),
 }
 GEMM = "GEMM U@X (torch)"
+TORCH_HP, DROP_IN_HP = "householder_product+matmul", "fasth householder_product+matmul"
 
 

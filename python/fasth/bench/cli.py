@@ -47,8 +47,9 @@ def parser() -> argparse.ArgumentParser:
                          "instead of the suite")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--dtype", default=None,
-                    help="float32, float64 or both comma-separated (default: float32,float64 on CPU, "
-                         "float32 on CUDA, with --quick and with --layers, which takes one)")
+                    help="float32, float64, complex64, complex128, comma-separated (default: "
+                         "float32,float64 on CPU, float32 on CUDA, with --quick and with --layers, "
+                         "which takes one real dtype)")
     ap.add_argument("--quick", action="store_true", help="a subset that runs in a few minutes on 2 cores")
     ap.add_argument("--out", default="fasth-bench", help="output folder (default ./fasth-bench)")
     ap.add_argument("--d", type=_ints, help="sizes d, comma-separated (overrides the defaults)")
@@ -69,8 +70,8 @@ def parser() -> argparse.ArgumentParser:
 def _dtypes(ap: argparse.ArgumentParser, a: argparse.Namespace, default: str) -> list[str]:
     dtypes = (a.dtype or default).split(",")
     for t in dtypes:
-        if t not in ("float32", "float64"):
-            ap.error(f"--dtype: {t!r} is not float32 or float64")
+        if t not in ("float32", "float64", "complex64", "complex128"):
+            ap.error(f"--dtype: {t!r} is not float32, float64, complex64 or complex128")
     return dtypes
 
 
@@ -105,8 +106,8 @@ def layer_config(ap: argparse.ArgumentParser, a: argparse.Namespace):
     from .layers import LAYERS, LINEAR, LayerConfig
 
     dtypes = _dtypes(ap, a, "float32")
-    if len(dtypes) > 1:
-        ap.error("--dtype: --layers takes one dtype")
+    if len(dtypes) > 1 or dtypes[0].startswith("complex"):
+        ap.error("--dtype: --layers takes one real dtype")
     threads: list[int | None] = list(a.threads) if a.threads else ([1, 2] if a.device == "cpu" else [None])
     e = QUICK if a.quick else FULL
     return LayerConfig(a.device, dtypes[0], a.d or (QUICK_LAYER_DS if a.quick else LAYER_DS),

@@ -76,6 +76,8 @@ def _cell(r: dict) -> str:
         s += f" · {_ratio(r['vs_fasth'])}"
     if "fasth_over_gemm" in r:
         s += f" · /GEMM {_ratio(r['fasth_over_gemm'])}"
+    if "vs_drop_in" in r:
+        s += f" · /fasth's drop-in {_ratio(r['vs_drop_in'])}"
     if r.get("reps", 0) == 1:
         s += " · 1 rep"
     if "peak_extra_bytes" in r:
@@ -123,7 +125,8 @@ def _suite_accuracy(acc: list[dict], dtype: str, cfg: dict) -> list[str]:
                     (by[(m, d)].get("grad_note") or _fmt(by[(m, d)].get("grad_err"))) + own(m, by[(m, d)]))
                    if (m, d) in by else "—" for d in ds]
             for m in cfg["methods"] if any((m, d) in by for d in ds)]
-    return [f"## accuracy ({dtype}): max|UᵀU − I| / gradient max rel. error vs float64 reference", ""] + \
+    return [f"## accuracy ({dtype}): max|UᴴU − I| / gradient max rel. error vs float64 (complex128) "
+            "reference", ""] + \
         _table(["method"] + [f"d={d}" for d in ds], rows) + [
         "", "Gradient reference: fasth, sequential, fasth++, compact WY and torch-householder: "
         "the sequential loop in float64; torch.ormqr: householder_product in float64; others: "

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .accuracy import Accuracy
-from .cases import GEMM, METHODS, Unavailable, make_problem
+from .cases import DROP_IN_HP, GEMM, METHODS, TORCH_HP, Unavailable, make_problem
 from .timing import Budget, interleaved, ratio, summary, sync_for
 
 
@@ -84,6 +84,9 @@ class Suite:
                 row["vs_fasth"] = r
         if "vs_fasth" in rows.get(GEMM, {}):
             rows["fasth"]["fasth_over_gemm"] = ratio(base, samples[GEMM])
+        if (r := ratio(samples.get(TORCH_HP, []), samples.get(DROP_IN_HP, [])) if
+                TORCH_HP in samples and DROP_IN_HP in samples else None):
+            rows[TORCH_HP]["vs_drop_in"] = r  # torch's householder_product / fasth's drop-in
         impls = {m: impls[m] for m in samples}
         if cfg.device == "cuda" and op == "fwd+bwd":
             self._peak_memory(rows, fns, impls)
