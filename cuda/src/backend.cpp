@@ -2,6 +2,7 @@
 // rest, each on the caller's device and stream. Plain C++.
 #include <algorithm>
 #include <climits>
+#include <complex>
 #include <string>
 #include <type_traits>
 
@@ -26,11 +27,13 @@ int to_int(index_t v, const char* what) {
   return static_cast<int>(v);
 }
 
-// The cuBLAS entry points and their names, by element type (another type: one more of these).
+// The cuBLAS entry points and their names, by element type (another type: one more of these),
+// and cuBLAS's type for it (cuComplex for std::complex<float>: the same layout).
 template <class T>
 struct Cublas;
 template <>
 struct Cublas<float> {
+  using type = float;
   static constexpr auto gemm = &cublasSgemm, gemm_batched = &cublasSgemmStridedBatched;
   static constexpr auto trmm = &cublasStrmm, trsm = &cublasStrsm;
   static constexpr const char *gemm_name = "cublasSgemm", *trmm_name = "cublasStrmm",
@@ -38,11 +41,44 @@ struct Cublas<float> {
 };
 template <>
 struct Cublas<double> {
+  using type = double;
   static constexpr auto gemm = &cublasDgemm, gemm_batched = &cublasDgemmStridedBatched;
   static constexpr auto trmm = &cublasDtrmm, trsm = &cublasDtrsm;
   static constexpr const char *gemm_name = "cublasDgemm", *trmm_name = "cublasDtrmm",
                              *trsm_name = "cublasDtrsm";
 };
+template <>
+struct Cublas<std::complex<float>> {
+  using type = cuComplex;
+  static constexpr auto gemm = &cublasCgemm, gemm_batched = &cublasCgemmStridedBatched;
+  static constexpr auto trmm = &cublasCtrmm, trsm = &cublasCtrsm;
+  static constexpr const char *gemm_name = "cublasCgemm", *trmm_name = "cublasCtrmm",
+                             *trsm_name = "cublasCtrsm";
+};
+template <>
+struct Cublas<std::complex<double>> {
+  using type = cuDoubleComplex;
+  static constexpr auto gemm = &cublasZgemm, gemm_batched = &cublasZgemmStridedBatched;
+  static constexpr auto trmm = &cublasZtrmm, trsm = &cublasZtrsm;
+  static constexpr const char *gemm_name = "cublasZgemm", *trmm_name = "cublasZtrmm",
+                             *trsm_name = "cublasZtrsm";
+};
+
+// Pointers as cuBLAS's type for T.
+template <class T>
+auto cb(T* p) {
+  return reinterpret_cast<typename Cublas<T>::type*>(p);
+}
+template <class T>
+auto cb(const T* p) {
+  return reinterpret_cast<const typename Cublas<T>::type*>(p);
+}
+
+// cuBLAS's op for the backend's "trans": the conjugate transpose for complex types.
+template <class T>
+cublasOperation_t op_of(bool trans) {
+  return !trans ? CUBLAS_OP_N : is_complex_v<T> ? CUBLAS_OP_C : CUBLAS_OP_T;
+}
 
 }  // namespace
 
@@ -71,18 +107,18 @@ void CudaBackend<T>::gemm(bool trans_a, bool trans_b, index_t m, index_t n, inde
   ldb = trans_b ? fix_ld(ldb, n, k) : fix_ld(ldb, k, n);
   const int im = to_int(m, "m"), in = to_int(n, "n"), ik = to_int(k, "k");
   const int ilda = to_int(lda, "lda"), ildb = to_int(ldb, "ldb"), ildc = to_int(ldc, "ldc");
-  const cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
-  const cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t op_a = op_of<T>(trans_a), op_b = op_of<T>(trans_b);
 
   const BoundHandle bound(device_, handle_, stream_, tf32_);
   for (index_t b0 = 0; b0 < batch; b0 += INT_MAX) {
     const int nb = static_cast<int>(std::min<index_t>(batch - b0, INT_MAX));
     const T *ab = a + b0 * sa, *bb = b + b0 * sb;
-    T* cb = c + b0 * sc;
-    check(nb == 1 ? Cublas<T>::gemm(handle_, op_a, op_b, im, in, ik, &alpha, ab, ilda, bb, ildb,
-                                    &beta, cb, ildc)
-                  : Cublas<T>::gemm_batched(handle_, op_a, op_b, im, in, ik, &alpha, ab, ilda, sa,
-                                            bb, ildb, sb, &beta, cb, ildc, sc, nb),
+    T* cp = c + b0 * sc;
+    check(nb == 1 ? Cublas<T>::gemm(handle_, op_a, op_b, im, in, ik, cb(&alpha), cb(ab), ilda,
+                                    cb(bb), ildb, cb(&beta), cb(cp), ildc)
+                  : Cublas<T>::gemm_batched(handle_, op_a, op_b, im, in, ik, cb(&alpha), cb(ab),
+                                            ilda, sa, cb(bb), ildb, sb, cb(&beta), cb(cp), ildc,
+                                            sc, nb),
           Cublas<T>::gemm_name);
   }
 }
@@ -120,7 +156,7 @@ void CudaBackend<T>::set(index_t m, index_t n, T offdiag, T diag, T* a, index_t 
 template <class T>
 void CudaBackend<T>::mirror_upper(index_t m, T* a, index_t lda, index_t sa,
                                   index_t batch) const {
-  if (m <= 1 || batch <= 0) return;
+  if (m <= 0 || (m == 1 && !is_complex_v<T>) || batch <= 0) return;  // (complex: Re diag)
   DeviceGuard guard(device_);
   kernels::copy_tiles<T>(true, true, m, m, a, lda, sa, a, lda, sa, batch, stream_);
   check(cudaGetLastError(), "mirror_upper launch");
@@ -147,9 +183,9 @@ void CudaBackend<T>::trmm(bool right, bool trans, index_t m, index_t n, T alpha,
   const int ib = to_int(fix_ld(ldb, rows, cols), "ldb"), ic = to_int(fix_ld(ldc, rows, cols), "ldc");
   const BoundHandle bound(device_, handle_, stream_, tf32_);
   const cublasSideMode_t side = right ? CUBLAS_SIDE_RIGHT : CUBLAS_SIDE_LEFT;
-  const cublasOperation_t op = trans ? CUBLAS_OP_T : CUBLAS_OP_N;
-  check(Cublas<T>::trmm(handle_, side, CUBLAS_FILL_MODE_UPPER, op, CUBLAS_DIAG_NON_UNIT, irows,
-                        icols, &alpha, r, ir, b, ib, c, ic),
+  check(Cublas<T>::trmm(handle_, side, CUBLAS_FILL_MODE_UPPER, op_of<T>(trans),
+                        CUBLAS_DIAG_NON_UNIT, irows, icols, cb(&alpha), cb(r), ir, cb(b), ib,
+                        cb(c), ic),
         Cublas<T>::trmm_name);
 }
 
@@ -163,7 +199,8 @@ void CudaBackend<T>::trsm(index_t m, index_t n, T alpha, const T* r, index_t ldr
   const BoundHandle bound(device_, handle_, stream_, tf32_);
   for (index_t i = 0; i < batch; ++i) {
     check(Cublas<T>::trsm(handle_, CUBLAS_SIDE_LEFT, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N,
-                          CUBLAS_DIAG_NON_UNIT, im, in, &alpha, r + i * sr, ir, c + i * sc, ic),
+                          CUBLAS_DIAG_NON_UNIT, im, in, cb(&alpha), cb(r + i * sr), ir,
+                          cb(c + i * sc), ic),
           Cublas<T>::trsm_name);
   }
 }
@@ -198,8 +235,13 @@ void CudaBackend<T>::lower(index_t batch, index_t d, index_t k, Strided<const T>
 
 template <class T>
 bool CudaBackend<T>::small_path(index_t d, index_t k, bool taus) const {
-  return !taus && d >= 1 && d <= kernels::kSmallD && k <= 4 * kernels::kSmallD &&
-         kernels::small_fits<T>(device_, d, k);
+  if constexpr (is_complex_v<T>) {  // the small-d path is real; complex takes the blocks
+    (void)d, (void)k, (void)taus;
+    return false;
+  } else {
+    return !taus && d >= 1 && d <= kernels::kSmallD && k <= 4 * kernels::kSmallD &&
+           kernels::small_fits<T>(device_, d, k);
+  }
 }
 
 template <class T>
@@ -211,7 +253,8 @@ void CudaBackend<T>::small_matrix(index_t batch, index_t d, index_t k, index_t c
   if (batch <= 0 || d <= 0 || cols <= 0) return;
   if (d > kernels::kSmallD || cols > d || taus.r) fail("small_matrix: sizes outside the small path");
   DeviceGuard guard(device_);
-  kernels::small_matrix(batch, d, k, cols, V, U, y, ys, norms, ns, u2, u2s, stream_);
+  if constexpr (is_complex_v<T>) fail("small_matrix: the small-d path is real");
+  else kernels::small_matrix(batch, d, k, cols, V, U, y, ys, norms, ns, u2, u2s, stream_);
   check(cudaGetLastError(), "small_matrix_kernel launch");
 }
 
@@ -226,11 +269,14 @@ void CudaBackend<T>::small_matrix_backward(index_t batch, index_t d, index_t k, 
   if (d > kernels::kSmallD || cols < 1 || cols > d || taus.r)
     fail("small_matrix_backward: sizes outside the small path");
   DeviceGuard guard(device_);
-  kernels::small_matrix_backward(batch, d, k, cols, y, ys, norms, ns, u, us, G, dV, stream_);
+  if constexpr (is_complex_v<T>) fail("small_matrix_backward: the small-d path is real");
+  else kernels::small_matrix_backward(batch, d, k, cols, y, ys, norms, ns, u, us, G, dV, stream_);
   check(cudaGetLastError(), "small_matrix_backward_kernel launch");
 }
 
 template class CudaBackend<float>;
 template class CudaBackend<double>;
+template class CudaBackend<std::complex<float>>;
+template class CudaBackend<std::complex<double>>;
 
 }  // namespace fasth::cuda

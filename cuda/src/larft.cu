@@ -21,8 +21,8 @@ __global__ void larft_kernel(index_t count, index_t m, const T* g0, index_t ldg,
     const index_t ldw = kShared ? m : ldt;
     for (index_t r = threadIdx.x; r < m; r += blockDim.x) {
       for (index_t i = 0; i < m; ++i) {
-        const T gii = g[i + i * ldg];
-        const T ti = tau ? tau[blk * stau + i] : gii == T(0) ? T(0) : T(2) / gii;
+        const dev_real<T> gii = dreal(g[i + i * ldg]);  // |y_i|^2, real
+        const T ti = tau ? tau[blk * stau + i] : gii == 0 ? T(0) : T(2 / gii);
         T v = T(0);
         if (i == r) {
           v = ti;
@@ -53,11 +53,14 @@ void larft(int device, index_t count, index_t m, const T* g, index_t ldg, index_
   const unsigned threads = static_cast<unsigned>(std::min<index_t>(ceil_div(m, 32) * 32, 256));
   const dim3 grid(grid_dim(count, kMaxGridX));
   const std::size_t bytes = static_cast<std::size_t>(m) * m * sizeof(T);
+  using D = dev_t<T>;
   if (bytes <= detail::smem_optin(device)) {
-    allow_smem(larft_kernel<T, true>, bytes);
-    larft_kernel<T, true><<<grid, threads, bytes, s>>>(count, m, g, ldg, sg, tau, stau, t, ldt, st);
+    allow_smem(larft_kernel<D, true>, bytes);
+    larft_kernel<D, true><<<grid, threads, bytes, s>>>(count, m, dp(g), ldg, sg, dp(tau), stau,
+                                                       dp(t), ldt, st);
   } else {
-    larft_kernel<T, false><<<grid, threads, 0, s>>>(count, m, g, ldg, sg, tau, stau, t, ldt, st);
+    larft_kernel<D, false><<<grid, threads, 0, s>>>(count, m, dp(g), ldg, sg, dp(tau), stau,
+                                                    dp(t), ldt, st);
   }
 }
 
@@ -66,6 +69,8 @@ void larft(int device, index_t count, index_t m, const T* g, index_t ldg, index_
                       T*, index_t, index_t, cudaStream_t);
 FASTH_LARFT(float)
 FASTH_LARFT(double)
+FASTH_LARFT(std::complex<float>)
+FASTH_LARFT(std::complex<double>)
 #undef FASTH_LARFT
 
 }  // namespace fasth::cuda::kernels

@@ -5,9 +5,13 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <complex>
 #include <cstddef>
+#include <cuda/std/complex>
+#include <type_traits>
 
 #include "fasth/backend.hpp"
+#include "fasth/scalar.hpp"
 #include "runtime.hpp"
 
 namespace fasth::cuda::kernels {
@@ -28,6 +32,82 @@ inline dim3 tile_grid(index_t m, index_t n, index_t batch) {
 }
 
 inline dim3 tile_block() { return dim3(kTile, kRows); }
+
+// Complex elements in kernels: cuda::std::complex, layout-compatible with the std::complex
+// the launchers take. dev_t<T> is the kernels' type for T; dp and dv view pointers, strided
+// views and values as it.
+template <class T>
+struct Dev {
+  using type = T;
+};
+template <class R>
+struct Dev<std::complex<R>> {
+  using type = ::cuda::std::complex<R>;
+};
+template <class T>
+using dev_t = typename Dev<T>::type;
+template <class T>
+dev_t<T>* dp(T* p) {
+  return reinterpret_cast<dev_t<T>*>(p);
+}
+template <class T>
+const dev_t<T>* dp(const T* p) {
+  return reinterpret_cast<const dev_t<T>*>(p);
+}
+template <class T>
+Strided<dev_t<T>> dp(Strided<T> s) {
+  return {dp(s.p), s.rs, s.cs, s.bs};
+}
+template <class T>
+Strided<const dev_t<T>> dp(Strided<const T> s) {
+  return {dp(s.p), s.rs, s.cs, s.bs};
+}
+template <class T>
+dev_t<T> dv(T x) {
+  if constexpr (is_complex_v<T>) return dev_t<T>(x.real(), x.imag());
+  else return x;
+}
+
+// What the kernels ask of an element type D (real: itself): its real type, |x|, |x|^2,
+// Re(conj(a) b), Re x and conj x.
+template <class D>
+struct DevReal {
+  using type = D;
+};
+template <class R>
+struct DevReal<::cuda::std::complex<R>> {
+  using type = R;
+};
+template <class D>
+using dev_real = typename DevReal<D>::type;
+template <class D>
+constexpr bool kDevComplex = !std::is_same_v<D, dev_real<D>>;
+
+template <class D>
+__device__ dev_real<D> dabs(D x) {
+  if constexpr (kDevComplex<D>) return ::cuda::std::abs(x);
+  else return fabs(x);
+}
+template <class D>
+__device__ dev_real<D> dabs2(D x) {
+  if constexpr (kDevComplex<D>) return x.real() * x.real() + x.imag() * x.imag();
+  else return x * x;
+}
+template <class D>
+__device__ dev_real<D> dre_dot(D a, D b) {
+  if constexpr (kDevComplex<D>) return a.real() * b.real() + a.imag() * b.imag();
+  else return a * b;
+}
+template <class D>
+__device__ dev_real<D> dreal(D x) {
+  if constexpr (kDevComplex<D>) return x.real();
+  else return x;
+}
+template <class D>
+__device__ D dconj(D x) {
+  if constexpr (kDevComplex<D>) return ::cuda::std::conj(x);
+  else return x;
+}
 
 // Lets `kernel` use `bytes` of dynamic shared memory (past the default 48 KB: opt in).
 template <class K>

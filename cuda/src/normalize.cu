@@ -33,34 +33,32 @@ __global__ void __launch_bounds__(kReduceThreads)
                      T* norms, index_t ns) {
   for (index_t e = blockIdx.y; e < batch; e += gridDim.y)
     for (index_t j = blockIdx.x; j < k; j += gridDim.x) {
+      using R = dev_real<T>;  // the norms are real (stored as T)
       const T* col = v.p + e * v.bs + j * v.cs;
-      T amax = 0;
+      R amax = 0;
       for (index_t i = threadIdx.x; i < d; i += blockDim.x) {
-        const T x = fabs(col[i * v.rs]);
+        const R x = dabs(col[i * v.rs]);
         amax = x > amax || x != x ? x : amax;
       }
       amax = block_reduce(amax, true);
       T* out = y.p ? y.p + e * y.bs + j * y.cs : nullptr;  // null: the norms alone
-      if (amax == T(0)) {
+      if (amax == R(0)) {
         if (out)
-          for (index_t i = threadIdx.x; i < d; i += blockDim.x) out[i * y.rs] = 0;
-        if (threadIdx.x == 0) norms[e * ns + j] = 0;
+          for (index_t i = threadIdx.x; i < d; i += blockDim.x) out[i * y.rs] = T(0);
+        if (threadIdx.x == 0) norms[e * ns + j] = T(0);
         continue;
       }
-      T s = 0;
-      for (index_t i = threadIdx.x; i < d; i += blockDim.x) {
-        const T x = col[i * v.rs] / amax;
-        s += x * x;
-      }
+      R s = 0;
+      for (index_t i = threadIdx.x; i < d; i += blockDim.x) s += dabs2(col[i * v.rs] / amax);
       s = block_reduce(s, false);
-      const T r = sqrt(s);
+      const R r = sqrt(s);
       if (out)
         for (index_t i = threadIdx.x; i < d; i += blockDim.x) out[i * y.rs] = col[i * v.rs] / amax / r;
-      if (threadIdx.x == 0) norms[e * ns + j] = amax * r;
+      if (threadIdx.x == 0) norms[e * ns + j] = T(amax * r);
     }
 }
 
-// dV = (dY - Y (Y . dY)) / |v| column by column (0 where |v| = 0).
+// dV = (dY - Y Re(Y^H dY)) / |v| column by column (0 where |v| = 0).
 template <class T>
 __global__ void __launch_bounds__(kReduceThreads)
     normalize_backward_kernel(index_t batch, index_t d, index_t k, Strided<const T> y,
@@ -70,12 +68,13 @@ __global__ void __launch_bounds__(kReduceThreads)
       const T* yc = y.p + e * y.bs + j * y.cs;
       const T* dc = dy.p + e * dy.bs + j * dy.cs;
       T* out = dv.p + e * dv.bs + j * dv.cs;
-      const T nrm = norms[e * ns + j];
-      T dot = 0;
-      for (index_t i = threadIdx.x; i < d; i += blockDim.x) dot += yc[i * y.rs] * dc[i * dy.rs];
+      using R = dev_real<T>;
+      const R nrm = dreal(norms[e * ns + j]);
+      R dot = 0;
+      for (index_t i = threadIdx.x; i < d; i += blockDim.x) dot += dre_dot(yc[i * y.rs], dc[i * dy.rs]);
       dot = block_reduce(dot, false);
       for (index_t i = threadIdx.x; i < d; i += blockDim.x)
-        out[i * dv.rs] = nrm == T(0) ? T(0) : (dc[i * dy.rs] - yc[i * y.rs] * dot) / nrm;
+        out[i * dv.rs] = nrm == R(0) ? T(0) : (dc[i * dy.rs] - yc[i * y.rs] * dot) / nrm;
     }
 }
 
@@ -85,7 +84,8 @@ template <class T>
 void normalize(index_t batch, index_t d, index_t k, Strided<const T> v, Strided<T> y, T* norms,
                index_t ns, cudaStream_t s) {
   const dim3 grid(grid_dim(k, kMaxGridX), grid_dim(batch, kMaxGridY));
-  normalize_kernel<T><<<grid, kReduceThreads, 0, s>>>(batch, d, k, v, y, norms, ns);
+  normalize_kernel<dev_t<T>><<<grid, kReduceThreads, 0, s>>>(batch, d, k, dp(v), dp(y),
+                                                             dp(norms), ns);
 }
 
 template <class T>
@@ -93,8 +93,8 @@ void normalize_backward(index_t batch, index_t d, index_t k, Strided<const T> y,
                         const T* norms, index_t ns, Strided<const T> dy, Strided<T> dv,
                         cudaStream_t s) {
   const dim3 grid(grid_dim(k, kMaxGridX), grid_dim(batch, kMaxGridY));
-  normalize_backward_kernel<T><<<grid, kReduceThreads, 0, s>>>(batch, d, k, y, norms, ns, dy,
-                                                               dv);
+  normalize_backward_kernel<dev_t<T>><<<grid, kReduceThreads, 0, s>>>(
+      batch, d, k, dp(y), dp(norms), ns, dp(dy), dp(dv));
 }
 
 #define FASTH_NORMALIZE(T)                                                                   \
@@ -104,6 +104,8 @@ void normalize_backward(index_t batch, index_t d, index_t k, Strided<const T> y,
                                    index_t, Strided<const T>, Strided<T>, cudaStream_t);
 FASTH_NORMALIZE(float)
 FASTH_NORMALIZE(double)
+FASTH_NORMALIZE(std::complex<float>)
+FASTH_NORMALIZE(std::complex<double>)
 #undef FASTH_NORMALIZE
 
 }  // namespace fasth::cuda::kernels

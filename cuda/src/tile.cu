@@ -29,7 +29,8 @@ __device__ void for_each_element(index_t m, index_t n, index_t batch, F&& f) {
 // B = op(A), B m x n; with lower_only, only the strict lower triangle of B (i > j) is
 // written. Transposes go through a padded shared tile so both sides stay coalesced.
 // mirror_upper is the in-place case (a == b, trans, lower_only): a lower tile reads only
-// its mirror upper tile, which nobody writes, or itself (diagonal), loaded before written.
+// its mirror upper tile, which nobody writes, or itself (diagonal), loaded before written;
+// complex, the mirror conjugates and the diagonal keeps its real part (Hermitian).
 template <class T>
 __global__ void __launch_bounds__(kTile* kRows)
     copy_kernel(bool trans, bool lower_only, index_t m, index_t n, const T* a, index_t lda,
@@ -54,7 +55,10 @@ __global__ void __launch_bounds__(kTile* kRows)
     __syncthreads();
     for (int jj = threadIdx.y; jj < kTile; jj += kRows) {
       const index_t j = j0 + jj;
-      if (i < m && j < n && (!lower_only || i > j)) be[i + j * ldb] = tile[tx][jj];
+      if (i >= m || j >= n) continue;
+      if (!lower_only) be[i + j * ldb] = tile[tx][jj];
+      else if (i > j) be[i + j * ldb] = dconj(tile[tx][jj]);
+      else if (kDevComplex<T> && i == j) be[i + j * ldb] = T(dreal(tile[tx][jj]));
     }
     __syncthreads();
   });
@@ -108,34 +112,36 @@ cudaError_t kernel_image_error() {
 template <class T>
 void copy_tiles(bool trans, bool lower_only, index_t m, index_t n, const T* a, index_t lda,
                 index_t sa, T* b, index_t ldb, index_t sb, index_t batch, cudaStream_t s) {
-  copy_kernel<T><<<tile_grid(m, n, batch), tile_block(), 0, s>>>(trans, lower_only, m, n, a,
-                                                                lda, sa, b, ldb, sb, batch);
+  copy_kernel<dev_t<T>><<<tile_grid(m, n, batch), tile_block(), 0, s>>>(
+      trans, lower_only, m, n, dp(a), lda, sa, dp(b), ldb, sb, batch);
 }
 
 template <class T>
 void copy_strided(index_t m, index_t n, Strided<const T> a, Strided<T> b, index_t batch,
                   cudaStream_t s) {
-  strided_copy_kernel<T><<<tile_grid(m, n, batch), tile_block(), 0, s>>>(m, n, a, b, batch);
+  strided_copy_kernel<dev_t<T>><<<tile_grid(m, n, batch), tile_block(), 0, s>>>(m, n, dp(a),
+                                                                               dp(b), batch);
 }
 
 template <class T>
 void set(index_t m, index_t n, T offdiag, T diag, T* a, index_t lda, index_t sa,
          index_t batch, cudaStream_t s) {
-  set_kernel<T><<<tile_grid(m, n, batch), tile_block(), 0, s>>>(m, n, offdiag, diag, a, lda,
-                                                               sa, batch);
+  set_kernel<dev_t<T>><<<tile_grid(m, n, batch), tile_block(), 0, s>>>(
+      m, n, dv(offdiag), dv(diag), dp(a), lda, sa, batch);
 }
 
 template <class T>
 void scale(index_t m, index_t n, T beta, T* c, index_t ldc, index_t sc, index_t batch,
            cudaStream_t s) {
-  scale_kernel<T><<<tile_grid(m, n, batch), tile_block(), 0, s>>>(m, n, beta, c, ldc, sc,
-                                                                 batch);
+  scale_kernel<dev_t<T>><<<tile_grid(m, n, batch), tile_block(), 0, s>>>(m, n, dv(beta), dp(c),
+                                                                        ldc, sc, batch);
 }
 
 template <class T>
 void lower(index_t d, index_t k, Strided<const T> a, Strided<T> b, T diag, index_t batch,
            cudaStream_t s) {
-  lower_kernel<T><<<tile_grid(d, k, batch), tile_block(), 0, s>>>(d, k, a, b, diag, batch);
+  lower_kernel<dev_t<T>><<<tile_grid(d, k, batch), tile_block(), 0, s>>>(d, k, dp(a), dp(b),
+                                                                        dv(diag), batch);
 }
 
 #define FASTH_TILE(T)                                                                        \
@@ -148,6 +154,8 @@ void lower(index_t d, index_t k, Strided<const T> a, Strided<T> b, T diag, index
   template void lower(index_t, index_t, Strided<const T>, Strided<T>, T, index_t, cudaStream_t);
 FASTH_TILE(float)
 FASTH_TILE(double)
+FASTH_TILE(std::complex<float>)
+FASTH_TILE(std::complex<double>)
 #undef FASTH_TILE
 
 }  // namespace fasth::cuda::kernels

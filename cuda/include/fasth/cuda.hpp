@@ -19,9 +19,11 @@
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
+#include <complex>
 #include <string>
 
 #include "fasth/backend.hpp"
+#include "fasth/scalar.hpp"
 
 namespace fasth::cuda {
 
@@ -95,5 +97,7 @@ class CudaBackend final : public fasth::Backend<T> {
 
 extern template class CudaBackend<float>;
 extern template class CudaBackend<double>;
+extern template class CudaBackend<std::complex<float>>;
+extern template class CudaBackend<std::complex<double>>;
 
 }  // namespace fasth::cuda

@@ -47,7 +47,9 @@ class Orthogonal(nn.Module):
 
     ``k`` reflectors, any ``k >= 0`` (default ``d``: every orthogonal matrix of determinant
     ``(-1)^d``; ``k > d`` is taken too, and spans no more). The parameter ``reflectors``
-    (``d x k``) holds the Householder vectors; ``weight`` is the dense ``U`` they give."""
+    (``d x k``) holds the Householder vectors; ``weight`` is the dense ``U`` they give. A
+    complex ``dtype`` gives a unitary ``U`` (Hermitian reflectors ``I - 2 v v^H / |v|^2``:
+    unitary matrices of determinant ``+-1``)."""
 
     def __init__(self, d: int, k: int | None = None, *, device=None, dtype=None) -> None:
         super().__init__()
@@ -218,7 +220,9 @@ def orthogonal(module: nn.Module, name: str = "weight", orthogonal_map: str | No
     ``"cayley"`` are refused (use torch's own function for them). ``use_trivialization`` is
     accepted with either value: the Householder vectors reach every orthogonal matrix without a
     base to move (torch's trivialization), so both give the same parametrisation. Complex
-    weights are refused, as torch's householder map refuses them."""
+    weights are refused, as torch's householder map refuses them (Hermitian reflectors reach only
+    unitary matrices of determinant +-1, so an assigned weight could not be reproduced; the
+    ``Orthogonal`` layer takes a complex dtype)."""
     W = getattr(module, name, None)
     if not isinstance(W, Tensor):
         raise ValueError(f"Module '{module}' has no parameter or buffer with name '{name}'")
