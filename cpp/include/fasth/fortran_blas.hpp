@@ -6,8 +6,8 @@
 //   const fasth::cpu::Blas blas = fasth::cpu::fortran_blas();
 //   const fasth::cpu::CpuBackend<double> be(blas);  // blas must outlive be
 //
-// It names sgemm_, dgemm_, strmm_, dtrmm_, strsm_ and dtrsm_, so including it without linking
-// a BLAS fails at link time. The optional MKL fields (threads, gemm_batch) stay unset.
+// It names the real and complex gemm_, trmm_ and trsm_ (s, d, c, z), so including it without
+// linking a BLAS fails at link time. The optional MKL fields (threads, gemm_batch) stay unset.
 #pragma once
 
 #include "fasth/cpu.hpp"
@@ -19,6 +19,12 @@ fasth::cpu::trmm_fn<float> strmm_;
 fasth::cpu::trmm_fn<double> dtrmm_;
 fasth::cpu::trsm_fn<float> strsm_;
 fasth::cpu::trsm_fn<double> dtrsm_;
+fasth::cpu::gemm_fn<std::complex<float>> cgemm_;
+fasth::cpu::gemm_fn<std::complex<double>> zgemm_;
+fasth::cpu::trmm_fn<std::complex<float>> ctrmm_;
+fasth::cpu::trmm_fn<std::complex<double>> ztrmm_;
+fasth::cpu::trsm_fn<std::complex<float>> ctrsm_;
+fasth::cpu::trsm_fn<std::complex<double>> ztrsm_;
 }
 
 namespace fasth::cpu {
@@ -31,6 +37,12 @@ inline Blas fortran_blas() {
   blas.dtrmm = &dtrmm_;
   blas.strsm = &strsm_;
   blas.dtrsm = &dtrsm_;
+  blas.cgemm = &cgemm_;
+  blas.zgemm = &zgemm_;
+  blas.ctrmm = &ctrmm_;
+  blas.ztrmm = &ztrmm_;
+  blas.ctrsm = &ctrsm_;
+  blas.ztrsm = &ztrsm_;
   return blas;
 }
 
