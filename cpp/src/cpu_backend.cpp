@@ -282,7 +282,9 @@ void CpuBackend<T>::normalize(index_t batch, index_t d, index_t k, Strided<const
   for (index_t e = 0; e < batch; ++e) {
     const T* ve = v.p + e * v.bs;
     T* ye = write ? y.p + e * y.bs : nullptr;
-    if (!(v.cs == 1 && (y.cs == 1 || !write))) {  // a column at a time
+    // Columns of V strided: a column at a time. Rows of V contiguous: tiles of columns, Y
+    // written alike or (a complex Y, column-major) transposed within the tile.
+    if (v.cs != 1) {
       for (index_t j = 0; j < k; ++j) {
         R a, q;
         column_norm(ve + j * v.cs, d, v.rs, a, q);
@@ -292,10 +294,10 @@ void CpuBackend<T>::normalize(index_t batch, index_t d, index_t k, Strided<const
       }
       continue;
     }
-    for (index_t j0 = 0; j0 < k; j0 += kColumnTile) {  // rows contiguous on both sides
-      const index_t w = std::min(kColumnTile, k - j0), vr = v.rs, yr = y.rs;
+    for (index_t j0 = 0; j0 < k; j0 += kColumnTile) {
+      const index_t w = std::min(kColumnTile, k - j0), vr = v.rs, yr = y.rs, yc = y.cs;
       const T* vt = ve + j0;
-      T* yt = write ? ye + j0 : nullptr;
+      T* yt = write ? ye + j0 * yc : nullptr;
       std::fill(amax, amax + w, R(0));
       std::fill(sum, sum + w, R(0));
       for (index_t i = 0; i < d; ++i)
@@ -311,7 +313,7 @@ void CpuBackend<T>::normalize(index_t batch, index_t d, index_t k, Strided<const
           column_norm(vt + j, d, vr, a, q);
           const R rt = std::sqrt(q);
           norms[e * ns + j0 + j] = T(a == R(0) ? R(0) : a * rt);
-          if (write) scale_column(vt + j, vr, yt + j, yr, d, a, rt);
+          if (write) scale_column(vt + j, vr, yt + j * yc, yr, d, a, rt);
         }
         continue;
       }
@@ -322,9 +324,12 @@ void CpuBackend<T>::normalize(index_t batch, index_t d, index_t k, Strided<const
         norms[e * ns + j0 + j] = T(amax[j] * rt);
         scale[j] /= rt;  // y = v * scale
       }
-      if (write)
+      if (write && yc == 1)
         for (index_t i = 0; i < d; ++i)
           for (index_t j = 0; j < w; ++j) yt[i * yr + j] = vt[i * vr + j] * scale[j];
+      else if (write)
+        for (index_t i = 0; i < d; ++i)
+          for (index_t j = 0; j < w; ++j) yt[i * yr + j * yc] = vt[i * vr + j] * scale[j];
     }
   }
 }
