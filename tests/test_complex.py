@@ -188,14 +188,14 @@ def test_drop_in_gradcheck(device):
 
 def test_orthogonal_layer_complex(device):
     layer = ft.nn.Orthogonal(6, dtype=torch.complex128).to(device)
-    W = layer.weight()
+    W = layer.weight
     eye = torch.eye(6, dtype=W.dtype, device=W.device)
     assert (W.mH @ W - eye).abs().max() < 1e-12  # unitary
     x = crandn(4, 6, seed=30, device=device)
     torch.testing.assert_close(layer(x), x @ W.mT)  # y = x W^T, as nn.Linear
     torch.testing.assert_close(layer.inverse(layer(x)), x)
     layer(x).abs().sum().backward()
-    assert layer.V.grad is not None and layer.V.grad.is_complex()
+    assert layer.reflectors.grad is not None and layer.reflectors.grad.is_complex()
 
 
 def test_orthogonal_parametrization_refuses_complex_as_torch():
@@ -314,3 +314,12 @@ def test_jax_mixed_dtypes_are_named():
         fj.apply(jrandn(5, 3), jnp.ones((5, 2)))
     with pytest.raises(TypeError, match=r"share one dtype \(V is complex64, X is complex128\)"):
         fj.apply(jrandn(5, 3).astype(jnp.complex64), jrandn(5, 2))
+
+
+def test_functional_api_refuses_lazy_conjugates():
+    import fasth
+
+    V, X = samples("cpu")[0]
+    with pytest.raises(TypeError, match="lazily conjugated"):
+        fasth.apply(V, X.conj())
+    torch.testing.assert_close(fasth.apply(V, X.conj().resolve_conj()), ft.apply(V, X.conj()))
