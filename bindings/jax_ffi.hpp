@@ -16,8 +16,8 @@
 // fasth_forward_with is a householder apply with the factors an earlier fasth_forward of the
 // same V and shapes returned (one U applied again and again: no work per V).
 // with tau for LAPACK reflectors, X for apply, and S: the saved output (householder apply
-// and matrix), or the input (an apply of LAPACK reflectors). One dtype per call (float32 or
-// float64, dispatched once). The factors and the workspace are outputs: XLA allocates them
+// and matrix), or the input (an apply of LAPACK reflectors). One dtype per call (float32,
+// float64, complex64 or complex128, dispatched once). The factors and the workspace are outputs: XLA allocates them
 // with the call's other buffers, so the handlers allocate nothing, never synchronise, and
 // enqueue on XLA's stream (safe to capture in command buffers). fasth.jax sizes them for any
 // device (the largest).
@@ -94,7 +94,8 @@ ffi::Error dispatch(ffi::DataType dtype, Body&& body) {
     if (dtype == ffi::DataType::F64) return body(double{}), ffi::Error::Success();
     if (dtype == ffi::DataType::C64) return body(std::complex<float>{}), ffi::Error::Success();
     if (dtype == ffi::DataType::C128) return body(std::complex<double>{}), ffi::Error::Success();
-    return ffi::Error::InvalidArgument("fasth: expected float32, float64, complex64 or complex128 buffers");
+    return ffi::Error::InvalidArgument(
+        "fasth: expected float32, float64, complex64 or complex128 buffers");
   } catch (const std::exception& e) {
     return ffi::Error::InvalidArgument(e.what());
   }

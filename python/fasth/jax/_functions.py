@@ -18,9 +18,9 @@ EXPECTED = "an array (a JAX or numpy array)"
 
 
 def _prepare(s: Spec, arrays: tuple) -> tuple[tuple, Any]:
-    """Arrays checked (arrays, float32 or float64, one dtype; float16 and bfloat16 are
-    computed in float32 and returned in their dtype, as matmul accumulates), and the dtype
-    to return."""
+    """Arrays checked (arrays of one dtype: float32, float64, complex64 or complex128;
+    float16 and bfloat16 are computed in float32 and returned in their dtype, as matmul
+    accumulates), and the dtype to return."""
     fn, names = s.name("jax"), [n for n, p in zip(s.arg_names(), s.present()) if p]
     for name, a in zip(names, arrays):
         if not hasattr(a, "shape") or not hasattr(a, "dtype"):
