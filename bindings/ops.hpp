@@ -163,7 +163,7 @@ void def_runs(nb::module_& m) {
             const Dims& dtau_shape, const Dims& dtau_strides, nb::handle dX,
             const Dims& dx_shape, const Dims& dx_strides, nb::handle dout, nb::handle ws,
             std::uintptr_t stream, int device, bool tf32, int blas) {
-        dispatch(dtype, [&](auto tag) {
+        dispatch(p, dtype, [&](auto tag) {
           using T = decltype(tag);
           Tangent<T> a;
           a.V = pointer<const T>(V, dev, "V");

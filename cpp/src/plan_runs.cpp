@@ -80,6 +80,9 @@ void Plan::backward(const Backend<T>& be, const Backward<T>& a) const {
 
 template <class T>
 void Plan::tangent(const Backend<T>& be, const Tangent<T>& a) const {
+  // Complex tangents (conjugates in the T and normalisation terms) are not derived yet.
+  if (is_complex_v<T>)
+    throw std::invalid_argument("fasth: forward mode (tangent) takes real arrays only so far");
   const bool v = L_->bv > 0 && L_->d > 0 && L_->k > 0, x = L_->B > 0 && L_->d > 0 && L_->n > 0;
   need(a.V, v && x, "tangent", "V");
   need(a.factors, v && x, "tangent", "factors");

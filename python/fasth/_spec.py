@@ -32,6 +32,10 @@ HALF_DTYPES = ("float16", "bfloat16")
 
 
 def accepted_dtypes(front: str) -> tuple[str, ...]:
+    # fasth.jax: real only so far (its reverse mode transposes the tangent pass, which has no
+    # complex form yet).
+    if front == "jax":
+        return FLOAT_DTYPES + HALF_DTYPES
     return CORE_DTYPES if front == "numpy" else CORE_DTYPES + HALF_DTYPES
 
 
