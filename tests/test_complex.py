@@ -2,8 +2,8 @@
 values and gradients against the complex128 reference loop and against torch's own complex
 householder_product / ormqr; gradcheck (torch's conjugate Wirtinger convention) on complex128
 through every path; bad input; the named errors where complex is not taken yet (forward mode,
-fasth.jax). The functional API's
-complex cases run in test_core.py (its dtype lists include complex64 and complex128)."""
+fasth.jax). The functional API's complex cases run in test_values, test_gradients, test_fuzz
+and the other array tests (helpers.DTYPES includes complex64 and complex128)."""
 
 from __future__ import annotations
 
