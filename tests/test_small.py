@@ -48,9 +48,16 @@ def calls(fn) -> dict:
     return p.by_op
 
 
-# (B, d, k): the issue's sizes (smaller batches), k < d, k > d, and odd tiles.
+def takes_small(kind: str, B: int, d: int) -> bool:
+    """The CPU plan's rule (cpp/src/plan.cpp cpu_small): any batch up to d = 16, else enough
+    entries to fill the vector lanes."""
+    return d <= 16 or (B >= 8 and d <= 128 if kind == "lapack" else B >= 1024 and d <= 64)
+
+
+# (B, d, k): the issue's sizes (smaller batches), k < d, k > d, odd tiles; sizes the rule
+# leaves to the blocks (checked all the same), and batches large enough for it beyond d = 16.
 SHAPES = [(37, 8, 8), (19, 16, 16), (5, 32, 32), (3, 64, 64), (2, 128, 128), (9, 16, 5),
-          (6, 8, 13), (1, 24, 24), (17, 3, 3)]
+          (6, 8, 13), (1, 24, 24), (17, 3, 3), (1024, 24, 24), (1030, 40, 12)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -60,7 +67,7 @@ def test_matrix_numpy(B, d, k, thin, dtype):
     rng = np.random.default_rng(B * 100 + d + k)
     V = random_v(rng, (B, d, k), dtype, zero_cols=(1,) if k > 2 else ())
     by = calls(lambda: fasth.matrix(V, thin=thin))
-    assert by == {"small_matrix": 1}, by
+    assert (by == {"small_matrix": 1}) == takes_small("householder", B, d), by
     U = fasth.matrix(V, thin=thin)
     close(U, ref_matrices(V, thin), dtype, max(d, k))
     G = rng.standard_normal(U.shape).astype(dtype)
@@ -86,8 +93,8 @@ def test_matrix_layouts(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("B,d,n,shared", [(33, 8, 8, False), (5, 32, 16, False), (7, 16, 16, True),
-                                           (2, 64, 64, False), (4, 16, 40, False)])
+@pytest.mark.parametrize("B,d,n,shared", [(33, 8, 8, False), (1024, 32, 16, False), (7, 16, 16, True),
+                                           (4, 16, 40, False)])
 def test_apply_numpy(B, d, n, shared, dtype):
     rng = np.random.default_rng(d + n)
     V = random_v(rng, (d, d) if shared else (B, d, d), dtype, zero_cols=(2,))
@@ -111,8 +118,8 @@ def geqrf(rng, shape, k, dtype):
     return A.numpy().astype(dtype), tau[..., :k].numpy().astype(dtype)
 
 
-HP_SHAPES = [(33, 8, 8, 8), (17, 16, 16, 16), (5, 32, 32, 20), (3, 64, 64, 64), (2, 16, 16, 0),
-             (9, 12, 12, 7)]
+HP_SHAPES = [(33, 8, 8, 8), (17, 16, 16, 16), (8, 32, 32, 20), (9, 64, 64, 64), (2, 16, 16, 0),
+             (9, 12, 12, 7), (3, 64, 64, 64)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -127,7 +134,8 @@ def test_householder_product_torch(B, d, c, k, dtype):
     tau = torch.tensor(tau0, requires_grad=True)
     with fasth.profile() as p:
         Q = ft.householder_product(A, tau)
-    assert p.by_op.get("small_matrix", 0) == (1 if k > 0 else 0), p.by_op
+    small = k > 0 and takes_small("lapack", B, d)
+    assert p.by_op.get("small_matrix", 0) == (1 if small else 0), p.by_op
     close(Q.detach().numpy(), ref_householder_product(A0, tau0), dtype, d)
     G = torch.tensor(rng.standard_normal(Q.shape).astype(dtype))
     gA, gt = torch.autograd.grad(Q, (A, tau), G)
@@ -218,13 +226,20 @@ def plan_calls(op: str, B: int, d: int, device: str) -> tuple[int, int]:
 
 @pytest.mark.parametrize("d", [8, 16, 32, 64, 128])
 def test_plans_take_it(d):
-    """The issue's sizes: the CPU plan builds U in one backend call forward and one backward
-    (matrix), whatever B; CUDA's plan and the CPU's make as many calls at any B (CUDA's apply
+    """The issue's sizes: where its rule takes the small path, the CPU plan builds U in one
+    backend call forward and one backward (matrix), whatever B; CUDA's plan makes as many calls
+    at any B, and so does the CPU's where it takes the path (CUDA's apply
     of blocks wider than the CPU's larft takes excepted: their T is built in more calls on the
     CPU backend than launches on a GPU, see fasth.bench.plans)."""
+    B = 5 if d <= 16 else 1024  # the CPU's rule takes it from there
     for op in ("matrix", "apply"):
         for device in ("cpu", "cuda") if op == "matrix" or d <= 64 else ("cpu",):
-            assert plan_calls(op, 2, d, device) == plan_calls(op, 37, d, device), (op, device)
-    assert plan_calls("matrix", 5, d, "cpu") == (1, 1)
-    assert plans.plan("matrix", (5, d, d), device="cpu").strategy == fasth._core.Strategy.materialize
-    assert plans.plan("apply", (5, d, d), (5, d, d), device="cpu").strategy == fasth._core.Strategy.materialize
+            if device == "cpu" and not takes_small("householder", B, d):
+                continue
+            b1, b2 = (B, B + 33) if device == "cpu" else (2, 37)
+            assert plan_calls(op, b1, d, device) == plan_calls(op, b2, d, device), (op, device)
+    if not takes_small("householder", B, d):
+        return
+    assert plan_calls("matrix", B, d, "cpu") == (1, 1)
+    assert plans.plan("matrix", (B, d, d), device="cpu").strategy == fasth._core.Strategy.materialize
+    assert plans.plan("apply", (B, d, d), (B, d, d), device="cpu").strategy == fasth._core.Strategy.materialize

@@ -134,15 +134,22 @@ Array dense_vectors(const Array& lead_of, int tail, index_t k) {
 // transpose is), so that outputs keep the layout of what they come from.
 bool column_major(const Mat3& m) { return m.rows > 1 && m.cols > 1 && m.rs == 1 && m.cs != 1; }
 
-// CPU: small U (d <= 128) where per-entry BLAS calls on blocks of a few columns cost more than
-// their flops: the backend's small-d path builds U for a tile of entries at once. A matrix,
-// and an apply whose X has n >= d / 4 columns (U then costs about 4 d^2 k flops against the
-// blocks' 16 d k n).
+// CPU: small U where per-entry BLAS calls on blocks of a few columns cost more than their
+// flops: the backend's small-d path builds U for a tile of entries at once. It fills its
+// vector lanes with entries, so beyond d = 16 it pays only for many V entries: fasth's dense
+// reflectors (4 d^2 k flops) from 1024 entries up to d = 64, LAPACK's (orgqr's 4/3 d^3) from
+// 8 up to d = 128. A matrix, and an apply whose X has n >= d / 4 columns (U then costs about
+// 4 d^2 k flops against the blocks' 16 d k n).
 bool cpu_small(const Layout& L) {
-  constexpr index_t kMaxD = 128, kMaxK = 256, kApplyColsPerRow = 4;
+  constexpr index_t kMaxD = 128, kMaxK = 256, kApplyColsPerRow = 4, kAnyBatchD = 16;
+  constexpr index_t kDenseMaxD = 64, kDenseEntries = 1024, kLapackEntries = 8;
   if (L.d < 1 || L.d > kMaxD || L.k < 1 || L.k > kMaxK) return false;
+  const bool lapack = L.kind == Kind::lapack;
+  const bool enough = L.d <= kAnyBatchD || (lapack ? L.bv >= kLapackEntries
+                                                   : L.d <= kDenseMaxD && L.bv >= kDenseEntries);
+  if (!enough) return false;
   if (L.op == Op::matrix) return true;
-  return L.kind == Kind::householder && L.n * kApplyColsPerRow >= L.d;
+  return !lapack && L.n * kApplyColsPerRow >= L.d;
 }
 
 }  // namespace
