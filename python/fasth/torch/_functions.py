@@ -30,11 +30,17 @@ def check_tensor(s: Spec, i: int, t: Any) -> None:
 
 
 def _prepare(s: Spec, *tensors: Any):
-    """(tensors to compute with, the dtype to return or None)."""
-    for i, (t, present) in enumerate(zip(tensors, s.present())):
+    """(tensors to compute with, the dtype to return or None); complex ones plain."""
+    half = conj = False
+    for i, present in enumerate(s.present()):  # one pass: this is every call's fixed cost
         if present:
+            t = tensors[i]
             check_tensor(s, i, t)
-    if not any(t is not None and t.dtype in _HALF for t in tensors):
+            dt = t.dtype
+            half, conj = half or dt in _HALF, conj or dt.is_complex
+    if conj:
+        tensors = tuple(plain(t) for t in tensors)
+    if not half:
         return tensors, None  # autocast or not: computed as they are
     t0 = tensors[0]
     dev = t0.device.type
@@ -49,7 +55,6 @@ def _prepare(s: Spec, *tensors: Any):
 def public(s: Spec, V, tau, X, run=_autograd.run) -> Tensor:
     """The op's output after the checks, through ``run(s, V, tau, X)``."""
     (V, tau, X), back = _prepare(s, V, tau, X)
-    V, tau, X = plain(V), plain(tau), plain(X)
     if V.is_cuda and torch.backends.cuda.matmul.allow_tf32:
         s = s._replace(tf32=True)
     out = run(s, V, tau, X)
