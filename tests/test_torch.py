@@ -288,6 +288,24 @@ def test_per_example_gradients_of_a_shared_v(device):
         torch.testing.assert_close(g, torch.func.grad(loss)(V, x))
 
 
+def test_batched_backward_of_an_eager_graph(device):
+    """A vmap over the backward of a graph built eagerly (gradcheck's batched gradients,
+    autograd.grad's is_grads_batched), where the forward kept a tape or its output: the
+    gradients of each cotangent in turn."""
+    V, X = (t.requires_grad_() for t in sample_inputs(device)[2])  # V, X: (2, 5, 3), (2, 5, 4)
+    for fn, args in ((lambda V, X: ft.apply(V, X, block=2, strategy="blockwise"), (V, X)),
+                     (lambda V, X: ft.apply(V, X, True, strategy="materialize"), (V, X)),
+                     (lambda V: ft.matrix(V, block=2), (V,)),
+                     (lambda V: ft.matrix(V, thin=True), (V,))):
+        assert torch.autograd.gradcheck(fn, args, check_batched_grad=True)
+        out = fn(*args)
+        G = torch.randn(3, *out.shape, dtype=out.dtype, device=device)
+        got = torch.autograd.grad(out, args, G, is_grads_batched=True, retain_graph=True)
+        for i, g in enumerate(G):
+            for a, b in zip(got, torch.autograd.grad(out, args, g, retain_graph=True)):
+                torch.testing.assert_close(a[i], b)
+
+
 def test_compile_backward_reads_the_tape(device):
     """Under torch.compile a forward that the graph differentiates keeps a tape, as in eager
     mode: the compiled backward makes the eager backward's calls and gives its gradients."""

@@ -85,12 +85,17 @@ def _grad(ctx, grad_out, transforming: bool):
     """(dV, dtau, dX, None) for the Functions' backward."""
     if grad_out is None:
         return None, None, None, None
-    transforming = transforming or _legacy_batched(grad_out)
+    # A torch.func.vmap over this backward alone (per-sample gradients of an eager graph,
+    # is_grads_batched) hands it a batched gradient, which has no storage for the plan: it
+    # goes through the custom op, whose vmap rule batches it, without the tape (laid out for
+    # one gradient).
+    vmapped = not transforming and _plans.transforming()
+    transforming = transforming or vmapped or _legacy_batched(grad_out)
     grad_out = plain(grad_out)
     V, tau, X, f, out = ctx.saved_tensors
     s, c = ctx.spec, ctx.call
     need_v, need_tau, need_x = ctx.needs_input_grad[:3]
-    apply, tape = s.op == APPLY, ctx.tape
+    apply, tape = s.op == APPLY, None if vmapped else ctx.tape
     saved = None
     if s.kind == LAPACK:
         saved = X if apply else None
@@ -100,6 +105,8 @@ def _grad(ctx, grad_out, transforming: bool):
         saved = ctx.out
         if saved._version != ctx.version:  # changed in place: computed again
             saved = _engine.forward_with(c, V, f, X)
+    elif c.reads_out and tape is None:  # a tape kept instead, unread by vmap's gradient
+        saved = _engine.forward_with(c, V, f, X)
 
     def grads(want_dx, V, tau, f, saved, g):
         if transforming:  # through the custom op, whose vmap rule batches it
