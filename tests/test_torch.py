@@ -306,6 +306,17 @@ def test_batched_backward_of_an_eager_graph(device):
                 torch.testing.assert_close(a[i], b)
 
 
+def test_vmap_over_x_of_a_batched_v(device):
+    """vmap over X alone, V with batch dimensions of its own (an empty batch among them):
+    V is repeated for each example, through the Function and the custom op alike."""
+    for b in (2, 0):
+        V, X = torch.randn(b, 6, 4, device=device), torch.randn(3, b, 6, 5, device=device)
+        want = torch.stack([ft.apply(V, x) for x in X])
+        torch.testing.assert_close(torch.func.vmap(lambda x: ft.apply(V, x))(X), want)
+        op = lambda x: torch.ops.fasth.forward(V, None, x, APPLY, HH, False, False, 0, "auto", False)[0]  # noqa: E731
+        torch.testing.assert_close(torch.func.vmap(op)(X), want)
+
+
 def test_compile_backward_reads_the_tape(device):
     """Under torch.compile a forward that the graph differentiates keeps a tape, as in eager
     mode: the compiled backward makes the eager backward's calls and gives its gradients."""

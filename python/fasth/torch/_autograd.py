@@ -23,7 +23,7 @@ from torch import Tensor
 from .. import _engine
 from .._spec import APPLY, HOUSEHOLDER, LAPACK, Spec, second_order_message
 from . import _plans
-from ._custom_ops import backward_op, batch_front, forward_op, tangent_op
+from ._custom_ops import backward_op, batch_front, forward_op, shares_v, tangent_op
 from ._plans import plain
 
 # gradcheck's batched checks vmap with torch's legacy batching, which the custom ops' own
@@ -216,7 +216,7 @@ class Transformable(torch.autograd.Function):
     def vmap(info, in_dims, V, tau, X, s):
         B = info.batch_size
         vd, td, xd = in_dims[:3]
-        if vd is None and td is None and s.op == APPLY:
+        if shares_v(s.op, V, vd, td):
             out, f, c = Transformable.apply(V, tau, batch_front(X, xd, B), s)
             return (out, f, c), (0, None, None)
         out, f, c = Transformable.apply(batch_front(V, vd, B), batch_front(tau, td, B), batch_front(X, xd, B), s)
