@@ -317,6 +317,22 @@ def test_vmap_over_x_of_a_batched_v(device):
         torch.testing.assert_close(torch.func.vmap(op)(X), want)
 
 
+def test_per_example_gradients_of_a_batched_column_major_a(device):
+    """vmap over the cotangent alone, A batched and column-major (geqrf's layout): the
+    backward repeats A for each example in a copy that keeps its layout, and so reads the
+    factors that the forward made from it."""
+    A = torch.randn(2, 4, 6, dtype=torch.float64, device=device).mT
+    tau = torch.rand(2, 4, dtype=torch.float64, device=device)
+    C = torch.randn(2, 6, 3, dtype=torch.float64, device=device)
+    for fn, args in ((ft.householder_product, (A, tau)), (ft.ormqr, (A, tau, C))):
+        G = torch.randn(3, *fn(*args).shape, dtype=torch.float64, device=device)
+
+        def vjp(g):
+            return torch.func.vjp(fn, *args)[1](g)
+        for got, want in zip(torch.func.vmap(vjp)(G), zip(*[vjp(g) for g in G])):
+            torch.testing.assert_close(got, torch.stack(want))
+
+
 def test_compile_backward_reads_the_tape(device):
     """Under torch.compile a forward that the graph differentiates keeps a tape, as in eager
     mode: the compiled backward makes the eager backward's calls and gives its gradients."""
