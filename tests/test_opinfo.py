@@ -35,7 +35,6 @@ class Refusal(NamedTuple):
 _COMPLEX = Refusal(TypeError, r"fasth\.(torch|jax)\.\w+: A has dtype complex")
 _SECOND_IN_V = Refusal(RuntimeError, r"fasth\.(torch|jax)\.\w+: the gradient of V cannot be "
                                      r"differentiated again")
-_FORWARD = Refusal(NotImplementedError, r"fasth\.(torch|jax)\.\w+: forward-mode differentiation")
 
 # (op, category, dtype kind) -> what fasth raises there; "*" matches any. Categories: values,
 # grad, gradgrad, forward, fwgrad_bwgrad, vmap, vmapvjp, compile (torch); jax_values,
@@ -43,10 +42,8 @@ _FORWARD = Refusal(NotImplementedError, r"fasth\.(torch|jax)\.\w+: forward-mode 
 REFUSED: dict[tuple[str, str, str], Refusal] = {
     ("*", "*", "complex"): _COMPLEX,
     ("*", "gradgrad", "real"): _SECOND_IN_V,
-    ("*", "forward", "real"): _FORWARD,
-    ("*", "fwgrad_bwgrad", "real"): _FORWARD,
-    ("*", "jax_fwd", "real"): _FORWARD,
-    ("*", "jax_order2", "real"): _FORWARD,
+    ("*", "fwgrad_bwgrad", "real"): _SECOND_IN_V,
+    ("*", "jax_order2", "real"): _SECOND_IN_V,
 }
 
 
