@@ -33,6 +33,7 @@ class Refusal(NamedTuple):
 
 
 _COMPLEX = Refusal(TypeError, r"fasth\.(torch|jax)\.\w+: A has dtype complex")
+_COMPLEX_TANGENT = Refusal(RuntimeError, r"fasth.*forward mode \(tangent\) takes real arrays only")
 _SECOND_IN_V = Refusal(RuntimeError, r"fasth\.(torch|jax)\.\w+: the gradient of V cannot be "
                                      r"differentiated again")
 
@@ -40,9 +41,14 @@ _SECOND_IN_V = Refusal(RuntimeError, r"fasth\.(torch|jax)\.\w+: the gradient of 
 # grad, gradgrad, forward, fwgrad_bwgrad, vmap, vmapvjp, compile (torch); jax_values,
 # jax_rev (check_grads order 1, rev), jax_fwd (order 1, fwd), jax_order2 (order 2, fwd and rev).
 REFUSED: dict[tuple[str, str, str], Refusal] = {
-    ("*", "*", "complex"): _COMPLEX,
-    ("*", "gradgrad", "real"): _SECOND_IN_V,
+    ("*", "gradgrad", "*"): _SECOND_IN_V,
     ("*", "fwgrad_bwgrad", "real"): _SECOND_IN_V,
+    ("*", "forward", "complex"): _COMPLEX_TANGENT,
+    ("*", "fwgrad_bwgrad", "complex"): _COMPLEX_TANGENT,
+    ("*", "jax_values", "complex"): _COMPLEX,
+    ("*", "jax_rev", "complex"): _COMPLEX,
+    ("*", "jax_fwd", "complex"): _COMPLEX,
+    ("*", "jax_order2", "complex"): _COMPLEX,
     ("*", "jax_order2", "real"): _SECOND_IN_V,
 }
 
