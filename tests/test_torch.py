@@ -288,6 +288,51 @@ def test_per_example_gradients_of_a_shared_v(device):
         torch.testing.assert_close(g, torch.func.grad(loss)(V, x))
 
 
+def test_batched_backward_of_an_eager_graph(device):
+    """A vmap over the backward of a graph built eagerly (gradcheck's batched gradients,
+    autograd.grad's is_grads_batched), where the forward kept a tape or its output: the
+    gradients of each cotangent in turn."""
+    V, X = (t.requires_grad_() for t in sample_inputs(device)[2])  # V, X: (2, 5, 3), (2, 5, 4)
+    for fn, args in ((lambda V, X: ft.apply(V, X, block=2, strategy="blockwise"), (V, X)),
+                     (lambda V, X: ft.apply(V, X, True, strategy="materialize"), (V, X)),
+                     (lambda V: ft.matrix(V, block=2), (V,)),
+                     (lambda V: ft.matrix(V, thin=True), (V,))):
+        assert torch.autograd.gradcheck(fn, args, check_batched_grad=True)
+        out = fn(*args)
+        G = torch.randn(3, *out.shape, dtype=out.dtype, device=device)
+        got = torch.autograd.grad(out, args, G, is_grads_batched=True, retain_graph=True)
+        for i, g in enumerate(G):
+            for a, b in zip(got, torch.autograd.grad(out, args, g, retain_graph=True)):
+                torch.testing.assert_close(a[i], b)
+
+
+def test_vmap_over_x_of_a_batched_v(device):
+    """vmap over X alone, V with batch dimensions of its own (an empty batch among them):
+    V is repeated for each example, through the Function and the custom op alike."""
+    for b in (2, 0):
+        V, X = torch.randn(b, 6, 4, device=device), torch.randn(3, b, 6, 5, device=device)
+        want = torch.stack([ft.apply(V, x) for x in X])
+        torch.testing.assert_close(torch.func.vmap(lambda x: ft.apply(V, x))(X), want)
+        op = lambda x: torch.ops.fasth.forward(V, None, x, APPLY, HH, False, False, 0, "auto", False)[0]  # noqa: E731
+        torch.testing.assert_close(torch.func.vmap(op)(X), want)
+
+
+def test_per_example_gradients_of_a_batched_column_major_a(device):
+    """vmap over the cotangent alone, A batched and column-major (geqrf's layout): the
+    backward repeats A for each example in a copy that keeps its layout, and so reads the
+    factors that the forward made from it."""
+    A = torch.randn(2, 4, 6, dtype=torch.float64, device=device).mT
+    tau = torch.rand(2, 4, dtype=torch.float64, device=device)
+    C = torch.randn(2, 6, 3, dtype=torch.float64, device=device)
+    for fn, args in ((ft.householder_product, (A, tau)), (ft.ormqr, (A, tau, C))):
+        G = torch.randn(3, *fn(*args).shape, dtype=torch.float64, device=device)
+
+        def vjp(g):
+            return torch.func.vjp(fn, *args)[1](g)
+        for got, want in zip(torch.func.vmap(vjp)(G), zip(*[vjp(g) for g in G])):
+            torch.testing.assert_close(got, torch.stack(want))
+
+
 def test_compile_backward_reads_the_tape(device):
     """Under torch.compile a forward that the graph differentiates keeps a tape, as in eager
     mode: the compiled backward makes the eager backward's calls and gives its gradients."""

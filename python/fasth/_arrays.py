@@ -84,6 +84,17 @@ class Namespace:
     def contiguous(self, a: Any) -> Any:
         return np.ascontiguousarray(a)
 
+    def copy_strided(self, a: Any, strides: tuple[int, ...]) -> Any:
+        """A copy of `a` with these element strides (which address each element once)."""
+        size = 1 + sum((n - 1) * s for n, s in zip(a.shape, strides)) if all(a.shape) else 1
+        buf = self._empty((size,), self.dtype(a), a)
+        out = self._as_strided(buf, tuple(a.shape), tuple(s * buf.itemsize for s in strides))
+        out[...] = a
+        return out
+
+    def _as_strided(self, buf: Any, shape: tuple, byte_strides: tuple) -> Any:
+        return np.lib.stride_tricks.as_strided(buf, shape, byte_strides)
+
 
 class TorchNamespace(Namespace):
     name = "torch"
@@ -137,6 +148,10 @@ class TorchNamespace(Namespace):
     def contiguous(self, a):
         return a.contiguous()
 
+    def copy_strided(self, a, strides):
+        out = self.torch.empty_strided(tuple(a.shape), strides, dtype=a.dtype, device=a.device)
+        return out.copy_(a)
+
 
 class CupyNamespace(Namespace):
     name = "cupy"
@@ -165,6 +180,9 @@ class CupyNamespace(Namespace):
 
     def contiguous(self, a):
         return self.cp.ascontiguousarray(a)
+
+    def _as_strided(self, buf, shape, byte_strides):
+        return self.cp.lib.stride_tricks.as_strided(buf, shape, byte_strides)
 
 
 class DLPackNamespace(Namespace):

@@ -33,6 +33,26 @@ def dense_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
+def walkable_strides(shape: tuple[int, ...], strides: tuple[int, ...],
+                     tail: int) -> tuple[int, ...]:
+    """The strides of a copy whose leading dimensions one stride walks (dense over the
+    matrices' footprint) and whose matrices (the last `tail` dimensions) keep their strides:
+    the plan's layout decisions are the matrices', so a copy's plan reads factors that the
+    original's made (a backward under vmap repeats an unmapped V so). C order where those
+    strides would address an element twice."""
+    span = 1
+    for n, st in sorted(((n, st) for n, st in zip(shape[-tail:], strides[-tail:]) if n > 1),
+                        key=lambda t: t[1]):
+        if st < span:
+            return dense_strides(shape)
+        span += (n - 1) * st
+    out = list(strides[-tail:])
+    for n in reversed(shape[:-tail]):
+        out.insert(0, span)
+        span *= max(n, 1)
+    return tuple(out)
+
+
 def plan(s: Spec, fn: str, v: tuple, tau: tuple, x: tuple, device: str,
          direct_y: bool = True, x_name: str | None = None, complex: bool = False) -> Any:
     """_native.new_plan with its error naming the function ``fn`` (and X as `x_name`, the
@@ -130,7 +150,7 @@ def _bind(s: Spec, front: str, arrays: tuple, names: tuple, fn: str) -> BoundPla
         raise ValueError(f"{fn}: arrays must be on one device ({desc})")
     if dev0[0] not in ("cpu", "cuda"):
         raise ValueError(f"{fn}: arrays on device '{dev0[0]}' are not supported (cpu or cuda)")
-    # Leading dimensions that one stride cannot walk: the plan takes a contiguous copy.
+    # Leading dimensions that one stride cannot walk: the plan takes a copy (walkable_strides).
     layouts, copied = [], []
     for i, (name, a) in enumerate(zip(names, arrays)):
         if a is None or (i == 2 and s.op == MATRIX):
@@ -140,8 +160,8 @@ def _bind(s: Spec, front: str, arrays: tuple, names: tuple, fn: str) -> BoundPla
         shape, strides = tuple(int(n) for n in a.shape), xp.strides(a)
         tail = 1 if i == 1 else 2
         if len(shape) > tail + 1 and not _native.collapsible(shape, strides, tail):
-            strides = dense_strides(shape)
-            copied.append(i)  # its place in (V, tau, X)
+            strides = walkable_strides(shape, strides, tail)
+            copied.append((i, strides))  # its place in (V, tau, X)
         layouts.append((shape, strides))
     p = plan(s, fn, *layouts, dev0[0], x_name=names[2], complex=is_complex(dtype))
     c = BoundPlan()
@@ -161,12 +181,12 @@ def _bind(s: Spec, front: str, arrays: tuple, names: tuple, fn: str) -> BoundPla
     return c
 
 
-def contiguous_where_planned(c: BoundPlan, arrays: list) -> list:
+def copies_where_planned(c: BoundPlan, arrays: list) -> list:
     """(V, tau, X) with the copies the plan was made for (leading dimensions that one stride
-    cannot walk, made contiguous)."""
-    for i in c.copied:
+    cannot walk, made walkable)."""
+    for i, strides in c.copied:
         if arrays[i] is not None:
-            arrays[i] = c.xp.contiguous(arrays[i])
+            arrays[i] = c.xp.copy_strided(arrays[i], strides)
     return arrays
 
 
@@ -188,7 +208,7 @@ def forward(c: BoundPlan, V: Any, tau: Any, X: Any, pack: bool = False,
     factors returned are longer)."""
     xp = c.xp
     if c.copied:
-        V, tau, X = contiguous_where_planned(c, [V, tau, X])
+        V, tau, X = copies_where_planned(c, [V, tau, X])
     if c.via_numpy:
         V, tau, X = (None if a is None else xp.wrap(a) for a in (V, tau, X))
     out = xp.empty(*c.out, c.dtype, V)
@@ -212,7 +232,7 @@ def forward(c: BoundPlan, V: Any, tau: Any, X: Any, pack: bool = False,
 def factors_of(c: BoundPlan, V: Any) -> Any:
     """The factors of V alone (a forward with neither X nor out)."""
     xp = c.xp
-    V = contiguous_where_planned(c, [V, None, None])[0] if c.copied else xp.wrap(V)
+    V = copies_where_planned(c, [V, None, None])[0] if c.copied else xp.wrap(V)
     f = xp._empty((c.factors_size,), c.dtype, V)
     ws = xp.workspace(c.forward_ws, c.dtype, V)
     c.module.forward(c.plan, c.dtype_code, xp.arg(V), None, None, None, xp.arg(f), xp.arg(ws),
@@ -235,7 +255,7 @@ def backward(c: BoundPlan, V: Any, factors: Any, saved: Any, grad: Any,
     and wanted. With the forward's tape, `saved` is not read."""
     xp = c.xp
     if c.copied:  # as the forward took them: V, and a LAPACK apply's saved input
-        fixed = contiguous_where_planned(c, [V, None, saved if c.is_lapack else None])
+        fixed = copies_where_planned(c, [V, None, saved if c.is_lapack else None])
         V, saved = fixed[0], fixed[2] if c.is_lapack else saved
     grad, saved = _walkable(xp, grad), _walkable(xp, saved)
     gshape, gstrides = grad.shape, xp.strides(grad)
@@ -259,7 +279,7 @@ def tangent(c: BoundPlan, V: Any, tau: Any, X: Any, factors: Any, dV: Any, dtau:
     that the forward of V returned."""
     xp = c.xp
     if c.copied:
-        V, tau, X = contiguous_where_planned(c, [V, tau, X])
+        V, tau, X = copies_where_planned(c, [V, tau, X])
     dV, dtau, dX = _walkable(xp, dV), _walkable(xp, dtau, 1), _walkable(xp, dX)
     dout = xp.empty(*c.out, c.dtype, factors)
     ws = xp.workspace(c.tangent_ws, c.dtype, factors)
@@ -279,7 +299,7 @@ def forward_with(c: BoundPlan, V: Any, factors: Any, X: Any, tape: bool = False)
     `tape` (out, tape) as forward's."""
     xp = c.xp
     if c.copied:
-        V, _, X = contiguous_where_planned(c, [V, None, X])
+        V, _, X = copies_where_planned(c, [V, None, X])
     out = xp.empty(*c.out, c.dtype, factors)
     ws = xp.workspace(c.forward_ws, c.dtype, factors)
     arg = xp.arg

@@ -61,7 +61,7 @@ def apply_backward(V, out, grad, transpose: bool = False, *, factors: Any = None
     if xp.device(g) != c.device:
         raise c.fail(ValueError, f"grad is on {xp.device(g)[0]} but V is on {c.device[0]}")
     f = _factors(c, V, factors)
-    Vw, _, outw = _engine.contiguous_where_planned(c, [V, None, out]) if c.copied else (V, None, out)
+    Vw, _, outw = _engine.copies_where_planned(c, [V, None, out]) if c.copied else (V, None, out)
     dV, _, dX = _engine.backward(c, xp.wrap(Vw), f, xp.wrap(outw), g)
     return _back(c, dV, V), _back(c, dX, V)
 
@@ -104,5 +104,5 @@ def matrix_backward(V, U, grad, thin: bool = False, *, factors: Any = None,
         if tuple(a.shape) != want:
             raise c.fail(ValueError, f"{name} has shape {tuple(a.shape)}, expected {want}")
     f = _factors(c, V, factors)
-    Vw = _engine.contiguous_where_planned(c, [V, None, None])[0] if c.copied else V
+    Vw = _engine.copies_where_planned(c, [V, None, None])[0] if c.copied else V
     return _back(c, _engine.backward(c, xp.wrap(Vw), f, xp.wrap(U), xp.wrap(grad))[0], V)

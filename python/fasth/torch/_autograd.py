@@ -23,7 +23,7 @@ from torch import Tensor
 from .. import _engine
 from .._spec import APPLY, HOUSEHOLDER, LAPACK, Spec, second_order_message
 from . import _plans
-from ._custom_ops import backward_op, batch_front, forward_op, tangent_op
+from ._custom_ops import backward_op, batch_front, forward_op, shares_v, tangent_op
 from ._plans import plain
 
 # gradcheck's batched checks vmap with torch's legacy batching, which the custom ops' own
@@ -85,12 +85,17 @@ def _grad(ctx, grad_out, transforming: bool):
     """(dV, dtau, dX, None) for the Functions' backward."""
     if grad_out is None:
         return None, None, None, None
-    transforming = transforming or _legacy_batched(grad_out)
+    # A torch.func.vmap over this backward alone (per-sample gradients of an eager graph,
+    # is_grads_batched) hands it a batched gradient, which has no storage for the plan: it
+    # goes through the custom op, whose vmap rule batches it, without the tape (laid out for
+    # one gradient).
+    vmapped = not transforming and _plans.transforming()
+    transforming = transforming or vmapped or _legacy_batched(grad_out)
     grad_out = plain(grad_out)
     V, tau, X, f, out = ctx.saved_tensors
     s, c = ctx.spec, ctx.call
     need_v, need_tau, need_x = ctx.needs_input_grad[:3]
-    apply, tape = s.op == APPLY, ctx.tape
+    apply, tape = s.op == APPLY, None if vmapped else ctx.tape
     saved = None
     if s.kind == LAPACK:
         saved = X if apply else None
@@ -100,6 +105,8 @@ def _grad(ctx, grad_out, transforming: bool):
         saved = ctx.out
         if saved._version != ctx.version:  # changed in place: computed again
             saved = _engine.forward_with(c, V, f, X)
+    elif c.reads_out and tape is None:  # a tape kept instead, unread by vmap's gradient
+        saved = _engine.forward_with(c, V, f, X)
 
     def grads(want_dx, V, tau, f, saved, g):
         if transforming:  # through the custom op, whose vmap rule batches it
@@ -209,7 +216,7 @@ class Transformable(torch.autograd.Function):
     def vmap(info, in_dims, V, tau, X, s):
         B = info.batch_size
         vd, td, xd = in_dims[:3]
-        if vd is None and td is None and s.op == APPLY:
+        if shares_v(s.op, V, vd, td):
             out, f, c = Transformable.apply(V, tau, batch_front(X, xd, B), s)
             return (out, f, c), (0, None, None)
         out, f, c = Transformable.apply(batch_front(V, vd, B), batch_front(tau, td, B), batch_front(X, xd, B), s)

@@ -101,6 +101,13 @@ def batch_front(a: Optional[Tensor], dim: Optional[int], size: int) -> Optional[
     return a.expand(size, *a.shape) if dim is None else a.movedim(dim, 0)
 
 
+def shares_v(op: int, V: Tensor, v_dim: Optional[int], tau_dim: Optional[int]) -> bool:
+    """Whether a vmapped apply keeps one V for every example: V (and tau) unmapped and V
+    without batch dimensions of its own, the only V a plan shares; one with them is repeated
+    for each example (the plan takes V's batch equal to X's)."""
+    return op == APPLY and v_dim is None and tau_dim is None and V.dim() == 2
+
+
 # A tape is laid out for the whole batch, not per example: under vmap the forward keeps none
 # (an empty tape, not mapped) and the backward recovers the blocks' inputs from the output.
 def _vmap_forward(fn):
@@ -108,7 +115,7 @@ def _vmap_forward(fn):
         B = info.batch_size
         vd, td, xd = in_dims[:3]
         spec = spec[:len(Spec._fields)]
-        if vd is None and td is None and Spec(*spec).op == APPLY:  # one V for every example
+        if shares_v(Spec(*spec).op, V, vd, td):
             out, f, t = fn(V, tau, batch_front(X, xd, B), *spec, False)
             return (out, f, t), (0, None, None)
         out, f, t = fn(batch_front(V, vd, B), batch_front(tau, td, B), batch_front(X, xd, B), *spec, False)
