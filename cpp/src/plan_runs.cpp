@@ -21,6 +21,17 @@ index_t entry_stride(const detail::Layout& L, std::size_t given) {
                                 " is below the plan's " + std::to_string(L.factors_stride));
   return static_cast<index_t>(given ? given : L.factors_stride);
 }
+// The backward and the tangent: Y bound from V and the factors into the workspace's head,
+// then `pass` over the rest of the workspace.
+template <class T, class Args>
+void run_bound(const detail::Layout& L, const Backend<T>& be, const Args& a,
+               void (detail::Run<T>::*pass)(const Args&) const) {
+  const detail::Run<T> r{L, {be}, entry_stride(L, a.factors_stride)};
+  r.bind_y(a.V, a.factors, a.workspace, false);
+  Args rest = a;
+  rest.workspace = a.workspace + L.y_head;
+  (r.*pass)(rest);
+}
 }  // namespace
 
 template <class T>
@@ -71,11 +82,7 @@ void Plan::backward(const Backend<T>& be, const Backward<T>& a) const {
   need(a.dV, L_->bv > 0 && L_->d > 0 && L_->dV.cols > 0, "backward", "dV");
   need(a.dtau, v && L_->kind == Kind::lapack, "backward", "dtau");
   need(a.workspace, workspace_size(Pass::backward) > 0, "backward", "workspace");
-  const detail::Run<T> r{*L_, {be}, entry_stride(*L_, a.factors_stride)};
-  r.bind_y(a.V, a.factors, a.workspace, false);
-  Backward<T> rest = a;
-  rest.workspace = a.workspace + L_->y_head;
-  r.backward(rest);
+  run_bound(*L_, be, a, &detail::Run<T>::backward);
 }
 
 template <class T>
@@ -89,11 +96,7 @@ void Plan::tangent(const Backend<T>& be, const Tangent<T>& a) const {
   need(a.X, v && x && L_->op == Op::apply, "tangent", "X");
   need(a.dout, x, "tangent", "dout");
   need(a.workspace, workspace_size(Pass::tangent) > 0, "tangent", "workspace");
-  const detail::Run<T> r{*L_, {be}, entry_stride(*L_, a.factors_stride)};
-  r.bind_y(a.V, a.factors, a.workspace, false);
-  Tangent<T> rest = a;
-  rest.workspace = a.workspace + L_->y_head;
-  r.tangent(rest);
+  run_bound(*L_, be, a, &detail::Run<T>::tangent);
 }
 
 #define FASTH_INSTANTIATE(T)                                                       \
