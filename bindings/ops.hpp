@@ -63,6 +63,20 @@ void dispatch(const Plan& p, int dtype, Body&& body) {
   throw nb::type_error("fasth: expected float32, float64, complex64 or complex128");
 }
 
+// A run's own arrays, each into the field of the run's arguments with the field's type.
+template <class P>
+void take(P*& field, nb::handle h, int device_type, const char* name, std::size_t need = 0) {
+  field = pointer<P>(h, device_type, name, need);
+}
+// An array of any strides, with its layout where it is given.
+template <class P>
+void take(P*& field, Array& layout, nb::handle h, const Dims& shape, const Dims& strides,
+          int device_type, const char* name) {
+  take(field, h, device_type, name);
+  if (field) layout = array_of(shape, strides, name);
+}
+
+// What makes a call's backend: Make<T>::make(device, stream, tf32, blas).
 struct Context {
   std::uintptr_t stream = 0;
   int device = 0;
@@ -70,28 +84,49 @@ struct Context {
   int blas = 0;
 };
 
+// One run for the call's dtype: Args<T> with V and the factors (every run reads both), the
+// run's own arrays (own(a)), the workspace of `pass`, then run(backend, a) with the GIL released.
+template <template <class> class Make, template <class> class Args, class Own, class Run>
+void run(const Plan& p, Pass pass, int dtype, int dev, nb::handle V, nb::handle factors,
+         nb::handle ws, const Context& c, Own&& own, Run&& run) {
+  dispatch(p, dtype, [&](auto tag) {
+    using T = decltype(tag);
+    Args<T> a;
+    take(a.V, V, dev, "V");
+    take(a.factors, factors, dev, "factors", p.factors_size());
+    own(a);
+    take(a.workspace, ws, dev, "workspace", p.workspace_size(pass));
+    nb::gil_scoped_release release;
+    run(Make<T>::make(c.device, c.stream, c.tf32, c.blas), a);
+  });
+}
+
 template <template <class> class Make, int DeviceType>
 void def_runs(nb::module_& m) {
   const int dev = DeviceType;
 
+  // forward and forward_with take the same arrays (forward_with: no tau); `then` runs either.
+  auto forward_run = [dev](const Plan& p, int dtype, nb::handle V, nb::handle tau, nb::handle X,
+                           nb::handle out, nb::handle factors, nb::handle ws, const Context& c,
+                           nb::handle tape, auto then) {
+    run<Make, Forward>(
+        p, Pass::forward, dtype, dev, V, factors, ws, c,
+        [&](auto& a) {
+          take(a.tau, tau, dev, "tau");
+          take(a.X, X, dev, "X");
+          take(a.out, out, dev, "out");
+          take(a.tape, tape, dev, "tape", p.tape_size());
+        },
+        then);
+  };
+
   m.def(
       "forward",
-      [dev](const Plan& p, int dtype, nb::handle V, nb::handle tau, nb::handle X, nb::handle out,
-            nb::handle factors, nb::handle ws, std::uintptr_t stream, int device, bool tf32,
-            int blas, nb::handle tape) {
-        dispatch(p, dtype, [&](auto tag) {
-          using T = decltype(tag);
-          Forward<T> a;
-          a.V = pointer<const T>(V, dev, "V");
-          a.tau = pointer<const T>(tau, dev, "tau");
-          a.X = pointer<const T>(X, dev, "X");
-          a.out = pointer<T>(out, dev, "out");
-          a.factors = pointer<T>(factors, dev, "factors", p.factors_size());
-          a.workspace = pointer<T>(ws, dev, "workspace", p.workspace_size(Pass::forward));
-          a.tape = pointer<T>(tape, dev, "tape", p.tape_size());
-          nb::gil_scoped_release release;
-          p.forward(Make<T>::make(device, stream, tf32, blas), a);
-        });
+      [forward_run](const Plan& p, int dtype, nb::handle V, nb::handle tau, nb::handle X,
+                    nb::handle out, nb::handle factors, nb::handle ws, std::uintptr_t stream,
+                    int device, bool tf32, int blas, nb::handle tape) {
+        forward_run(p, dtype, V, tau, X, out, factors, ws, {stream, device, tf32, blas}, tape,
+                    [&](const auto& be, const auto& a) { p.forward(be, a); });
       },
       nb::arg("plan"), nb::arg("dtype"), nb::arg("V").none(), nb::arg("tau").none(), nb::arg("X").none(),
       nb::arg("out").none(), nb::arg("factors").none(), nb::arg("workspace").none(), nb::arg("stream") = 0,
@@ -101,21 +136,11 @@ void def_runs(nb::module_& m) {
 
   m.def(
       "forward_with",
-      [dev](const Plan& p, int dtype, nb::handle V, nb::handle factors, nb::handle X,
-            nb::handle out, nb::handle ws, std::uintptr_t stream, int device, bool tf32,
-            int blas, nb::handle tape) {
-        dispatch(p, dtype, [&](auto tag) {
-          using T = decltype(tag);
-          Forward<T> a;
-          a.V = pointer<const T>(V, dev, "V");
-          a.factors = pointer<T>(factors, dev, "factors", p.factors_size());
-          a.X = pointer<const T>(X, dev, "X");
-          a.out = pointer<T>(out, dev, "out");
-          a.workspace = pointer<T>(ws, dev, "workspace", p.workspace_size(Pass::forward));
-          a.tape = pointer<T>(tape, dev, "tape", p.tape_size());
-          nb::gil_scoped_release release;
-          p.forward_with(Make<T>::make(device, stream, tf32, blas), a);
-        });
+      [forward_run](const Plan& p, int dtype, nb::handle V, nb::handle factors, nb::handle X,
+                    nb::handle out, nb::handle ws, std::uintptr_t stream, int device, bool tf32,
+                    int blas, nb::handle tape) {
+        forward_run(p, dtype, V, nb::none(), X, out, factors, ws, {stream, device, tf32, blas},
+                    tape, [&](const auto& be, const auto& a) { p.forward_with(be, a); });
       },
       nb::arg("plan"), nb::arg("dtype"), nb::arg("V").none(), nb::arg("factors").none(),
       nb::arg("X").none(), nb::arg("out").none(),
@@ -130,23 +155,18 @@ void def_runs(nb::module_& m) {
             const Dims& grad_shape, const Dims& grad_strides, nb::handle dV, nb::handle dtau,
             nb::handle dX, nb::handle ws, std::uintptr_t stream, int device, bool tf32,
             int blas, nb::handle tape) {
-        dispatch(p, dtype, [&](auto tag) {
-          using T = decltype(tag);
-          Backward<T> a;
-          a.V = pointer<const T>(V, dev, "V");
-          a.factors = pointer<const T>(factors, dev, "factors", p.factors_size());
-          a.saved = pointer<const T>(saved, dev, "saved");
-          if (a.saved) a.saved_layout = array_of(saved_shape, saved_strides, "saved");
-          a.grad = pointer<const T>(grad, dev, "grad");
-          a.grad_layout = array_of(grad_shape, grad_strides, "grad");
-          a.dV = pointer<T>(dV, dev, "dV");
-          a.dtau = pointer<T>(dtau, dev, "dtau");
-          a.dX = pointer<T>(dX, dev, "dX");
-          a.workspace = pointer<T>(ws, dev, "workspace", p.workspace_size(Pass::backward));
-          a.tape = pointer<const T>(tape, dev, "tape", p.tape_size());
-          nb::gil_scoped_release release;
-          p.backward(Make<T>::make(device, stream, tf32, blas), a);
-        });
+        run<Make, Backward>(
+            p, Pass::backward, dtype, dev, V, factors, ws, {stream, device, tf32, blas},
+            [&](auto& a) {
+              take(a.saved, a.saved_layout, saved, saved_shape, saved_strides, dev, "saved");
+              take(a.grad, grad, dev, "grad");
+              a.grad_layout = array_of(grad_shape, grad_strides, "grad");
+              take(a.dV, dV, dev, "dV");
+              take(a.dtau, dtau, dev, "dtau");
+              take(a.dX, dX, dev, "dX");
+              take(a.tape, tape, dev, "tape", p.tape_size());
+            },
+            [&](const auto& be, const auto& a) { p.backward(be, a); });
       },
       nb::arg("plan"), nb::arg("dtype"), nb::arg("V").none(), nb::arg("factors").none(),
       nb::arg("saved").none(), nb::arg("saved_shape"), nb::arg("saved_strides"), nb::arg("grad").none(),
@@ -163,23 +183,16 @@ void def_runs(nb::module_& m) {
             const Dims& dtau_shape, const Dims& dtau_strides, nb::handle dX,
             const Dims& dx_shape, const Dims& dx_strides, nb::handle dout, nb::handle ws,
             std::uintptr_t stream, int device, bool tf32, int blas) {
-        dispatch(p, dtype, [&](auto tag) {
-          using T = decltype(tag);
-          Tangent<T> a;
-          a.V = pointer<const T>(V, dev, "V");
-          a.factors = pointer<const T>(factors, dev, "factors", p.factors_size());
-          a.X = pointer<const T>(X, dev, "X");
-          a.dV = pointer<const T>(dV, dev, "dV");
-          if (a.dV) a.dV_layout = array_of(dv_shape, dv_strides, "dV");
-          a.dtau = pointer<const T>(dtau, dev, "dtau");
-          if (a.dtau) a.dtau_layout = array_of(dtau_shape, dtau_strides, "dtau");
-          a.dX = pointer<const T>(dX, dev, "dX");
-          if (a.dX) a.dX_layout = array_of(dx_shape, dx_strides, "dX");
-          a.dout = pointer<T>(dout, dev, "dout");
-          a.workspace = pointer<T>(ws, dev, "workspace", p.workspace_size(Pass::tangent));
-          nb::gil_scoped_release release;
-          p.tangent(Make<T>::make(device, stream, tf32, blas), a);
-        });
+        run<Make, Tangent>(
+            p, Pass::tangent, dtype, dev, V, factors, ws, {stream, device, tf32, blas},
+            [&](auto& a) {
+              take(a.X, X, dev, "X");
+              take(a.dV, a.dV_layout, dV, dv_shape, dv_strides, dev, "dV");
+              take(a.dtau, a.dtau_layout, dtau, dtau_shape, dtau_strides, dev, "dtau");
+              take(a.dX, a.dX_layout, dX, dx_shape, dx_strides, dev, "dX");
+              take(a.dout, dout, dev, "dout");
+            },
+            [&](const auto& be, const auto& a) { p.tangent(be, a); });
       },
       nb::arg("plan"), nb::arg("dtype"), nb::arg("V").none(), nb::arg("factors").none(),
       nb::arg("X").none(), nb::arg("dV").none(), nb::arg("dV_shape"), nb::arg("dV_strides"),
