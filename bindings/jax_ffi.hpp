@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "fasth/fasth.hpp"
 
@@ -84,6 +85,21 @@ T* data(ffi::Result<Buf>& b, std::size_t need, const char* name) {
                                 std::to_string(b->element_count()) + " elements, needs " +
                                 std::to_string(need));
   return reinterpret_cast<T*>(b->untyped_data());
+}
+
+// The leading arguments of fasth_forward and fasth_tangent, V, [tau], [X]: their shapes into
+// the problem, their data into a (tau where a has it). Returns the index of the next argument.
+template <class T, class Args>
+std::size_t primals(const ffi::RemainingArgs& args, Problem& p, Args& a) {
+  std::size_t i = 0;
+  p.V = row_major(arg(args, i)), a.V = data<const T>(arg(args, i++));
+  if (p.kind == Kind::lapack) {
+    p.tau = row_major(arg(args, i));
+    if constexpr (std::is_same_v<Args, Forward<T>>) a.tau = data<const T>(arg(args, i));
+    ++i;
+  }
+  if (p.op == Op::apply) p.X = row_major(arg(args, i)), a.X = data<const T>(arg(args, i++));
+  return i;
 }
 
 // Runs body(T{}) for the call's dtype; C++ exceptions become FFI errors.
@@ -176,11 +192,8 @@ struct Handlers {
     template <class T>
     static void run(const ffi::Context& ctx, const ffi::RemainingArgs& args,
                     const ffi::RemainingRets& rets, Problem p, bool tf32) {
-      std::size_t i = 0;
       Forward<T> a;
-      p.V = row_major(arg(args, i)), a.V = data<const T>(arg(args, i++));
-      if (p.kind == Kind::lapack) p.tau = row_major(arg(args, i)), a.tau = data<const T>(arg(args, i++));
-      if (p.op == Op::apply) p.X = row_major(arg(args, i)), a.X = data<const T>(arg(args, i++));
+      primals<T>(args, p, a);
       const Plan plan(p, D, options());
       auto out = ret(rets, 0), f = ret(rets, 1), ws = ret(rets, 2);
       a.out = data<T>(out, 0, "out");
@@ -263,11 +276,8 @@ struct Handlers {
     template <class T>
     static void run(const ffi::Context& ctx, const ffi::RemainingArgs& args,
                     const ffi::RemainingRets& rets, Problem p, bool tf32) {
-      std::size_t i = 0;
       Tangent<T> a;
-      p.V = row_major(arg(args, i)), a.V = data<const T>(arg(args, i++));
-      if (p.kind == Kind::lapack) p.tau = row_major(arg(args, i++));
-      if (p.op == Op::apply) p.X = row_major(arg(args, i)), a.X = data<const T>(arg(args, i++));
+      std::size_t i = primals<T>(args, p, a);
       const Buf F = arg(args, i++);
       a.factors = data<const T>(F);
       a.dV_layout = row_major(arg(args, i)), a.dV = data<const T>(arg(args, i++));
