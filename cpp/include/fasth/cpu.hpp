@@ -69,41 +69,14 @@ class CpuBackend final : public Backend<T> {
   // `blas` must outlive the backend; it needs at least the gemm of T.
   explicit CpuBackend(const Blas& blas);
 
-  void gemm(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T alpha, const T* a,
-            index_t lda, index_t sa, const T* b, index_t ldb, index_t sb, T beta, T* c,
-            index_t ldc, index_t sc, index_t batch) const override;
-  void trmm(bool right, bool trans, index_t m, index_t n, T alpha, const T* r, index_t ldr,
-            index_t sr, const T* b, index_t ldb, index_t sb, T* c, index_t ldc, index_t sc,
-            index_t batch) const override;
-  void trsm(index_t m, index_t n, T alpha, const T* r, index_t ldr, index_t sr, T* c,
-            index_t ldc, index_t sc, index_t batch) const override;
+  // The operations every backend implements, declared once for all (a copy per header would
+  // drift). small_path: d <= 128, k <= 256 (cpu_small.cpp: entries interleaved in the
+  // workspace so that each reflector step runs for a tile of entries in vector lanes).
+#include "fasth/backend_overrides.inc"
   void gram(bool trans_a, index_t n, index_t k, const T* a, index_t lda, index_t sa, T* c,
             index_t ldc, index_t sc, index_t batch) const override;
-  void copy(index_t m, index_t n, Strided<const T> a, Strided<T> b, index_t batch) const override;
-  void set(index_t m, index_t n, T offdiag, T diag, T* a, index_t lda, index_t sa,
-           index_t batch) const override;
-  void larft(index_t count, index_t m, const T* g, index_t ldg, index_t sg, const T* tau,
-             index_t stau, T* t, index_t ldt, index_t st) const override;
   // larft is a scalar loop of m^3 / 3 steps: wider blocks merge leaves of 32 with trmm.
   index_t larft_max() const override { return 32; }
-  void mirror_upper(index_t m, T* a, index_t lda, index_t sa, index_t batch) const override;
-  void normalize(index_t batch, index_t d, index_t k, Strided<const T> v, Strided<T> y,
-                 T* norms, index_t ns) const override;
-  void normalize_backward(index_t batch, index_t d, index_t k, Strided<const T> y,
-                          const T* norms, index_t ns, Strided<const T> dy,
-                          Strided<T> dv) const override;
-  void lower(index_t batch, index_t d, index_t k, Strided<const T> a, Strided<T> b,
-             T diag) const override;
-  // The small-d path (cpu_small.cpp): d <= 128, k <= 256, entries interleaved in the
-  // workspace so that each reflector step runs for a tile of entries in vector lanes.
-  bool small_path(index_t d, index_t k, bool taus) const override;
-  void small_matrix(index_t batch, index_t d, index_t k, index_t cols, Strided<const T> V,
-                    Strided<T> U, T* y, index_t ys, T* norms, index_t ns, T* u2, index_t u2s,
-                    const SmallTaus<T>& taus, T* ws) const override;
-  void small_matrix_backward(index_t batch, index_t d, index_t k, index_t cols, const T* y,
-                             index_t ys, const T* norms, index_t ns, const T* u, index_t us,
-                             Strided<const T> G, Strided<T> dV, const SmallTaus<T>& taus,
-                             T* ws) const override;
 
  private:
   const Blas& blas_;

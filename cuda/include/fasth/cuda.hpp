@@ -49,44 +49,16 @@ class CudaBackend final : public fasth::Backend<T> {
   int device() const { return device_; }
   cudaStream_t stream() const { return stream_; }
 
-  void gemm(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T alpha, const T* a,
-            index_t lda, index_t sa, const T* b, index_t ldb, index_t sb, T beta, T* c,
-            index_t ldc, index_t sc, index_t batch) const override;
-  // cuBLAS's trmm for one matrix; a batch goes to the strided-batched gemm (cuBLAS has no
-  // batched trmm).
-  void trmm(bool right, bool trans, index_t m, index_t n, T alpha, const T* r, index_t ldr,
-            index_t sr, const T* b, index_t ldb, index_t sb, T* c, index_t ldc, index_t sc,
-            index_t batch) const override;
-  // cuBLAS's trsm, one call per matrix (its batched form takes arrays of device pointers).
-  void trsm(index_t m, index_t n, T alpha, const T* r, index_t ldr, index_t sr, T* c,
-            index_t ldc, index_t sc, index_t batch) const override;
-  void copy(index_t m, index_t n, Strided<const T> a, Strided<T> b, index_t batch) const override;
-  void set(index_t m, index_t n, T offdiag, T diag, T* a, index_t lda, index_t sa,
-           index_t batch) const override;
-  void larft(index_t count, index_t m, const T* g, index_t ldg, index_t sg, const T* tau,
-             index_t stau, T* t, index_t ldt, index_t st) const override;
+  // The operations every backend implements, declared once for all (a copy per header would
+  // drift). trmm: cuBLAS's trmm for one matrix; a batch goes to the strided-batched gemm
+  // (cuBLAS has no batched trmm). trsm: cuBLAS's trsm, one call per matrix (its batched form
+  // takes arrays of device pointers). small_path: d <= 128 where the backward's shared memory
+  // (U and dL/dU, d x d, and V) fits the device's opt-in limit: float to d = 128 on Hopper
+  // (about 115 on A100), double to 97; fasth's reflectors only (taus: no).
+#include "fasth/backend_overrides.inc"
   // larft keeps a block's T in shared memory up to 128 (double: 128 KiB, within the opt-in
   // limit from A100 on); wider blocks merge leaves of 128.
   index_t larft_max() const override { return 128; }
-  void mirror_upper(index_t m, T* a, index_t lda, index_t sa, index_t batch) const override;
-  void normalize(index_t batch, index_t d, index_t k, Strided<const T> v, Strided<T> y,
-                 T* norms, index_t ns) const override;
-  void normalize_backward(index_t batch, index_t d, index_t k, Strided<const T> y,
-                          const T* norms, index_t ns, Strided<const T> dy,
-                          Strided<T> dv) const override;
-  void lower(index_t batch, index_t d, index_t k, Strided<const T> a, Strided<T> b,
-             T diag) const override;
-  // d <= 128 where the backward's shared memory (U and dL/dU, d x d, and V) fits the
-  // device's opt-in limit: float to d = 128 on Hopper (about 115 on A100), double to 97.
-  // fasth's reflectors only (taus: no).
-  bool small_path(index_t d, index_t k, bool taus) const override;
-  void small_matrix(index_t batch, index_t d, index_t k, index_t cols, Strided<const T> V,
-                    Strided<T> U, T* y, index_t ys, T* norms, index_t ns, T* u2,
-                    index_t u2s, const SmallTaus<T>& taus, T* ws) const override;
-  void small_matrix_backward(index_t batch, index_t d, index_t k, index_t cols, const T* y,
-                             index_t ys, const T* norms, index_t ns, const T* u, index_t us,
-                             Strided<const T> G, Strided<T> dV, const SmallTaus<T>& taus,
-                             T* ws) const override;
 
  private:
   int device_;
