@@ -338,23 +338,25 @@ FASTH_INLINE void backward_tiles(const Job<T>& J, index_t batch, const T* y, ind
 
 // Each kernel compiled twice, for the baseline ISA and for AVX2 with FMA, chosen at run time:
 // the library is built for any x86-64, and the batch loops are where vector width pays.
-#define FASTH_SMALL_KERNELS(SUFFIX, ATTR)                                                      \
-  template <class T, int P>                                                                    \
-  ATTR void forward_##SUFFIX(const Job<T>& J, index_t batch, Strided<const T> V, Strided<T> U, \
+#define FASTH_SMALL_KERNELS(ISA, ATTR)                                                         \
+  struct ISA {                                                                                 \
+    template <class T, int P>                                                                  \
+    ATTR static void forward(const Job<T>& J, index_t batch, Strided<const T> V, Strided<T> U, \
                              T* y, index_t ys, T* norms, index_t ns, T* u2, index_t u2s,      \
                              const SmallTaus<T>& taus, T* ws) {                               \
-    forward_tiles<T, P>(J, batch, V, U, y, ys, norms, ns, u2, u2s, taus, ws);                 \
-  }                                                                                            \
-  template <class T, int P>                                                                    \
-  ATTR void backward_##SUFFIX(const Job<T>& J, index_t batch, const T* y, index_t ys,         \
+      forward_tiles<T, P>(J, batch, V, U, y, ys, norms, ns, u2, u2s, taus, ws);               \
+    }                                                                                          \
+    template <class T, int P>                                                                  \
+    ATTR static void backward(const Job<T>& J, index_t batch, const T* y, index_t ys,         \
                               const T* norms, index_t ns, const T* u, index_t us,             \
                               Strided<const T> G, Strided<T> dV, const SmallTaus<T>& taus,    \
                               T* ws) {                                                         \
-    backward_tiles<T, P>(J, batch, y, ys, norms, ns, u, us, G, dV, taus, ws);                 \
-  }
-FASTH_SMALL_KERNELS(base, )
+      backward_tiles<T, P>(J, batch, y, ys, norms, ns, u, us, G, dV, taus, ws);               \
+    }                                                                                          \
+  };
+FASTH_SMALL_KERNELS(Base, )
 #if defined(__x86_64__) && defined(__GNUC__)
-FASTH_SMALL_KERNELS(avx2, __attribute__((target("avx2,fma"))))
+FASTH_SMALL_KERNELS(Avx2, __attribute__((target("avx2,fma"))))
 bool has_avx2() {
   static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return yes;
@@ -373,13 +375,22 @@ int lanes(index_t batch, index_t d, index_t c) {
   return p < 4 ? 1 : p;
 }
 
+// f(P, Isa{}): the lanes this batch fills, the kernels of the widest ISA this CPU runs.
 template <class T, class F>
-void with_lanes(int p, F&& f) {
-  switch (p) {
-    case 16: return f(std::integral_constant<int, 16>{});
-    case 8: return f(std::integral_constant<int, 8>{});
-    case 4: return f(std::integral_constant<int, 4>{});
-    default: return f(std::integral_constant<int, 1>{});
+void with_kernels(index_t batch, index_t d, index_t cols, F&& f) {
+  auto isa = [&](auto P) {
+#ifdef FASTH_SMALL_AVX2
+    if (has_avx2()) return f(P, Avx2{});
+#endif
+    f(P, Base{});
+  };
+  if constexpr (!is_complex_v<T>) {  // the path takes real types only
+    switch (lanes<T>(batch, d, cols)) {
+      case 16: return isa(std::integral_constant<int, 16>{});
+      case 8: return isa(std::integral_constant<int, 8>{});
+      case 4: return isa(std::integral_constant<int, 4>{});
+      default: return isa(std::integral_constant<int, 1>{});
+    }
   }
 }
 
@@ -400,16 +411,10 @@ void CpuBackend<T>::small_matrix(index_t batch, index_t d, index_t k, index_t co
   if (batch <= 0 || d <= 0 || cols <= 0 || k <= 0) return;
   if (!small_path(d, k, taus.r != nullptr) || cols > d || !ws)
     throw std::logic_error("fasth: small_matrix: sizes outside the CPU's small path");
-  if constexpr (!is_complex_v<T>) {
-    const Job<T> J{d, k, cols, taus.r != nullptr};
-    with_lanes<T>(lanes<T>(batch, d, cols), [&](auto P) {
-#ifdef FASTH_SMALL_AVX2
-      if (has_avx2())
-        return forward_avx2<T, P()>(J, batch, V, U, y, ys, norms, ns, u2, u2s, taus, ws);
-#endif
-      forward_base<T, P()>(J, batch, V, U, y, ys, norms, ns, u2, u2s, taus, ws);
-    });
-  }
+  const Job<T> J{d, k, cols, taus.r != nullptr};
+  with_kernels<T>(batch, d, cols, [&](auto P, auto isa) {
+    decltype(isa)::template forward<T, P()>(J, batch, V, U, y, ys, norms, ns, u2, u2s, taus, ws);
+  });
 }
 
 template <class T>
@@ -421,16 +426,10 @@ void CpuBackend<T>::small_matrix_backward(index_t batch, index_t d, index_t k, i
   if (batch <= 0 || d <= 0 || k <= 0) return;
   if (!small_path(d, k, taus.r != nullptr) || cols < 1 || cols > d || !ws)
     throw std::logic_error("fasth: small_matrix_backward: sizes outside the CPU's small path");
-  if constexpr (!is_complex_v<T>) {
-    const Job<T> J{d, k, cols, taus.r != nullptr};
-    with_lanes<T>(lanes<T>(batch, d, cols), [&](auto P) {
-#ifdef FASTH_SMALL_AVX2
-      if (has_avx2())
-        return backward_avx2<T, P()>(J, batch, y, ys, norms, ns, u, us, G, dV, taus, ws);
-#endif
-      backward_base<T, P()>(J, batch, y, ys, norms, ns, u, us, G, dV, taus, ws);
-    });
-  }
+  const Job<T> J{d, k, cols, taus.r != nullptr};
+  with_kernels<T>(batch, d, cols, [&](auto P, auto isa) {
+    decltype(isa)::template backward<T, P()>(J, batch, y, ys, norms, ns, u, us, G, dV, taus, ws);
+  });
 }
 
 #define FASTH_INSTANTIATE(T)                                                                  \
