@@ -40,36 +40,28 @@ class SerialIfSmall {
   bool set_ = false;
 };
 
+// A dtype's functions in the table, named by the members that hold them.
+template <class T, gemm_fn<T>* Blas::*Gemm, trmm_fn<T>* Blas::*Trmm, trsm_fn<T>* Blas::*Trsm,
+          gemm_batch_fn<T>* Blas::*GemmBatch>
+struct Members {
+  static gemm_fn<T>* gemm(const Blas& b) { return b.*Gemm; }
+  static trmm_fn<T>* trmm(const Blas& b) { return b.*Trmm; }
+  static trsm_fn<T>* trsm(const Blas& b) { return b.*Trsm; }
+  static gemm_batch_fn<T>* gemm_batch(const Blas& b) { return b.*GemmBatch; }
+};
 template <class T>
 struct Fns;
 template <>
-struct Fns<float> {
-  static gemm_fn<float>* gemm(const Blas& b) { return b.sgemm; }
-  static trmm_fn<float>* trmm(const Blas& b) { return b.strmm; }
-  static trsm_fn<float>* trsm(const Blas& b) { return b.strsm; }
-  static gemm_batch_fn<float>* gemm_batch(const Blas& b) { return b.sgemm_batch; }
-};
+struct Fns<float> : Members<float, &Blas::sgemm, &Blas::strmm, &Blas::strsm, &Blas::sgemm_batch> {};
 template <>
-struct Fns<double> {
-  static gemm_fn<double>* gemm(const Blas& b) { return b.dgemm; }
-  static trmm_fn<double>* trmm(const Blas& b) { return b.dtrmm; }
-  static trsm_fn<double>* trsm(const Blas& b) { return b.dtrsm; }
-  static gemm_batch_fn<double>* gemm_batch(const Blas& b) { return b.dgemm_batch; }
-};
+struct Fns<double>
+    : Members<double, &Blas::dgemm, &Blas::dtrmm, &Blas::dtrsm, &Blas::dgemm_batch> {};
 template <>
-struct Fns<std::complex<float>> {
-  static gemm_fn<std::complex<float>>* gemm(const Blas& b) { return b.cgemm; }
-  static trmm_fn<std::complex<float>>* trmm(const Blas& b) { return b.ctrmm; }
-  static trsm_fn<std::complex<float>>* trsm(const Blas& b) { return b.ctrsm; }
-  static gemm_batch_fn<std::complex<float>>* gemm_batch(const Blas& b) { return b.cgemm_batch; }
-};
+struct Fns<std::complex<float>> : Members<std::complex<float>, &Blas::cgemm, &Blas::ctrmm,
+                                          &Blas::ctrsm, &Blas::cgemm_batch> {};
 template <>
-struct Fns<std::complex<double>> {
-  static gemm_fn<std::complex<double>>* gemm(const Blas& b) { return b.zgemm; }
-  static trmm_fn<std::complex<double>>* trmm(const Blas& b) { return b.ztrmm; }
-  static trsm_fn<std::complex<double>>* trsm(const Blas& b) { return b.ztrsm; }
-  static gemm_batch_fn<std::complex<double>>* gemm_batch(const Blas& b) { return b.zgemm_batch; }
-};
+struct Fns<std::complex<double>> : Members<std::complex<double>, &Blas::zgemm, &Blas::ztrmm,
+                                           &Blas::ztrsm, &Blas::zgemm_batch> {};
 
 // Entries of a gemm batch handed to ?gemm_batch per call (their addresses live on the stack).
 constexpr index_t kBatchChunk = 64;
