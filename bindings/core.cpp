@@ -51,30 +51,19 @@ struct MakeCpu {
   }
 };
 
+// A table entry from an address, as the entry's function type.
 template <class F>
-F* as(std::uintptr_t a) {
-  return reinterpret_cast<F*>(a);
+void put(F*& entry, std::uintptr_t address) {
+  entry = reinterpret_cast<F*>(address);
 }
-
-using C64 = std::complex<float>;
-using C128 = std::complex<double>;
 
 int scipy_blas() {
   nb::dict capi = nb::module_::import_("scipy.linalg.cython_blas").attr("__pyx_capi__");
   auto fn = [&](const char* name) { return reinterpret_cast<std::uintptr_t>(nb::cast<nb::capsule>(capi[name]).data()); };
   fasth::cpu::Blas b;
-  b.sgemm = as<fasth::cpu::gemm_fn<float>>(fn("sgemm"));
-  b.dgemm = as<fasth::cpu::gemm_fn<double>>(fn("dgemm"));
-  b.strmm = as<fasth::cpu::trmm_fn<float>>(fn("strmm"));
-  b.dtrmm = as<fasth::cpu::trmm_fn<double>>(fn("dtrmm"));
-  b.strsm = as<fasth::cpu::trsm_fn<float>>(fn("strsm"));
-  b.dtrsm = as<fasth::cpu::trsm_fn<double>>(fn("dtrsm"));
-  b.cgemm = as<fasth::cpu::gemm_fn<C64>>(fn("cgemm"));
-  b.zgemm = as<fasth::cpu::gemm_fn<C128>>(fn("zgemm"));
-  b.ctrmm = as<fasth::cpu::trmm_fn<C64>>(fn("ctrmm"));
-  b.ztrmm = as<fasth::cpu::trmm_fn<C128>>(fn("ztrmm"));
-  b.ctrsm = as<fasth::cpu::trsm_fn<C64>>(fn("ctrsm"));
-  b.ztrsm = as<fasth::cpu::trsm_fn<C128>>(fn("ztrsm"));
+  put(b.sgemm, fn("sgemm")), put(b.dgemm, fn("dgemm")), put(b.cgemm, fn("cgemm")), put(b.zgemm, fn("zgemm"));
+  put(b.strmm, fn("strmm")), put(b.dtrmm, fn("dtrmm")), put(b.ctrmm, fn("ctrmm")), put(b.ztrmm, fn("ztrmm"));
+  put(b.strsm, fn("strsm")), put(b.dtrsm, fn("dtrsm")), put(b.ctrsm, fn("ctrsm")), put(b.ztrsm, fn("ztrsm"));
   return add_blas(b);
 }
 
@@ -87,23 +76,12 @@ int register_blas(std::uintptr_t sgemm, std::uintptr_t dgemm, std::uintptr_t /*s
                   std::uintptr_t ztrmm, std::uintptr_t ctrsm, std::uintptr_t ztrsm,
                   std::uintptr_t cgemm_batch, std::uintptr_t zgemm_batch) {
   fasth::cpu::Blas b;
-  b.sgemm = as<fasth::cpu::gemm_fn<float>>(sgemm);
-  b.dgemm = as<fasth::cpu::gemm_fn<double>>(dgemm);
-  b.strmm = as<fasth::cpu::trmm_fn<float>>(strmm);
-  b.dtrmm = as<fasth::cpu::trmm_fn<double>>(dtrmm);
-  b.set_threads_local = as<int(int)>(set_threads_local);
-  b.sgemm_batch = as<fasth::cpu::gemm_batch_fn<float>>(sgemm_batch);
-  b.dgemm_batch = as<fasth::cpu::gemm_batch_fn<double>>(dgemm_batch);
-  b.strsm = as<fasth::cpu::trsm_fn<float>>(strsm);
-  b.dtrsm = as<fasth::cpu::trsm_fn<double>>(dtrsm);
-  b.cgemm = as<fasth::cpu::gemm_fn<C64>>(cgemm);
-  b.zgemm = as<fasth::cpu::gemm_fn<C128>>(zgemm);
-  b.ctrmm = as<fasth::cpu::trmm_fn<C64>>(ctrmm);
-  b.ztrmm = as<fasth::cpu::trmm_fn<C128>>(ztrmm);
-  b.ctrsm = as<fasth::cpu::trsm_fn<C64>>(ctrsm);
-  b.ztrsm = as<fasth::cpu::trsm_fn<C128>>(ztrsm);
-  b.cgemm_batch = as<fasth::cpu::gemm_batch_fn<C64>>(cgemm_batch);
-  b.zgemm_batch = as<fasth::cpu::gemm_batch_fn<C128>>(zgemm_batch);
+  put(b.sgemm, sgemm), put(b.dgemm, dgemm), put(b.cgemm, cgemm), put(b.zgemm, zgemm);
+  put(b.strmm, strmm), put(b.dtrmm, dtrmm), put(b.ctrmm, ctrmm), put(b.ztrmm, ztrmm);
+  put(b.strsm, strsm), put(b.dtrsm, dtrsm), put(b.ctrsm, ctrsm), put(b.ztrsm, ztrsm);
+  put(b.sgemm_batch, sgemm_batch), put(b.dgemm_batch, dgemm_batch);
+  put(b.cgemm_batch, cgemm_batch), put(b.zgemm_batch, zgemm_batch);
+  put(b.set_threads_local, set_threads_local);
   return add_blas(b);
 }
 

@@ -31,18 +31,9 @@ namespace fasth::cpu {
 
 inline Blas fortran_blas() {
   Blas blas;
-  blas.sgemm = &sgemm_;
-  blas.dgemm = &dgemm_;
-  blas.strmm = &strmm_;
-  blas.dtrmm = &dtrmm_;
-  blas.strsm = &strsm_;
-  blas.dtrsm = &dtrsm_;
-  blas.cgemm = &cgemm_;
-  blas.zgemm = &zgemm_;
-  blas.ctrmm = &ctrmm_;
-  blas.ztrmm = &ztrmm_;
-  blas.ctrsm = &ctrsm_;
-  blas.ztrsm = &ztrsm_;
+  blas.sgemm = &sgemm_, blas.dgemm = &dgemm_, blas.cgemm = &cgemm_, blas.zgemm = &zgemm_;
+  blas.strmm = &strmm_, blas.dtrmm = &dtrmm_, blas.ctrmm = &ctrmm_, blas.ztrmm = &ztrmm_;
+  blas.strsm = &strsm_, blas.dtrsm = &dtrsm_, blas.ctrsm = &ctrsm_, blas.ztrsm = &ztrsm_;
   return blas;
 }
 
