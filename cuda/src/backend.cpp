@@ -27,42 +27,25 @@ int to_int(index_t v, const char* what) {
   return static_cast<int>(v);
 }
 
-// The cuBLAS entry points and their names, by element type (another type: one more of these),
-// and cuBLAS's type for it (cuComplex for std::complex<float>: the same layout).
+// The cuBLAS entry points and their names, by element type (another type: one more line),
+// and cuBLAS's type for it (cuComplex for std::complex<float>: the same layout). A macro, so
+// that each routine and the name its errors give are spelled by one token.
 template <class T>
 struct Cublas;
-template <>
-struct Cublas<float> {
-  using type = float;
-  static constexpr auto gemm = &cublasSgemm, gemm_batched = &cublasSgemmStridedBatched;
-  static constexpr auto trmm = &cublasStrmm, trsm = &cublasStrsm;
-  static constexpr const char *gemm_name = "cublasSgemm", *trmm_name = "cublasStrmm",
-                             *trsm_name = "cublasStrsm";
-};
-template <>
-struct Cublas<double> {
-  using type = double;
-  static constexpr auto gemm = &cublasDgemm, gemm_batched = &cublasDgemmStridedBatched;
-  static constexpr auto trmm = &cublasDtrmm, trsm = &cublasDtrsm;
-  static constexpr const char *gemm_name = "cublasDgemm", *trmm_name = "cublasDtrmm",
-                             *trsm_name = "cublasDtrsm";
-};
-template <>
-struct Cublas<std::complex<float>> {
-  using type = cuComplex;
-  static constexpr auto gemm = &cublasCgemm, gemm_batched = &cublasCgemmStridedBatched;
-  static constexpr auto trmm = &cublasCtrmm, trsm = &cublasCtrsm;
-  static constexpr const char *gemm_name = "cublasCgemm", *trmm_name = "cublasCtrmm",
-                             *trsm_name = "cublasCtrsm";
-};
-template <>
-struct Cublas<std::complex<double>> {
-  using type = cuDoubleComplex;
-  static constexpr auto gemm = &cublasZgemm, gemm_batched = &cublasZgemmStridedBatched;
-  static constexpr auto trmm = &cublasZtrmm, trsm = &cublasZtrsm;
-  static constexpr const char *gemm_name = "cublasZgemm", *trmm_name = "cublasZtrmm",
-                             *trsm_name = "cublasZtrsm";
-};
+#define FASTH_CUBLAS(T, TYPE, L)                                                              \
+  template <>                                                                                 \
+  struct Cublas<T> {                                                                          \
+    using type = TYPE;                                                                        \
+    static constexpr auto gemm = &cublas##L##gemm, gemm_batched = &cublas##L##gemmStridedBatched; \
+    static constexpr auto trmm = &cublas##L##trmm, trsm = &cublas##L##trsm;                   \
+    static constexpr const char *gemm_name = "cublas" #L "gemm", *trmm_name = "cublas" #L "trmm", \
+                                *trsm_name = "cublas" #L "trsm";                              \
+  };
+FASTH_CUBLAS(float, float, S)
+FASTH_CUBLAS(double, double, D)
+FASTH_CUBLAS(std::complex<float>, cuComplex, C)
+FASTH_CUBLAS(std::complex<double>, cuDoubleComplex, Z)
+#undef FASTH_CUBLAS
 
 // Pointers as cuBLAS's type for T.
 template <class T>
