@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "detail/dtypes.hpp"
 #include "fasth/cpu.hpp"
 
 namespace fasth::cpu {
@@ -441,9 +442,7 @@ void CpuBackend<T>::small_matrix_backward(index_t batch, index_t d, index_t k, i
   template void CpuBackend<T>::small_matrix_backward(                                         \
       index_t, index_t, index_t, index_t, const T*, index_t, const T*, index_t, const T*,     \
       index_t, Strided<const T>, Strided<T>, const SmallTaus<T>&, T*) const;
-FASTH_INSTANTIATE(float)
-FASTH_INSTANTIATE(double)
-FASTH_INSTANTIATE(std::complex<float>) FASTH_INSTANTIATE(std::complex<double>)  // (no path)
+FASTH_FOR_EACH_DTYPE(FASTH_INSTANTIATE)  // (complex: no path)
 #undef FASTH_INSTANTIATE
 
 }  // namespace fasth::cpu

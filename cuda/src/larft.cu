@@ -1,4 +1,5 @@
 // The T factors of blocks of reflectors from their Gram matrices (LAPACK's larft).
+#include "detail/dtypes.hpp"
 #include "kernels.hpp"
 #include "launch.cuh"
 
@@ -21,7 +22,7 @@ __global__ void larft_kernel(index_t count, index_t m, const T* g0, index_t ldg,
     const index_t ldw = kShared ? m : ldt;
     for (index_t r = threadIdx.x; r < m; r += blockDim.x) {
       for (index_t i = 0; i < m; ++i) {
-        const dev_real<T> gii = dreal(g[i + i * ldg]);  // |y_i|^2, real
+        const real_t<T> gii = real_of(g[i + i * ldg]);  // |y_i|^2, real
         const T ti = tau ? tau[blk * stau + i] : gii == 0 ? T(0) : T(2 / gii);
         T v = T(0);
         if (i == r) {
@@ -67,10 +68,7 @@ void larft(int device, index_t count, index_t m, const T* g, index_t ldg, index_
 #define FASTH_LARFT(T)                                                                      \
   template void larft(int, index_t, index_t, const T*, index_t, index_t, const T*, index_t, \
                       T*, index_t, index_t, cudaStream_t);
-FASTH_LARFT(float)
-FASTH_LARFT(double)
-FASTH_LARFT(std::complex<float>)
-FASTH_LARFT(std::complex<double>)
+FASTH_FOR_EACH_DTYPE(FASTH_LARFT)
 #undef FASTH_LARFT
 
 }  // namespace fasth::cuda::kernels

@@ -14,6 +14,13 @@
 #include "fasth/scalar.hpp"
 #include "runtime.hpp"
 
+// The kernels' complex type is a complex Scalar, as std::complex is (real_t, is_complex_v,
+// real_of, abs2 and re_dot then serve it).
+namespace fasth {
+template <class R>
+struct Scalar<::cuda::std::complex<R>> : Scalar<std::complex<R>> {};
+}  // namespace fasth
+
 namespace fasth::cuda::kernels {
 
 // A 32 x 8 thread block covers a 32 x 32 tile.
@@ -68,44 +75,16 @@ dev_t<T> dv(T x) {
   else return x;
 }
 
-// What the kernels ask of an element type D (real: itself): its real type, |x|, |x|^2,
-// Re(conj(a) b), Re x and conj x.
+// The rest of what the kernels ask of an element type D (real: itself) beyond scalar.hpp's:
+// |x| and conj x.
 template <class D>
-struct DevReal {
-  using type = D;
-};
-template <class R>
-struct DevReal<::cuda::std::complex<R>> {
-  using type = R;
-};
-template <class D>
-using dev_real = typename DevReal<D>::type;
-template <class D>
-constexpr bool kDevComplex = !std::is_same_v<D, dev_real<D>>;
-
-template <class D>
-__device__ dev_real<D> dabs(D x) {
-  if constexpr (kDevComplex<D>) return ::cuda::std::abs(x);
+__device__ real_t<D> dabs(D x) {
+  if constexpr (is_complex_v<D>) return ::cuda::std::abs(x);
   else return fabs(x);
 }
 template <class D>
-__device__ dev_real<D> dabs2(D x) {
-  if constexpr (kDevComplex<D>) return x.real() * x.real() + x.imag() * x.imag();
-  else return x * x;
-}
-template <class D>
-__device__ dev_real<D> dre_dot(D a, D b) {
-  if constexpr (kDevComplex<D>) return a.real() * b.real() + a.imag() * b.imag();
-  else return a * b;
-}
-template <class D>
-__device__ dev_real<D> dreal(D x) {
-  if constexpr (kDevComplex<D>) return x.real();
-  else return x;
-}
-template <class D>
 __device__ D dconj(D x) {
-  if constexpr (kDevComplex<D>) return ::cuda::std::conj(x);
+  if constexpr (is_complex_v<D>) return ::cuda::std::conj(x);
   else return x;
 }
 

@@ -1,5 +1,6 @@
 // Column normalisation Y = V / |V| (overflow-safe) and its backward, one thread block per
 // column and batch entry.
+#include "detail/dtypes.hpp"
 #include "kernels.hpp"
 #include "launch.cuh"
 
@@ -33,7 +34,7 @@ __global__ void __launch_bounds__(kReduceThreads)
                      T* norms, index_t ns) {
   for (index_t e = blockIdx.y; e < batch; e += gridDim.y)
     for (index_t j = blockIdx.x; j < k; j += gridDim.x) {
-      using R = dev_real<T>;  // the norms are real (stored as T)
+      using R = real_t<T>;  // the norms are real (stored as T)
       const T* col = v.p + e * v.bs + j * v.cs;
       R amax = 0;
       for (index_t i = threadIdx.x; i < d; i += blockDim.x) {
@@ -49,7 +50,7 @@ __global__ void __launch_bounds__(kReduceThreads)
         continue;
       }
       R s = 0;
-      for (index_t i = threadIdx.x; i < d; i += blockDim.x) s += dabs2(col[i * v.rs] / amax);
+      for (index_t i = threadIdx.x; i < d; i += blockDim.x) s += abs2(col[i * v.rs] / amax);
       s = block_reduce(s, false);
       const R r = sqrt(s);
       if (out)
@@ -68,10 +69,10 @@ __global__ void __launch_bounds__(kReduceThreads)
       const T* yc = y.p + e * y.bs + j * y.cs;
       const T* dc = dy.p + e * dy.bs + j * dy.cs;
       T* out = dv.p + e * dv.bs + j * dv.cs;
-      using R = dev_real<T>;
-      const R nrm = dreal(norms[e * ns + j]);
+      using R = real_t<T>;
+      const R nrm = real_of(norms[e * ns + j]);
       R dot = 0;
-      for (index_t i = threadIdx.x; i < d; i += blockDim.x) dot += dre_dot(yc[i * y.rs], dc[i * dy.rs]);
+      for (index_t i = threadIdx.x; i < d; i += blockDim.x) dot += re_dot(yc[i * y.rs], dc[i * dy.rs]);
       dot = block_reduce(dot, false);
       for (index_t i = threadIdx.x; i < d; i += blockDim.x)
         out[i * dv.rs] = nrm == R(0) ? T(0) : (dc[i * dy.rs] - yc[i * y.rs] * dot) / nrm;
@@ -102,10 +103,7 @@ void normalize_backward(index_t batch, index_t d, index_t k, Strided<const T> y,
                           index_t, cudaStream_t);                                            \
   template void normalize_backward(index_t, index_t, index_t, Strided<const T>, const T*,    \
                                    index_t, Strided<const T>, Strided<T>, cudaStream_t);
-FASTH_NORMALIZE(float)
-FASTH_NORMALIZE(double)
-FASTH_NORMALIZE(std::complex<float>)
-FASTH_NORMALIZE(std::complex<double>)
+FASTH_FOR_EACH_DTYPE(FASTH_NORMALIZE)
 #undef FASTH_NORMALIZE
 
 }  // namespace fasth::cuda::kernels

@@ -1,5 +1,6 @@
 // Tile kernels: copies (transposing through shared memory), set, scale and lower, each over a
 // batch of matrices in 32 x 32 tiles.
+#include "detail/dtypes.hpp"
 #include "kernels.hpp"
 #include "launch.cuh"
 
@@ -58,7 +59,7 @@ __global__ void __launch_bounds__(kTile* kRows)
       if (i >= m || j >= n) continue;
       if (!lower_only) be[i + j * ldb] = tile[tx][jj];
       else if (i > j) be[i + j * ldb] = dconj(tile[tx][jj]);
-      else if (kDevComplex<T> && i == j) be[i + j * ldb] = T(dreal(tile[tx][jj]));
+      else if (is_complex_v<T> && i == j) be[i + j * ldb] = T(real_of(tile[tx][jj]));
     }
     __syncthreads();
   });
@@ -152,10 +153,7 @@ void lower(index_t d, index_t k, Strided<const T> a, Strided<T> b, T diag, index
   template void set(index_t, index_t, T, T, T*, index_t, index_t, index_t, cudaStream_t);    \
   template void scale(index_t, index_t, T, T*, index_t, index_t, index_t, cudaStream_t);     \
   template void lower(index_t, index_t, Strided<const T>, Strided<T>, T, index_t, cudaStream_t);
-FASTH_TILE(float)
-FASTH_TILE(double)
-FASTH_TILE(std::complex<float>)
-FASTH_TILE(std::complex<double>)
+FASTH_FOR_EACH_DTYPE(FASTH_TILE)
 #undef FASTH_TILE
 
 }  // namespace fasth::cuda::kernels
