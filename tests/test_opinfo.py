@@ -163,15 +163,21 @@ def test_gradcheck(name, dtype):
 @pytest.mark.parametrize("name", OPS)
 def test_gradgradcheck(name, dtype):
     """test_fn_gradgrad: gradgradcheck with contiguous and non-contiguous grad outputs."""
+    gradgrad_samples(name, dtype, "gradgrad",
+                     check_batched_grad=OPINFO[name].check_batched_gradgrad)
+
+
+def gradgrad_samples(name, dtype, phase, **checks):
+    """gradgradcheck on every sample, with contiguous and non-contiguous grad outputs."""
     op = OPINFO[name]
 
     def check(s):
         for non_contig in (False, True):
             assert torch.autograd.gradgradcheck(
                 with_tensors(OPS[name], s), tensors(s), gen_non_contig_grad_outputs=non_contig,
-                check_batched_grad=op.check_batched_gradgrad, check_grad_dtypes=True,
-                nondet_tol=op.gradcheck_nondet_tol, fast_mode=op.gradcheck_fast_mode)
-    run_samples(name, "gradgrad", dtype, samples(name, dtype, True), check)
+                check_grad_dtypes=True, nondet_tol=op.gradcheck_nondet_tol,
+                fast_mode=op.gradcheck_fast_mode, **checks)
+    run_samples(name, phase, dtype, samples(name, dtype, True), check)
 
 
 @pytest.mark.parametrize("dtype", GRAD_DTYPES, ids=str)
@@ -198,16 +204,9 @@ def test_forward_mode(name, dtype):
 @pytest.mark.parametrize("name", OPS)
 def test_fwgrad_bwgrad(name, dtype):
     """test_fn_fwgrad_bwgrad: forward-over-reverse gradgradcheck."""
-    op = OPINFO[name]
-
-    def check(s):
-        for non_contig in (False, True):
-            assert torch.autograd.gradgradcheck(
-                with_tensors(OPS[name], s), tensors(s), gen_non_contig_grad_outputs=non_contig,
-                check_fwd_over_rev=True, check_rev_over_rev=False, check_batched_grad=False,
-                check_undefined_grad=False, check_grad_dtypes=True,
-                nondet_tol=op.gradcheck_nondet_tol, fast_mode=op.gradcheck_fast_mode)
-    run_samples(name, "fwgrad_bwgrad", dtype, samples(name, dtype, True), check)
+    gradgrad_samples(name, dtype, "fwgrad_bwgrad", check_fwd_over_rev=True,
+                     check_rev_over_rev=False, check_batched_grad=False,
+                     check_undefined_grad=False)
 
 
 # ---------------------------------------------------------------------------------------
